@@ -1,0 +1,1 @@
+"""User accounts and the API tokens that authenticate WebSocket clients."""

@@ -1,0 +1,85 @@
+"""Writes for accounts: create, authenticate (records last use), revoke API tokens."""
+
+import datetime as dt
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import ApiToken
+from accounts.tokens import (
+    token_digest,
+    token_generate,
+    token_looks_valid,
+    token_matches,
+    token_prefix,
+)
+
+
+class TokenNotFound(Exception):
+    """No token matches what was given."""
+
+
+def api_token_create(
+    *,
+    user: AbstractBaseUser,
+    name: str = "default",
+    expires_at: dt.datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """Create a token; return it with the raw value, which exists nowhere else."""
+    raw = token_generate()
+    token = ApiToken.objects.create(
+        user=user,
+        name=name,
+        prefix=token_prefix(raw),
+        digest=token_digest(raw),
+        expires_at=expires_at,
+    )
+    return token, raw
+
+
+def api_token_authenticate(*, raw: str) -> ApiToken | None:
+    """The usable token for `raw`, with its last use recorded; None if none matches."""
+    if not token_looks_valid(raw):
+        return None
+    for token in ApiToken.objects.usable().filter(prefix=token_prefix(raw)):
+        if token_matches(raw, token.digest):
+            now = timezone.now()
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+            token.last_used_at = now
+            return ApiToken.objects.select_related("user").get(pk=token.pk)
+    return None
+
+
+def api_token_find(*, prefix_or_raw: str) -> ApiToken:
+    """One token by its prefix or raw value; raises TokenNotFound if none or several."""
+    value = prefix_or_raw.strip()
+    if len(value) > len(token_prefix(value)):
+        matches = ApiToken.objects.filter(
+            Q(digest=token_digest(value)) | Q(prefix=value)
+        )
+    else:
+        matches = ApiToken.objects.filter(prefix=value)
+    found = list(matches[:2])
+    if len(found) != 1:
+        raise TokenNotFound(
+            "no token has that prefix" if not found else "several tokens match"
+        )
+    return found[0]
+
+
+def api_token_revoke(*, token: ApiToken) -> ApiToken:
+    """Revoke a token (idempotent): it stops working at once."""
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    return token
+
+
+def user_get_or_create(*, username: str, create: bool) -> AbstractBaseUser:
+    User = get_user_model()
+    if create:
+        user, _ = User.objects.get_or_create(username=username)
+        return user
+    return User.objects.get(username=username)

@@ -1,0 +1,57 @@
+"""Shared fixtures: users, API tokens, a WebSocket client for the ASGI app."""
+
+import json
+from urllib.parse import urlencode
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+
+from accounts.services import api_token_create
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user(username="alice", password="pw-alice-1")
+
+
+@pytest.fixture
+def api_token(user):
+    """(ApiToken, raw token) for alice."""
+    return api_token_create(user=user, name="tests")
+
+
+@pytest.fixture
+def echo_engine(settings):
+    settings.TRANSCRIPTION_ENGINE = "echo"
+
+
+@pytest.fixture
+async def connect():
+    """Open a WebsocketCommunicator on the real ASGI application."""
+    from voiceproject.asgi import application
+
+    opened: list[WebsocketCommunicator] = []
+
+    async def _connect(path: str = "/", headers=None, **params):
+        query = urlencode(params)
+        url = f"{path}?{query}" if query else path
+        communicator = WebsocketCommunicator(application, url, headers=headers or [])
+        connected, _ = await communicator.connect()
+        assert connected
+        opened.append(communicator)
+        return communicator
+
+    yield _connect
+    for communicator in opened:
+        await communicator.disconnect()
+
+
+async def receive_until_close(communicator, wait: float = 10):
+    """Every JSON message up to the close; returns (messages, close message)."""
+    messages = []
+    while True:
+        output = await communicator.receive_output(wait)
+        if output["type"] == "websocket.close":
+            return messages, output
+        messages.append(json.loads(output["text"]))

@@ -1,0 +1,1 @@
+"""Real-time transcription sessions: the WebSocket protocol, engines and records."""

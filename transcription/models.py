@@ -1,0 +1,101 @@
+"""Records of audio sessions, their final transcripts and their errors."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class AudioSession(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "active"
+        COMPLETED = "completed", "completed"
+        FAILED = "failed", "failed"
+        REJECTED = "rejected", "rejected"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="audio_sessions",
+    )
+    token = models.ForeignKey(
+        "accounts.ApiToken",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="audio_sessions",
+    )
+    auth_method = models.CharField(max_length=16, blank=True)
+    engine = models.CharField(max_length=200)
+    language = models.CharField(max_length=16, blank=True)
+    encoding = models.CharField(max_length=16, blank=True)
+    sample_rate = models.PositiveIntegerField(null=True, blank=True)
+    send_partials = models.BooleanField(default=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    client = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.ACTIVE, db_index=True
+    )
+    close_code = models.PositiveIntegerField(null=True, blank=True, db_index=True)
+    close_reason = models.CharField(max_length=200, blank=True)
+    audio_bytes = models.BigIntegerField(default=0)
+    audio_seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["token", "status"])]
+
+    def __str__(self) -> str:
+        who = self.user.get_username() if self.user else "anonymous"
+        return f"{who} {self.started_at:%Y-%m-%d %H:%M:%S} ({self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+
+class Transcript(models.Model):
+    """One final transcript, stored the moment the engine delivers it."""
+
+    session = models.ForeignKey(
+        AudioSession, on_delete=models.CASCADE, related_name="transcripts"
+    )
+    seq = models.PositiveIntegerField()
+    text = models.TextField()
+    start_seconds = models.FloatField(null=True, blank=True)
+    end_seconds = models.FloatField(null=True, blank=True)
+    result_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="transcript_seq")
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+
+class SessionError(models.Model):
+    session = models.ForeignKey(
+        AudioSession, on_delete=models.CASCADE, related_name="errors"
+    )
+    close_code = models.PositiveIntegerField(null=True, blank=True)
+    kind = models.CharField(max_length=32)
+    message = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message[:80]}"

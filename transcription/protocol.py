@@ -1,0 +1,101 @@
+"""The seed-004 wire protocol: query parameters, close codes, messages (pure)."""
+
+import json
+from typing import Final
+from urllib.parse import parse_qs
+
+from transcription.engines import Capabilities, StreamParams, TranscriptEvent
+
+END_OF_STREAM: Final = "END_OF_STREAM"
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_SERVER_ERROR: Final = 1011
+CLOSE_TRY_AGAIN: Final = 1013
+
+KNOWN_PARAMETERS: Final = frozenset(
+    {"token", "language", "encoding", "sampleRate", "sendPartials", "detail"}
+)
+
+
+class ProtocolError(Exception):
+    """A client mistake: one {"error"} with this message, then close 1008."""
+
+
+def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:
+    values = query.get(name)
+    if not values:
+        return default
+    value = values[-1]
+    if value not in ("true", "false"):
+        raise ProtocolError(
+            f"Invalid {name} {value!r}: allowed values are 'true' and 'false'."
+        )
+    return value == "true"
+
+
+def _listed(allowed: tuple[str, ...], limit: int = 12) -> str:
+    shown = ", ".join(allowed[:limit])
+    return shown + (f" and {len(allowed) - limit} more" if len(allowed) > limit else "")
+
+
+def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
+    """Validate the connection's query parameters against the engine's capabilities."""
+    try:
+        query = parse_qs(query_string.decode("utf-8"), strict_parsing=False)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("The query string is not valid UTF-8.") from exc
+
+    language = query.get("language", ["en-US"])[-1]
+    if language not in caps.languages:
+        raise ProtocolError(
+            f"Unsupported language {language!r}: this server accepts "
+            f"{_listed(caps.languages)}."
+        )
+    encoding = query.get("encoding", ["pcm"])[-1]
+    if encoding not in caps.encodings:
+        raise ProtocolError(
+            f"Unsupported encoding {encoding!r}: this server accepts "
+            f"{_listed(caps.encodings)}."
+        )
+    rate_text = query.get("sampleRate", ["16000"])[-1]
+    allowed_rates = f"an integer from {caps.min_sample_rate} to {caps.max_sample_rate}"
+    if not rate_text.isascii() or not rate_text.isdigit():
+        raise ProtocolError(f"Invalid sampleRate {rate_text!r}: use {allowed_rates}.")
+    sample_rate = int(rate_text)
+    if not caps.min_sample_rate <= sample_rate <= caps.max_sample_rate:
+        raise ProtocolError(
+            f"Unsupported sampleRate {sample_rate}: use {allowed_rates}."
+        )
+    options = {
+        name: values[-1] for name, values in query.items() if name in caps.options
+    }
+    return StreamParams(
+        language=language,
+        encoding=encoding,
+        sample_rate=sample_rate,
+        send_partials=_flag(query, "sendPartials", True),
+        detail=_flag(query, "detail", False),
+        options=options,
+    )
+
+
+def error_message(message: str) -> str:
+    return json.dumps({"error": message})
+
+
+def event_message(event: TranscriptEvent, *, detail: bool) -> str:
+    """`{"partialTranscript"}` or `{"transcript"}`; timings only when asked (detail)."""
+    key = "partialTranscript" if event.is_partial else "transcript"
+    if not detail:
+        return json.dumps({key: event.text})
+    return json.dumps(
+        {
+            key: event.text,
+            "isPartial": event.is_partial,
+            "startTime": event.start,
+            "endTime": event.end,
+            "resultId": event.result_id,
+        }
+    )
