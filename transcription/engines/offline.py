@@ -119,7 +119,7 @@ class OfflineStream:
         self._task = asyncio.create_task(self._decode_loop())
 
     async def send_audio(self, chunk: bytes) -> None:
-        if not (self._ended or self._closed):
+        if not (self._ended or self._closed or self._task.done()):
             self._buffer += chunk
             self._wakeup.set()
 

@@ -10,8 +10,11 @@ utterance) and gives it back at the endpoint.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import threading
 
 import numpy as np
 import soxr
@@ -33,7 +36,16 @@ _sessions: dict[str, Session] = {}
 def init_worker() -> None:
     """Process initializer: leave Ctrl-C to the parent, build one decoder ahead."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     _release_decoder(_take_decoder())
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    # A parent killed outright never tells its pool to stop: do not outlive it.
+    multiprocessing.connection.wait([parent.sentinel])
+    os._exit(0)
 
 
 def _take_decoder() -> Decoder:
@@ -59,7 +71,8 @@ class Session:
         self.resampler = (
             None
             if sample_rate == SAMPLE_RATE
-            else soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="int16")
+            # float32 inside: soxr's int16 path rounds differently chunk by chunk.
+            else soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32")
         )
         self.odd_byte = b""  # half a sample, waiting for its other half
         self.pending = bytearray()  # 16 kHz audio short of a whole endpointer frame
@@ -106,8 +119,9 @@ class Session:
         data = self.odd_byte + data
         cut = len(data) & ~1
         self.odd_byte = data[cut:]
-        samples = np.frombuffer(data[:cut], dtype="<i2")
-        return self.resampler.resample_chunk(samples, last=last).astype("<i2").tobytes()
+        samples = np.frombuffer(data[:cut], dtype="<i2").astype(np.float32)
+        out = self.resampler.resample_chunk(samples, last=last)
+        return np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes()
 
     def _frame(self, frame: bytes) -> None:
         was_in_speech = self.endpointer.in_speech
