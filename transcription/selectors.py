@@ -2,10 +2,10 @@
 
 import datetime as dt
 
-from django.db.models import QuerySet
+from django.db.models import Min, Q, QuerySet
 from django.utils import timezone
 
-from transcription.models import AudioSession, Transcript
+from transcription.models import AudioSession, ReceiverBatch, Transcript
 
 
 def token_active_session_count(*, token_id: int, max_age_seconds: float) -> int:
@@ -25,3 +25,41 @@ def session_list(*, username: str | None = None) -> QuerySet[AudioSession]:
 
 def session_transcripts(*, session: AudioSession) -> QuerySet[Transcript]:
     return session.transcripts.order_by("seq")
+
+
+def _batches_waiting(now: dt.datetime) -> QuerySet[ReceiverBatch]:
+    Status = ReceiverBatch.Status
+    return ReceiverBatch.objects.filter(
+        Q(status__in=[Status.OPEN, Status.PENDING], due_at__lte=now)
+        | Q(status=Status.CLAIMED, claimed_until__lt=now)
+    )
+
+
+def batches_due(*, limit: int) -> list[int]:
+    """Primary keys of batches a worker may claim now, the oldest first."""
+    now = timezone.now()
+    return list(
+        _batches_waiting(now).order_by("due_at").values_list("pk", flat=True)[:limit]
+    )
+
+
+def batch_next_due_at() -> dt.datetime | None:
+    """When the next open or pending batch falls due (None: nothing waits)."""
+    Status = ReceiverBatch.Status
+    return ReceiverBatch.objects.filter(
+        status__in=[Status.OPEN, Status.PENDING]
+    ).aggregate(due=Min("due_at"))["due"]
+
+
+def batch_document(*, batch_pk: int) -> dict:
+    """The JSON document the receiver gets for a batch (SPEC §4)."""
+    batch = ReceiverBatch.objects.select_related("session").get(pk=batch_pk)
+    finals = batch.transcripts.order_by("seq").values_list("text", "created_at")
+    return {
+        "session_id": str(batch.session_id),
+        "batch_id": str(batch.batch_id),
+        "language": batch.session.language or "en-US",
+        "transcriptions": [
+            {"text": text, "timestamp": created.isoformat()} for text, created in finals
+        ],
+    }
