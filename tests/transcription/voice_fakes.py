@@ -114,3 +114,15 @@ class HttpReceiver(TcpReceiver):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/reply"
+
+
+async def eventually(check: Callable[[], object], seconds: float = 10) -> object:
+    """Poll a database condition (run in a thread) until it holds, bounded."""
+    from asgiref.sync import sync_to_async
+
+    async def poll():
+        while not (result := await sync_to_async(check)()):  # noqa: ASYNC110 (the DB)
+            await asyncio.sleep(0.02)
+        return result
+
+    return await asyncio.wait_for(poll(), seconds)
