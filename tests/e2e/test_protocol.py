@@ -12,7 +12,7 @@ from accounts.services import api_token_create
 from tests.e2e.servers import ROOT, run_daphne
 from transcription.models import AudioSession
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 
 @pytest.fixture
