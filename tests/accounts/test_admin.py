@@ -152,3 +152,41 @@ def test_non_staff_are_refused(client, user, api_token):
     assert client.post(reverse("admin:accounts_apitoken_revoke", args=[token.pk]))
     token.refresh_from_db()
     assert token.revoked_at is None
+
+
+def test_no_admin_page_shows_a_raw_token(admin_client, user, api_token):
+    """Every changelist and change page of every registered model, after real use."""
+    from django.contrib import admin
+
+    token, raw = api_token
+    created = admin_client.post(ADD, {"user": user.pk, "name": "second"})
+    second_raw = raw_on_page(created.content.decode())
+    session = record_session(
+        user=user, token=token, finals=["hi"], close_code=1008, error=("auth", "no")
+    )
+    pages = [reverse("admin:index")]
+    for model, model_admin in admin.site._registry.items():
+        opts = model._meta
+        pages.append(reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"))
+        for obj in model_admin.get_queryset(_request(user))[:5]:
+            pages.append(
+                reverse(
+                    f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]
+                )
+            )
+    pages.append(reverse("admin:transcription_audiosession_change", args=[session.pk]))
+    assert len(pages) > 8
+    for url in pages:
+        response = admin_client.get(url)
+        assert response.status_code == 200, url
+        body = response.content.decode()
+        assert raw not in body, url
+        assert second_raw not in body, url
+
+
+def _request(user):
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/")
+    request.user = user
+    return request

@@ -19,10 +19,12 @@ def record_session(
     error: tuple[str, str] | None = None,
     days_ago: float = 0,
     engine: str = "echo",
+    refused: bool = False,
 ) -> AudioSession:
     """A session as the consumer records it; finals are (text, start, end) or text.
 
-    close_code None leaves it active; `error` is (kind, message) before the close.
+    close_code None leaves it active; `error` is (kind, message) before the close;
+    `refused` records it as the consumer records a refusal at connect.
     """
     session = services.session_start(
         user=user,
@@ -41,14 +43,19 @@ def record_session(
             audio_bytes=audio_bytes * seq // len(finals),
             bytes_per_second=BYTES_PER_SECOND,
         )
-    if error:
+    if refused:
+        kind, message = error or ("auth", "refused")
+        services.session_reject(
+            session=session, close_code=close_code, message=message, kind=kind
+        )
+    elif error:
         services.session_error_add(
             session_id=session.pk,
             close_code=close_code,
             kind=error[0],
             message=error[1],
         )
-    if close_code is not None:
+    if close_code is not None and not refused:
         services.session_end(
             session_id=session.pk,
             close_code=close_code,
