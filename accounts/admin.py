@@ -5,6 +5,7 @@ stored, put in a message (the messages framework keeps those in a cookie or the
 session), logged, or shown on any other page.
 """
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import construct_change_message
 from django.core.exceptions import PermissionDenied
@@ -19,6 +20,18 @@ from django.utils.cache import add_never_cache_headers, patch_cache_control
 from accounts.models import ApiToken
 from accounts.selectors import api_token_list
 from accounts.services import api_token_create, api_token_revoke, api_token_rotate
+
+
+class ApiTokenAddForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name", "expires_at"]
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data["expires_at"]
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError("The expiry must be in the future.")
+        return expires_at
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -53,6 +66,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "session_count",
         "audio_minutes",
     ]
+    form = ApiTokenAddForm
     list_filter = [StatusFilter, "created_at", "last_used_at"]
     search_fields = ["prefix", "name", "user__username", "user__email"]
     list_select_related = ["user"]
@@ -109,8 +123,14 @@ class ApiTokenAdmin(admin.ModelAdmin):
                 message = construct_change_message(form, None, add=True)
                 self.log_addition(request, token, message)
                 return self._raw_token_response(request, token, raw, rotated=None)
-        # GET, or a form with errors: the stock page renders it.
-        return super().add_view(request, form_url, extra_context)
+        # GET, or a form with errors: the stock page renders it, with one button
+        # (every save leads to the page that shows the raw token).
+        extra = {
+            **(extra_context or {}),
+            "show_save_and_add_another": False,
+            "show_save_and_continue": False,
+        }
+        return super().add_view(request, form_url, extra)
 
     def _raw_token_response(
         self,

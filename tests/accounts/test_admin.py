@@ -52,6 +52,7 @@ def test_add_shows_the_raw_token_once(admin_client, user):
     form = admin_client.get(ADD)
     assert form.status_code == 200
     assert 'name="expires_at_0"' in form.content.decode()
+    assert 'name="_addanother"' not in form.content.decode()
     response = admin_client.post(
         ADD, {"user": user.pk, "name": "phone", "expires_at_0": "", "expires_at_1": ""}
     )
@@ -64,6 +65,35 @@ def test_add_shows_the_raw_token_once(admin_client, user):
         assert raw not in admin_client.get(url).content.decode()
     assert raw not in str(response.cookies)
     assert raw not in str(admin_client.cookies)
+
+
+def test_add_refuses_an_expiry_in_the_past(admin_client, user):
+    response = admin_client.post(
+        ADD,
+        {
+            "user": user.pk,
+            "name": "x",
+            "expires_at_0": "2000-01-01",
+            "expires_at_1": "00:00",
+        },
+    )
+    assert response.status_code == 200
+    assert "The expiry must be in the future." in response.content.decode()
+    assert not ApiToken.objects.exists()
+
+
+def test_add_with_an_expiry(admin_client, user):
+    response = admin_client.post(
+        ADD,
+        {
+            "user": user.pk,
+            "name": "x",
+            "expires_at_0": "2999-01-01",
+            "expires_at_1": "12:00",
+        },
+    )
+    token = api_token_authenticate(raw=raw_on_page(response.content.decode()))
+    assert token.expires_at.year == 2999
 
 
 def test_add_with_errors_shows_the_form_again(admin_client):
