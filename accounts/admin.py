@@ -8,6 +8,8 @@ session), logged, or shown on any other page.
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import construct_change_message
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponseRedirect
@@ -240,3 +242,38 @@ class ApiTokenAdmin(admin.ModelAdmin):
             "show_save_and_add_another": False,
         }
         return super().change_view(request, object_id, form_url, extra)
+
+
+class ApiTokenInline(admin.TabularInline):
+    """A user's tokens on the user's page (read-only; links to each token)."""
+
+    model = ApiToken
+    fields = [
+        "prefix",
+        "name",
+        "status_label",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+    ]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="status")
+    def status_label(self, obj: ApiToken) -> str:
+        return obj.status
+
+
+User = get_user_model()
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserWithTokensAdmin(UserAdmin):
+    inlines = [*UserAdmin.inlines, ApiTokenInline]

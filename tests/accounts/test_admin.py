@@ -220,3 +220,13 @@ def _request(user):
     request = RequestFactory().get("/")
     request.user = user
     return request
+
+
+def test_user_page_lists_the_users_tokens(admin_client, user, api_token):
+    token, raw = api_token
+    response = admin_client.get(reverse("admin:auth_user_change", args=[user.pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert token.prefix in html
+    assert change_url(token) in html
+    assert raw not in html
