@@ -3,9 +3,11 @@
 import contextlib
 import uuid
 
+from django.apps import apps
 from django.contrib import admin
-from django.http import HttpResponse
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -193,12 +195,86 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def errors(self, obj: AudioSession) -> int:
         return obj.errors_count
 
+    def get_urls(self):
+        return [
+            path(
+                "<uuid:session_id>/reply-audio/<int:batch_pk>/",
+                self.admin_site.admin_view(self.reply_audio_view),
+                name="transcription_audiosession_reply_audio",
+            ),
+            *super().get_urls(),
+        ]
+
+    def reply_audio_view(self, request, session_id, batch_pk):
+        """The stored speech of one reply (MP3), for the conversation's player."""
+        session = AudioSession.objects.filter(pk=session_id).first()
+        if session is None or not hasattr(session, "batches"):
+            raise Http404
+        if not self.has_view_permission(request, session):
+            raise PermissionDenied
+        batch = session.batches.filter(pk=batch_pk).only("reply_audio").first()
+        if batch is None or batch.reply_audio is None:
+            raise Http404
+        response = HttpResponse(bytes(batch.reply_audio), content_type="audio/mpeg")
+        response["Cache-Control"] = "private, max-age=3600"
+        return response
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra = dict(extra_context or {})
         session = self.get_object(request, object_id)
         if session is not None:
             extra["timeline"] = selectors.session_timeline(session=session)
         return super().change_view(request, object_id, form_url, extra)
+
+
+try:
+    ReceiverBatch = apps.get_model("transcription", "ReceiverBatch")
+except LookupError:  # the voice loop's model is not there yet
+    ReceiverBatch = None
+
+if ReceiverBatch is not None:
+
+    class ReceiverBatchInline(ReadOnlyAdminMixin, admin.TabularInline):
+        model = ReceiverBatch
+        fields = [
+            "created_at",
+            "status",
+            "attempts",
+            "delivered_at",
+            "reply_text",
+            "tts_status",
+            "last_error",
+        ]
+        readonly_fields = fields
+        extra = 0
+        can_delete = False
+
+    AudioSessionAdmin.inlines = [*AudioSessionAdmin.inlines, ReceiverBatchInline]
+
+    @admin.register(ReceiverBatch)
+    class ReceiverBatchAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+        list_display = [
+            "created_at",
+            "session_link",
+            "status",
+            "attempts",
+            "delivered_at",
+            "tts_status",
+            "reply_text",
+            "last_error",
+        ]
+        list_filter = ["status", "tts_status", "created_at"]
+        search_fields = ["reply_text", "last_error", "session__user__username"]
+        list_select_related = ["session", "session__user"]
+        date_hierarchy = "created_at"
+        exclude = ["reply_audio"]
+
+        @admin.display(description="session")
+        def session_link(self, obj) -> str:
+            url = reverse(
+                "admin:transcription_audiosession_change", args=[obj.session_id]
+            )
+            return format_html('<a href="{}">{}</a>', url, obj.session)
 
 
 @admin.register(Transcript)

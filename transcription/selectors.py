@@ -11,9 +11,11 @@ from django.conf import settings
 from django.db import models
 from django.db.models import (
     Count,
+    ExpressionWrapper,
     IntegerField,
     OuterRef,
     Prefetch,
+    Q,
     QuerySet,
     Subquery,
     Sum,
@@ -219,7 +221,7 @@ class TimelineEntry:
     kind: str  # "start", "final", "batch", "reply", "error", "end"
     text: str
     detail: str = ""
-    audio_url: str = ""  # a player is shown when set (stored reply audio)
+    audio_batch_pk: int | None = None  # a reply whose speech was kept: a player
     order: int = 0  # breaks ties between entries with the same time
 
 
@@ -260,11 +262,48 @@ def _error_entries(session: AudioSession) -> Iterable[TimelineEntry]:
         )
 
 
-# Each source turns one kind of related record into timeline entries; the voice
-# loop appends its batches and replies here.
+def _batch_entries(session: AudioSession) -> Iterable[TimelineEntry]:
+    """Batches sent to the receiver and their replies (once the voice loop exists)."""
+    batches = getattr(session, "batches", None)  # ReceiverBatch's reverse relation
+    if batches is None:
+        return
+    with_audio = ExpressionWrapper(
+        Q(reply_audio__isnull=False), output_field=models.BooleanField()
+    )
+    for batch in (
+        batches.defer("reply_audio")
+        .annotate(has_audio=with_audio, finals=Count("transcripts"))
+        .order_by("created_at", "pk")
+    ):
+        detail = f"{batch.get_status_display()}, {batch.attempts} attempt(s)"
+        if batch.last_error:
+            detail += f": {batch.last_error}"
+        yield TimelineEntry(
+            batch.due_at if batch.delivered_at is None else batch.delivered_at,
+            "batch",
+            f"{batch.finals} final(s) sent to the receiver",
+            detail,
+            order=3,
+        )
+        if batch.delivered_at and batch.reply_text:
+            speech = f"speech {batch.tts_status or 'none'}"
+            if batch.tts_error:
+                speech += f": {batch.tts_error}"
+            yield TimelineEntry(
+                batch.delivered_at,
+                "reply",
+                batch.reply_text,
+                speech,
+                audio_batch_pk=batch.pk if batch.has_audio else None,
+                order=4,
+            )
+
+
+# Each source turns one kind of related record into timeline entries.
 TIMELINE_SOURCES: list[Callable[[AudioSession], Iterable[TimelineEntry]]] = [
     _start_entries,
     _final_entries,
+    _batch_entries,
     _error_entries,
 ]
 
