@@ -76,6 +76,27 @@ def session_as_dict(session: AudioSession) -> dict:
             }
             for t in _transcripts(session)
         ],
+        **_replies(session),
+    }
+
+
+def _replies(session: AudioSession) -> dict:
+    """The voice loop's batches and replies, when the project has them."""
+    if not hasattr(session, "batches"):
+        return {}
+    return {
+        "batches": [
+            {
+                "batch_id": str(b.batch_id),
+                "status": b.status,
+                "attempts": b.attempts,
+                "finals": sorted(t.seq for t in b.transcripts.all()),
+                "reply": b.reply_text,
+                "delivered_at": _iso(b.delivered_at),
+                "error": b.last_error,
+            }
+            for b in sorted(session.batches.all(), key=lambda b: (b.created_at, b.pk))
+        ]
     }
 
 

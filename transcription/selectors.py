@@ -324,6 +324,11 @@ def sessions_for_export(
     sessions = session_list_with_counts().prefetch_related(
         Prefetch("transcripts", queryset=Transcript.objects.order_by("seq"))
     )
+    if "batches" in session_count_sources():
+        batches = session_count_sources()["batches"].objects.defer("reply_audio")
+        sessions = sessions.prefetch_related(
+            Prefetch("batches", queryset=batches.prefetch_related("transcripts"))
+        )
     if username:
         sessions = sessions.filter(user__username=username)
     if session_ids is not None:

@@ -2,6 +2,9 @@
 
 import datetime as dt
 
+import pytest
+from django.apps import apps
+
 from transcription import services
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.models import AudioSession
@@ -82,3 +85,54 @@ def _shift(session: AudioSession, delta: dt.timedelta) -> None:
     for error in session.errors.all():
         error.created_at -= delta
         error.save(update_fields=["created_at"])
+
+
+def record_voice_session(*, user):
+    """A session with two batches: one replied with kept speech, one failed.
+
+    Needs the voice loop (ReceiverBatch and its services) and REPLY_AUDIO_STORE;
+    skips the test on a branch without them. Returns (session, [batch pks]).
+    """
+    try:
+        apps.get_model("transcription", "ReceiverBatch")
+    except LookupError:
+        pytest.skip("the voice loop's ReceiverBatch is not on this branch")
+    session = services.session_start(
+        user=user,
+        token=None,
+        auth_method="session",
+        engine="echo",
+        params=StreamParams(),
+    )
+    batch_pks = []
+    for seq, text in enumerate(["what is the weather", "turn on the lights"], 1):
+        final = services.transcript_add_final(
+            session_id=session.pk,
+            seq=seq,
+            event=TranscriptEvent(text=text, is_partial=False),
+            audio_bytes=BYTES_PER_SECOND * seq,
+            bytes_per_second=BYTES_PER_SECOND,
+            silence_seconds=0.0,
+        )
+        assert services.batch_claim(
+            batch_pk=final.batch_id, worker_id="w", lease_seconds=30
+        )
+        batch_pks.append(final.batch_id)
+    services.batch_record_reply(
+        batch_pk=batch_pks[0],
+        worker_id="w",
+        reply="It is sunny.",
+        audio=b"ID3-fake-mp3",
+        tts_engine="espeak",
+        tts_error="",
+    )
+    services.batch_record_failure(
+        batch_pk=batch_pks[1], worker_id="w", message="connection refused", retry=False
+    )
+    services.session_end(
+        session_id=session.pk,
+        close_code=1000,
+        audio_bytes=2 * BYTES_PER_SECOND,
+        bytes_per_second=BYTES_PER_SECOND,
+    )
+    return session, batch_pks

@@ -6,7 +6,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from tests.transcription.sessions import record_session
+from tests.transcription.sessions import record_session, record_voice_session
 from transcription.models import AudioSession
 
 pytestmark = pytest.mark.django_db
@@ -233,59 +233,8 @@ def test_non_staff_are_refused(client, user, history):
 
 @pytest.fixture
 def voice_session(user, settings):
-    """A session with two batches, one replied with kept speech, one failed.
-
-    Needs the voice loop (ReceiverBatch and its services); skipped without it.
-    """
-    from django.apps import apps
-
-    try:
-        apps.get_model("transcription", "ReceiverBatch")
-    except LookupError:
-        pytest.skip("the voice loop's ReceiverBatch is not on this branch")
-    from transcription import services
-    from transcription.engines import StreamParams, TranscriptEvent
-
     settings.REPLY_AUDIO_STORE = True
-    session = services.session_start(
-        user=user,
-        token=None,
-        auth_method="session",
-        engine="echo",
-        params=StreamParams(),
-    )
-    batch_pks = []
-    for seq, text in enumerate(["what is the weather", "turn on the lights"], 1):
-        final = services.transcript_add_final(
-            session_id=session.pk,
-            seq=seq,
-            event=TranscriptEvent(text=text, is_partial=False),
-            audio_bytes=32000 * seq,
-            bytes_per_second=32000,
-            silence_seconds=0.0,
-        )
-        assert services.batch_claim(
-            batch_pk=final.batch_id, worker_id="w", lease_seconds=30
-        )
-        batch_pks.append(final.batch_id)
-    services.batch_record_reply(
-        batch_pk=batch_pks[0],
-        worker_id="w",
-        reply="It is sunny.",
-        audio=b"ID3-fake-mp3",
-        tts_engine="espeak",
-        tts_error="",
-    )
-    services.batch_record_failure(
-        batch_pk=batch_pks[1], worker_id="w", message="connection refused", retry=False
-    )
-    services.session_end(
-        session_id=session.pk,
-        close_code=1000,
-        audio_bytes=64000,
-        bytes_per_second=32000,
-    )
-    return session, batch_pks
+    return record_voice_session(user=user)
 
 
 def test_conversation_with_batches_and_replies(admin_client, voice_session):

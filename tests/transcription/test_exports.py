@@ -133,3 +133,20 @@ def test_csv_defuses_formulas():
 def test_export_dispatches_every_format(two_sessions):
     for fmt in exports.FORMATS:
         assert exports.export(two_sessions, fmt).strip()
+
+
+def test_json_includes_batches_and_replies_with_the_voice_loop(user, settings):
+    from tests.transcription.sessions import record_voice_session
+
+    settings.REPLY_AUDIO_STORE = True
+    session, _ = record_voice_session(user=user)
+    [data] = json.loads(
+        exports.export_json(selectors.sessions_for_export(session_ids=[session.pk]))
+    )
+    assert [(b["finals"], b["status"], b["reply"]) for b in data["batches"]] == [
+        ([1], "delivered", "It is sunny."),
+        ([2], "failed", ""),
+    ]
+    assert data["batches"][1]["error"] == "connection refused"
+    rows = exports.export_csv(selectors.sessions_for_export(session_ids=[session.pk]))
+    assert rows.splitlines()[1].endswith(",2,1,2")  # finals, errors, batches
