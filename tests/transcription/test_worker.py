@@ -13,6 +13,8 @@ from transcription.engines import TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError
 from transcription.worker import BatchWorker
 
+pytestmark = pytest.mark.services  # the claims matter most on PostgreSQL
+
 
 def _session() -> AudioSession:
     return services.session_start(
