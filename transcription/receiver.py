@@ -166,8 +166,8 @@ def _http_post(config: ReceiverConfig, body: bytes) -> bytes:
             f"Receiver at {config.url} answered HTTP {exc.code}.",
             retry=exc.code >= 500 or exc.code == 429,
         ) from exc
-    except TimeoutError as exc:
-        raise TimeoutError from exc
+    except TimeoutError:
+        raise  # reported by receiver_exchange (it is an OSError, caught below)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, TimeoutError):
