@@ -100,7 +100,8 @@ async def test_refused_connection_is_a_retryable_error():
     assert info.value.retry is True
 
 
-async def test_silent_receiver_times_out():
+@pytest.mark.parametrize("transport", ["tcp", "http"])
+async def test_silent_receiver_times_out(transport):
     release = asyncio.Event()
 
     async def hold(reader, writer):
@@ -110,6 +111,8 @@ async def test_silent_receiver_times_out():
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     config = ReceiverConfig(host="127.0.0.1", port=port, timeout=0.2)
+    if transport == "http":
+        config = ReceiverConfig(url=f"http://127.0.0.1:{port}/", timeout=0.2)
     try:
         with pytest.raises(ReceiverError, match=r"did not answer within 0\.2") as info:
             await receiver_exchange(config, DOCUMENT)
