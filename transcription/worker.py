@@ -60,8 +60,16 @@ class BatchWorker:
         logger.info("batch worker %s started", self.worker_id)
         try:
             while True:
-                await self.claim_due()
-                await self._sleep()
+                self.wake.clear()
+                try:
+                    await self.claim_due()
+                    delay = await self._next_delay()
+                except Exception:
+                    # A database hiccup must not end the worker: try again later.
+                    logger.exception("batch worker %s: claiming failed", self.worker_id)
+                    delay = POLL_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), delay)
         finally:
             for task in self.tasks:
                 task.cancel()
@@ -85,17 +93,15 @@ class BatchWorker:
         self.tasks.discard(task)
         self.wake.set()
 
-    async def _sleep(self) -> None:
+    async def _next_delay(self) -> float:
+        """Until the next batch falls due, at most POLL_SECONDS (other processes
+        add batches too)."""
         delay = POLL_SECONDS
         if len(self.tasks) < self.concurrency:
             due = await database_sync_to_async(selectors.batch_next_due_at)()
             if due is not None:
                 delay = (due - timezone.now()).total_seconds()
-        self.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self.wake.wait(), min(max(delay, 0.02), POLL_SECONDS)
-            )
+        return min(max(delay, 0.02), POLL_SECONDS)
 
     async def deliver(self, batch_pk: int) -> None:
         """One attempt: the exchange, then speech, each outcome stored, then pushed."""
