@@ -44,6 +44,15 @@ async def voice(settings):
         await receiver.stop()
 
 
+async def say(connect, api_token, *finals: bytes, **params):
+    """A session: each chunk one final (words engine), END_OF_STREAM, to the close."""
+    ws = await connect(token=api_token[1], **params)
+    for text in finals:
+        await ws.send_to(bytes_data=text)
+    await ws.send_to(text_data="END_OF_STREAM")
+    return await receive_until_close(ws)
+
+
 def _batches():
     return list(ReceiverBatch.objects.order_by("created_at"))
 
@@ -56,11 +65,9 @@ async def test_end_of_stream_sends_the_batch_and_speaks_the_reply(
     voice, connect, api_token
 ):
     receiver = await voice()
-    ws = await connect(token=api_token[1])
-    await ws.send_to(bytes_data=b"hello world")
-    await ws.send_to(bytes_data=b"the weather is nice")
-    await ws.send_to(text_data="END_OF_STREAM")
-    messages, close = await receive_until_close(ws)
+    messages, close = await say(
+        connect, api_token, b"hello world", b"the weather is nice"
+    )
 
     assert messages[:2] == [
         {"transcript": "hello world"},
@@ -120,10 +127,7 @@ async def test_silence_sends_a_batch_while_the_session_goes_on(
 
 async def test_http_receiver(voice, connect, api_token):
     receiver = await voice(cls=HttpReceiver)
-    ws = await connect(token=api_token[1], sendPartials="false")
-    await ws.send_to(bytes_data=b"over http")
-    await ws.send_to(text_data="END_OF_STREAM")
-    messages, close = await receive_until_close(ws)
+    messages, close = await say(connect, api_token, b"over http", sendPartials="false")
     assert messages[1]["message"] == "You said over http"
     assert mp3_seconds(base64.b64decode(messages[1]["audio"])) > 0.5
     assert [d["transcriptions"][0]["text"] for d in receiver.documents] == ["over http"]
@@ -173,10 +177,7 @@ async def test_reply_after_the_client_left_stays_in_history(
 
 async def test_empty_reply_sends_no_server_response(voice, connect, api_token):
     await voice(lambda document: b"\n")
-    ws = await connect(token=api_token[1])
-    await ws.send_to(bytes_data=b"say nothing")
-    await ws.send_to(text_data="END_OF_STREAM")
-    messages, close = await receive_until_close(ws)
+    messages, close = await say(connect, api_token, b"say nothing")
     assert messages == [{"transcript": "say nothing"}]
     assert close["code"] == 1000
     [batch] = await sync_to_async(_batches)()
@@ -196,10 +197,7 @@ async def test_bad_reply_is_recorded_and_the_session_goes_on(
     voice, connect, api_token, reply, words
 ):
     await voice(lambda document: reply)
-    ws = await connect(token=api_token[1])
-    await ws.send_to(bytes_data=b"one")
-    await ws.send_to(text_data="END_OF_STREAM")
-    messages, close = await receive_until_close(ws)
+    messages, close = await say(connect, api_token, b"one")
     assert messages == [{"transcript": "one"}]
     assert close["code"] == 1000
     [batch] = await sync_to_async(_batches)()
@@ -213,10 +211,7 @@ async def test_bad_reply_is_recorded_and_the_session_goes_on(
 async def test_speech_failure_still_sends_the_text(voice, connect, api_token, settings):
     await voice()
     settings.TTS_ENGINE = "tests.transcription.test_voice_loop.BrokenSpeech"
-    ws = await connect(token=api_token[1])
-    await ws.send_to(bytes_data=b"speak up")
-    await ws.send_to(text_data="END_OF_STREAM")
-    messages, _ = await receive_until_close(ws)
+    messages, _ = await say(connect, api_token, b"speak up")
     assert messages[1] == {
         "type": "server_response",
         "message": "You said speak up",
@@ -241,10 +236,7 @@ class BrokenSpeech:
 async def test_no_receiver_no_batches(settings, connect, api_token):
     settings.TRANSCRIPTION_ENGINE = "tests.transcription.voice_fakes.WordsEngine"
     settings.RECEIVER_HOST = settings.RECEIVER_URL = ""
-    ws = await connect(token=api_token[1])
-    await ws.send_to(bytes_data=b"just text")
-    await ws.send_to(text_data="END_OF_STREAM")
-    messages, close = await receive_until_close(ws)
+    messages, close = await say(connect, api_token, b"just text")
     assert messages == [{"transcript": "just text"}]
     assert close["code"] == 1000
     assert await sync_to_async(_batches)() == []
