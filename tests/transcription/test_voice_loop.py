@@ -15,7 +15,8 @@ from tests.transcription.voice_fakes import (
 from transcription import worker
 from transcription.models import ReceiverBatch, SessionError, Transcript
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Also on PostgreSQL and the Redis channel layer (the worker in-process there too).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 
 @pytest.fixture
