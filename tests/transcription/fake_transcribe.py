@@ -16,27 +16,32 @@ subprocess reach it alike at `fake.url`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import hmac
 import json
+import pathlib
 import re
 import ssl
 import threading
 import uuid
 from binascii import hexlify, unhexlify
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
+import trustme
 from amazon_transcribe.eventstream import (
     EventStreamBuffer,
     EventStreamMessageSerializer,
 )
 
 ACCESS_KEY_ID = "AKIAFAKETRANSCRIBE01"
-SECRET_ACCESS_KEY = "fake-secret-access-key-for-tests"  # noqa: S105
+SECRET_ACCESS_KEY = "fake-secret-access-key-for-tests"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NO_AUDIO_MESSAGE = (
     "Your request timed out because no new audio was received for 15 seconds."
@@ -64,7 +69,8 @@ class Play:
     start_error: str = ""  # an exception name from _STATUS: HTTP error at start
     stream_error: str = ""  # exception event after the first audio event
     error_message: str = "played by the fake"
-    script: list[tuple[str, bool]] | None = None  # (text, is_partial) per audio event
+    # (text, is_partial) results answering the first audio event, instead of decoding
+    script: list[tuple[str, bool]] | None = None
     no_audio_timeout: float = 15.0
 
 
@@ -230,12 +236,11 @@ class _Stream:
             if self.recognizer is None:
                 self.recognizer = _Recognizer(self.rate)
             return self.recognizer.feed(audio)
-        script = self.play.script or []
-        index = len(self.received.audio_events) - 1
-        if index < len(script):
-            text, partial = script[index]
-            return [(text, partial, start, self.seconds)]
-        return []
+        if len(self.received.audio_events) > 1:
+            return []
+        return [
+            (text, partial, start, self.seconds) for text, partial in self.play.script
+        ]
 
     def _open_envelope(self, envelope) -> bytes | None:
         """The audio inside a signed envelope; None when the signature is wrong."""
@@ -322,6 +327,7 @@ class FakeTranscribe:
         self.received: list[Received] = []
         self.refusals: list[str] = []  # requests refused before any stream
         self.port = 0
+        self.env: dict[str, str] = {}  # what a client process needs to reach it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -427,9 +433,10 @@ class FakeTranscribe:
                             for message in messages:
                                 conn.send_data(event.stream_id, message)
                             arm(event.stream_id)
-                    elif isinstance(event, h2.events.StreamReset):
-                        if stream := streams.pop(event.stream_id, None):
-                            stream.received.reset = True
+                    elif isinstance(event, h2.events.StreamReset) and (
+                        stream := streams.pop(event.stream_id, None)
+                    ):
+                        stream.received.reset = True
                 flush()
                 await writer.drain()
         except (ConnectionError, ssl.SSLError, h2.exceptions.ProtocolError):
@@ -494,3 +501,21 @@ class FakeTranscribe:
             ],
         )
         conn.send_data(stream_id, body, end_stream=True)
+
+
+@contextlib.contextmanager
+def running_fake(directory: pathlib.Path) -> Iterator[FakeTranscribe]:
+    """A fake with a throw-away CA (written to `directory`) and its client env."""
+    authority = trustme.CA()
+    ca_file = directory / "fake-transcribe-ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    with FakeTranscribe(authority.issue_cert("127.0.0.1")) as fake:
+        fake.env = {
+            "SSL_CERT_FILE": str(ca_file),
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_REGION": fake.region,
+            "AWS_TRANSCRIBE_ENDPOINT": fake.url,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        yield fake
