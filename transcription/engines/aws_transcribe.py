@@ -379,7 +379,7 @@ class AwsTranscribeEngine:
             error = engine_error(exc)
             logger.warning(
                 "session %s: Transcribe start failed, %s: %r",
-                params.session_id,
+                params.session_id or "-",
                 error.kind,
                 exc,
             )
