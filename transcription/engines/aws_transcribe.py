@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
@@ -24,6 +26,8 @@ from amazon_transcribe.endpoints import StaticEndpointResolver
 from amazon_transcribe.httpsession import AwsCrtHttpSessionManager
 from amazon_transcribe.model import StartStreamTranscriptionEventStream
 from amazon_transcribe.model import TranscriptEvent as AwsTranscriptEvent
+from amazon_transcribe.serialize import TranscribeStreamingSerializer
+from amazon_transcribe.structures import BufferableByteStream
 from awscrt.exceptions import AwsCrtError
 from django.conf import settings
 
@@ -46,6 +50,8 @@ START_TIMEOUT_SECONDS = 10.0  # connect, TLS, credentials and the response heade
 CLOSE_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_MS = 5000
 COALESCE_SECONDS = 0.05  # tiny frames wait this long to travel together
+NAP_SECONDS = 0.004  # an idle CRT thread's pause between polls of empty bodies
+BUSY_SECONDS = 0.001  # ... once it has sent nothing for this long
 MAX_EVENT_BYTES = 32 * 1024  # the service's largest audio event
 _END: Final = object()  # sentinel: no more audio
 _NO_AUDIO = re.compile(r"no new audio was received", re.IGNORECASE)
@@ -174,6 +180,42 @@ def engine_error(exc: BaseException) -> EngineError:
     return EngineError(
         "Transcription failed: engine error.", close_code=1011, kind="engine"
     )
+
+
+class _CalmBody(BufferableByteStream):
+    """The SDK's request body (audio events), without the busy wait.
+
+    awscrt 0.26 (the SDK pins it) polls a streaming HTTP/2 body without pause while it
+    is empty, which keeps a CRT thread at 100 % of a core for as long as any stream is
+    open (awslabs/amazon-transcribe-streaming-sdk#25, #84, #109). When a CRT thread has
+    sent nothing for a moment, an empty poll naps a few milliseconds instead; a thread
+    that is moving audio never naps. Audio waits at most one nap.
+    """
+
+    _threads = threading.local()
+
+    def read(self, size=-1):
+        calm = self._threads
+        try:
+            data = super().read(size)
+        except BlockingIOError:
+            if time.monotonic() - getattr(calm, "last_data", 0.0) > BUSY_SECONDS:
+                time.sleep(NAP_SECONDS)
+            raise
+        calm.last_data = time.monotonic()
+        return data
+
+    def read1(self, size=-1):
+        return self.read(size)
+
+
+class _Serializer(TranscribeStreamingSerializer):
+    def serialize_start_stream_transcription_request(self, endpoint, request_shape):
+        request = super().serialize_start_stream_transcription_request(
+            endpoint=endpoint, request_shape=request_shape
+        )
+        request.body = _CalmBody()
+        return request
 
 
 class _SessionHttp(AwsCrtHttpSessionManager):
@@ -356,6 +398,7 @@ class AwsTranscribeEngine:
         # The default chain caches what it resolves: one for the whole process.
         self._credentials = client._credential_resolver
         client._session_manager = _SessionHttp(client._eventloop)
+        client._serializer = _Serializer()
         return client
 
     async def open(self, params: StreamParams) -> AwsTranscribeStream:
