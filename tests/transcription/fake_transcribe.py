@@ -72,6 +72,7 @@ class Play:
     # (text, is_partial) results answering the first audio event, instead of decoding
     script: list[tuple[str, bool]] | None = None
     no_audio_timeout: float = 15.0
+    hang: bool = False  # take the request, never answer it
 
 
 @dataclass
@@ -467,6 +468,8 @@ class FakeTranscribe:
             return
         received = Received(headers=headers, request_signed=True)
         self.received.append(received)
+        if self.play.hang:
+            return
         if self.play.start_error:
             self._reply_error(
                 conn, event.stream_id, self.play.start_error, self.play.error_message

@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from tests.conftest import receive_until_close
 from tests.transcription.fake_transcribe import Play, running_fake
 from transcription import protocol
-from transcription.engines import EngineError, StreamParams, _load
+from transcription.engines import EngineError, StreamParams, _load, aws_transcribe
 from transcription.engines.aws_transcribe import AwsTranscribeEngine
 from transcription.engines.echo import EchoEngine
 from transcription.models import AudioSession, SessionError, Transcript
@@ -305,6 +305,16 @@ async def test_unreachable_service_closes_1011(aws, connect, api_token, settings
     ws = await connect(token=api_token[1])
     error = await _one_error_then_close(ws, 1011)
     assert "Could not reach the transcription service" in error
+    assert await sync_to_async(_errors)() == [(1011, "aws_connection", error)]
+
+
+@pytestmark_db
+async def test_silent_service_closes_1011(aws, connect, api_token, monkeypatch):
+    monkeypatch.setattr(aws_transcribe, "START_TIMEOUT_SECONDS", 0.5)
+    aws.play = Play(hang=True)
+    ws = await connect(token=api_token[1])
+    error = await _one_error_then_close(ws, 1011)
+    assert "did not answer in time" in error
     assert await sync_to_async(_errors)() == [(1011, "aws_connection", error)]
 
 

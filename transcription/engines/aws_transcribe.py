@@ -164,16 +164,16 @@ def engine_error(exc: BaseException) -> EngineError:
             close_code=1011,
             kind="aws_credentials",
         )
+    if isinstance(exc, TimeoutError):
+        return EngineError(
+            "The transcription service did not answer in time.",
+            close_code=1011,
+            kind="aws_connection",
+        )
     if isinstance(exc, AwsCrtError | aws_errors.HTTPException | OSError):
         cause = exc.name if isinstance(exc, AwsCrtError) else name
         return EngineError(
             f"Could not reach the transcription service ({cause}).",
-            close_code=1011,
-            kind="aws_connection",
-        )
-    if isinstance(exc, TimeoutError):
-        return EngineError(
-            "The transcription service did not answer in time.",
             close_code=1011,
             kind="aws_connection",
         )
