@@ -397,6 +397,8 @@ class AwsTranscribeEngine:
         )
         # The default chain caches what it resolves: one for the whole process.
         self._credentials = client._credential_resolver
+        # The SDK (pinned below 0.7) has no hooks for these two parts, so they are
+        # swapped in: an HTTP session this stream can close, a body that does not spin.
         client._session_manager = _SessionHttp(client._eventloop)
         client._serializer = _Serializer()
         return client
