@@ -4,8 +4,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8765
+RECEIVER_PORT ?= 5001
 
 .PHONY: install run test lint migrate clean
+
+# A development key for `make run` only; production sets its own DJANGO_SECRET_KEY.
+DEV_SECRET_KEY := insecure-development-key-for-make-run
 
 install: $(STAMP)
 
@@ -16,19 +20,31 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 migrate: install
-	$(PY) manage.py migrate --noinput
+	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$(DEV_SECRET_KEY)} $(PY) manage.py migrate --noinput
 
+run: export DJANGO_SECRET_KEY := $(or $(DJANGO_SECRET_KEY),$(DEV_SECRET_KEY))
 run: migrate
+	@test "$$DJANGO_SECRET_KEY" != "$(DEV_SECRET_KEY)" || echo "make run: using a development DJANGO_SECRET_KEY (set your own in production)"
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_demo --url http://$(HOST):$(PORT)/
+	@# The demo receiver answers beside daphne unless a receiver is configured.
+	@if [ -z "$$RECEIVER_HOST$$RECEIVER_URL" ]; then \
+	  $(PY) manage.py run_receiver --host 127.0.0.1 --port $(RECEIVER_PORT) & \
+	  trap "kill $$! 2>/dev/null" EXIT; \
+	  export RECEIVER_HOST=127.0.0.1 RECEIVER_PORT=$(RECEIVER_PORT); \
+	fi; \
 	$(VENV)/bin/daphne --bind $(HOST) --port $(PORT) voiceproject.asgi:application
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The second run repeats the tests marked `services` on real PostgreSQL and Redis.
+SERVICES_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:5432/voiceproject REDIS_URL=redis://127.0.0.1:6379/1
+
 test: lint
 	$(VENV)/bin/pytest
+	$(SERVICES_ENV) $(VENV)/bin/pytest -m services
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3
