@@ -132,14 +132,20 @@ async def test_two_sessions_decode_in_two_processes(engine):
 async def test_aclose_mid_utterance_frees_the_session_in_its_worker(engine):
     audio, _ = read_pcm("hello_world.wav")
     stream = await open_stream(engine)
-    for piece in chunks(audio[: len(audio) // 2]):
+    before = {s["pid"]: s for s in await worker_stats(engine)}[stream.worker_pid]
+    for piece in chunks(audio[:32000]):  # "hello" and half of "world"
         await stream.send_audio(piece)
+    events = stream.events()
+    first = await asyncio.wait_for(anext(events), WAIT)
+    assert first.is_partial  # mid-utterance: the session holds a decoder now
+    await events.aclose()
+    during = {s["pid"]: s for s in await worker_stats(engine)}[stream.worker_pid]
+    assert during["idle_decoders"] == before["idle_decoders"] - 1
     await stream.aclose()
     await stream.aclose()  # twice is fine
     assert [event async for event in stream.events()] == []
-    stats = await worker_stats(engine)
-    assert sum(s["sessions"] for s in stats) == 0
-    assert all(s["idle_decoders"] >= 1 for s in stats)
+    after = {s["pid"]: s for s in await worker_stats(engine)}[stream.worker_pid]
+    assert after == before | {"sessions": before["sessions"] - 1}
 
 
 async def test_killed_worker_fails_its_session_then_a_new_one_works(engine):
