@@ -309,6 +309,32 @@ def prioritize(pid: int, args) -> None:
             Path(f"/proc/{pid}/autogroup").write_text(str(args.nice))
 
 
+@contextlib.contextmanager
+def profiling(pid: int, seconds: float, args, name: str):
+    """With --py-spy DIR: the server's stacks over the window, as collapsed stacks."""
+    if not args.py_spy:
+        yield
+        return
+    out = Path(args.py_spy) / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds))]
+    cmd += ["--format", "raw", "--nonblocking", "--output", str(out)]
+    process = subprocess.Popen(
+        ["taskset", "-c", LOADGEN_CORE, *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        try:
+            process.wait(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def run_one(kind: str, streams: int, args, env: dict[str, str], token: str) -> Result:
     port = free_port()
     cmd, path = server_command(kind, port)
@@ -383,7 +409,9 @@ def run_one(kind: str, streams: int, args, env: dict[str, str], token: str) -> R
         # The CPU window skips the first second (phases settling) and the tail.
         time.sleep(1.0)
         t0, c0 = time.monotonic(), cpu_seconds(server.pid)
-        time.sleep(max(1.0, args.seconds - 1.5))
+        window = max(1.0, args.seconds - 1.5)
+        with profiling(server.pid, window, args, f"{kind}-{streams}"):
+            time.sleep(window)
         t1, c1 = time.monotonic(), cpu_seconds(server.pid)
         for process, _ in loadgens:
             process.wait(timeout=args.seconds + GRACE_SECONDS + 60)
@@ -461,6 +489,7 @@ def main() -> None:
     parser.add_argument(
         "--nice", type=int, default=-10, help="niceness of servers and load; 0: as is"
     )
+    parser.add_argument("--py-spy", help="record the servers' stacks into this DIR")
     parser.add_argument("--loadgen-procs", type=int, default=0, help="0: 1 per 300")
     parser.add_argument("--role", default="orchestrate", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
