@@ -1,0 +1,19 @@
+"""Reads for accounts: API tokens with their usage."""
+
+from django.db.models import Count, FloatField, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce
+
+from accounts.models import ApiToken
+
+
+def api_token_list(*, username: str | None = None) -> QuerySet[ApiToken]:
+    """Tokens (newest first) with `session_count` and `audio_seconds_total`."""
+    tokens = ApiToken.objects.select_related("user").annotate(
+        session_count=Count("audio_sessions"),
+        audio_seconds_total=Coalesce(
+            Sum("audio_sessions__audio_seconds"), Value(0.0), output_field=FloatField()
+        ),
+    )
+    if username:
+        tokens = tokens.filter(user__username=username)
+    return tokens.order_by("-created_at", "-pk")
