@@ -43,6 +43,7 @@ FRAME_BYTES = 1024
 FRAME_SECONDS = 0.032  # 512 samples of 16 kHz 16-bit mono
 PARTIAL = '{"partialTranscript": "'
 GRACE_SECONDS = 3.0  # after the last frame, for replies still on their way
+LAG_WARNING_MS = 20.0  # a load generator this late inflates the latencies
 SERVER_CORE = "1"
 LOADGEN_CORE = "0"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -282,6 +283,7 @@ class Result:
     closed: int = 0
     cpu: float = math.nan
     loadgen_cpu: float = math.nan
+    loadgen_lag: float = 0.0  # p99 event-loop lag of the busiest load generator
     kib_per_session: float = math.nan
 
 
@@ -428,6 +430,7 @@ def run_one(kind: str, streams: int, args, env: dict[str, str], token: str) -> R
             result.lost += data["sent"] - data["received"]
             result.closed += data["closed_early"] + data["refused"]
             loadgen_cpu += data["cpu_seconds"]
+            result.loadgen_lag = max(result.loadgen_lag, data["loop_lag_ms"])
             out_path.unlink()
         latencies.sort()
         result.p50 = percentile(latencies, 0.50)
@@ -489,6 +492,12 @@ def orchestrate(args) -> None:
                     result = run_one(kind, streams, args, env, token)
                     result.server = label(kind)
                     print(row(result, width), flush=True)
+                    if result.loadgen_lag > LAG_WARNING_MS:
+                        print(
+                            f"{'':<{width}}  (load generator lagged: p99 "
+                            f"{result.loadgen_lag:.0f} ms, in these latencies too)",
+                            flush=True,
+                        )
                 except RuntimeError as exc:
                     print(
                         f"{label(kind):<{width}}{streams:>8}  failed: {exc}", flush=True
