@@ -368,7 +368,7 @@ def run_one(kind: str, streams: int, args, env: dict[str, str], token: str) -> R
         time.sleep(0.5)
         rss_before = rss_bytes(server.pid)
         procs = args.loadgen_procs or max(1, math.ceil(streams / 300))
-        ramp = max(2.0, streams / 150)
+        ramp = max(2.0, streams / args.connect_rate)
         for i in range(procs):
             count = streams // procs + (1 if i < streams % procs else 0)
             out_path = workdir / f"{kind}-{streams}-{i}.json"
@@ -511,6 +511,9 @@ def main() -> None:
     parser.add_argument("--servers", default="websockets,channels,candidate")
     parser.add_argument(
         "--nice", type=int, default=-10, help="niceness of servers and load; 0: as is"
+    )
+    parser.add_argument(
+        "--connect-rate", type=float, default=150, help="new sessions a second"
     )
     parser.add_argument("--py-spy", help="record the servers' stacks into this DIR")
     parser.add_argument("--loadgen-procs", type=int, default=0, help="0: 1 per 300")
