@@ -12,6 +12,9 @@ from transcription.streaming import StreamingWebsocketConsumer
 
 WAIT = 5  # a bound on each wait, never an assertion about speed
 
+# Channels closes stale database connections around connect and disconnect.
+pytestmark = pytest.mark.django_db
+
 
 class Probe(StreamingWebsocketConsumer):
     """Echoes frames, relays group messages, and records what happened to it."""
