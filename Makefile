@@ -8,9 +8,6 @@ RECEIVER_PORT ?= 5001
 
 .PHONY: install run test lint migrate clean
 
-# A development key for `make run` only; production sets its own DJANGO_SECRET_KEY.
-DEV_SECRET_KEY := insecure-development-key-for-make-run
-
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -19,12 +16,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-migrate: install
-	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$(DEV_SECRET_KEY)} $(PY) manage.py migrate --noinput
+# A local .env with a random development DJANGO_SECRET_KEY, so that `make run` and every
+# manage.py command work on a fresh machine. Production sets its own key.
+.env:
+	@echo "DJANGO_SECRET_KEY=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))')" > .env
+	@echo "make: wrote .env with a development DJANGO_SECRET_KEY (set your own in production)"
 
-run: export DJANGO_SECRET_KEY := $(or $(DJANGO_SECRET_KEY),$(DEV_SECRET_KEY))
+migrate: install .env
+	$(PY) manage.py migrate --noinput
+
 run: migrate
-	@test "$$DJANGO_SECRET_KEY" != "$(DEV_SECRET_KEY)" || echo "make run: using a development DJANGO_SECRET_KEY (set your own in production)"
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_demo --url http://$(HOST):$(PORT)/
 	@# The demo receiver answers beside daphne unless a receiver is configured.
