@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from transcription.models import AudioSession, Transcript
@@ -25,3 +25,26 @@ def session_list(*, username: str | None = None) -> QuerySet[AudioSession]:
 
 def session_transcripts(*, session: AudioSession) -> QuerySet[Transcript]:
     return session.transcripts.order_by("seq")
+
+
+def session_history(*, user) -> QuerySet[AudioSession]:
+    """A user's own sessions, newest first, with their transcripts and errors loaded.
+
+    Sessions refused at connect (bad parameters, capacity) have nothing to read, so
+    they are left out.
+    """
+    return (
+        AudioSession.objects.filter(user=user)
+        .select_related("token")
+        .exclude(status=AudioSession.Status.REJECTED)
+        .order_by("-started_at")
+        .prefetch_related(
+            Prefetch("transcripts", queryset=Transcript.objects.order_by("seq")),
+            "errors",
+        )
+    )
+
+
+def session_get_own(*, user, session_id) -> AudioSession | None:
+    """The user's session with this id; None when it does not exist or is not theirs."""
+    return AudioSession.objects.filter(user=user, pk=session_id).first()
