@@ -7,6 +7,9 @@ PORT ?= 8765
 
 .PHONY: install run test lint migrate clean
 
+# A development key for `make run` only; production sets its own DJANGO_SECRET_KEY.
+DEV_SECRET_KEY := insecure-development-key-for-make-run
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -16,9 +19,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 migrate: install
-	$(PY) manage.py migrate --noinput
+	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$(DEV_SECRET_KEY)} $(PY) manage.py migrate --noinput
 
+run: export DJANGO_SECRET_KEY := $(or $(DJANGO_SECRET_KEY),$(DEV_SECRET_KEY))
 run: migrate
+	@test "$$DJANGO_SECRET_KEY" != "$(DEV_SECRET_KEY)" || echo "make run: using a development DJANGO_SECRET_KEY (set your own in production)"
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_demo --url http://$(HOST):$(PORT)/
 	$(VENV)/bin/daphne --bind $(HOST) --port $(PORT) voiceproject.asgi:application

@@ -1,0 +1,56 @@
+"""Audio files for the file client: WAV (any rate, mono or stereo) or raw PCM."""
+
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PcmAudio:
+    """16-bit little-endian mono PCM and its sample rate."""
+
+    data: bytes
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.data) / (2 * self.sample_rate)
+
+
+class AudioFileError(Exception):
+    pass
+
+
+def _to_int16(frames: bytes, width: int) -> np.ndarray:
+    if width == 2:
+        return np.frombuffer(frames, dtype="<i2")
+    if width == 1:  # unsigned 8-bit
+        return (
+            (np.frombuffer(frames, dtype=np.uint8).astype(np.int16) - 128) << 8
+        ).astype(np.int16)
+    if width in (3, 4):
+        raw = np.frombuffer(frames, dtype=np.uint8).reshape(-1, width)
+        # Keep the two most significant bytes of each little-endian sample.
+        return raw[:, width - 2 :].copy().view("<i2").reshape(-1)
+    raise AudioFileError(f"unsupported sample width: {width} bytes")
+
+
+def read_pcm(path: Path, *, raw_sample_rate: int | None = None) -> PcmAudio:
+    """The file as mono 16-bit PCM; raw files need their sample rate."""
+    if raw_sample_rate is not None or path.suffix.lower() in (".raw", ".pcm"):
+        if raw_sample_rate is None:
+            raise AudioFileError("raw PCM needs --sample-rate")
+        return PcmAudio(path.read_bytes(), raw_sample_rate)
+    try:
+        with wave.open(str(path), "rb") as wav:
+            channels, width = wav.getnchannels(), wav.getsampwidth()
+            rate = wav.getframerate()
+            frames = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise AudioFileError(f"not a PCM WAV file ({exc})") from exc
+    samples = _to_int16(frames, width)
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype("<i2")
+    return PcmAudio(samples.astype("<i2").tobytes(), rate)
