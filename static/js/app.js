@@ -41,3 +41,7 @@ for (const form of document.querySelectorAll("form[data-confirm]")) {
     if (!confirm(form.dataset.confirm)) event.preventDefault();
   });
 }
+
+// A page that shows something once (a new token) came from a POST: make its history
+// entry a plain GET, so that reloading shows the list instead of creating another.
+if (document.querySelector("[data-once]")) history.replaceState(null, "", location.href);

@@ -1,0 +1,210 @@
+"""The browser app in a real headless Chromium against a real daphne.
+
+Chromium's fake microphone plays tests/fixtures/two_utterances.wav (in a loop), so the
+Talk page captures, converts and streams real speech. Screenshots of every page land in
+test-artifacts/ for a person to look at.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+from accounts.models import ApiToken
+from tests.e2e.servers import ROOT, run_daphne
+from transcription.models import AudioSession
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+CHROMIUM = "/usr/bin/chromium"
+FIXTURE_WAV = ROOT / "tests" / "fixtures" / "two_utterances.wav"
+ARTIFACTS = ROOT / "test-artifacts"
+PASSWORD = "correct-horse-battery"
+PHONE = {"width": 390, "height": 844}
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",
+    ),
+]
+
+
+def chromium_args(wav: Path) -> list[str]:
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+    ]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # Playwright's sync API keeps an event loop on this thread for as long as it runs,
+    # and Django refuses ORM calls beside a running loop. The ORM calls here (fixtures,
+    # checks, the test database flush) are synchronous ones made while no browser call
+    # is in flight, so they are safe.
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        sync_api.sync_playwright() as playwright,
+    ):
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=chromium_args(FIXTURE_WAV), headless=True
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker):
+    with run_daphne({"TRANSCRIPTION_ENGINE": "echo"}) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def password_hash():
+    # The server runs the real settings, whose hashers do not include the fast MD5
+    # one of tests/settings.py: store a hash it can check.
+    hasher = PBKDF2PasswordHasher()
+    return hasher.encode(PASSWORD, hasher.salt())
+
+
+@pytest.fixture
+def person(db, password_hash):
+    return get_user_model().objects.create(username="maria", password=password_hash)
+
+
+@pytest.fixture
+def page(browser, server, person):
+    context = browser.new_context(
+        base_url=server.http_url, permissions=["microphone"], viewport=None
+    )
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"browser-{name}.png", full_page=True)
+
+
+def log_in(page, username: str = "maria") -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.get_by_test_id("login").click()
+    expect(page.get_by_test_id("username")).to_have_text(username)
+    expect(page).to_have_url(re.compile(r"^http://127\.0\.0\.1:\d+/$"))
+
+
+def test_login_rejects_a_wrong_password(page):
+    page.goto("/")
+    page.fill("input[name=username]", "maria")
+    page.fill("input[name=password]", "not-the-password")
+    page.get_by_test_id("login").click()
+    expect(page.get_by_test_id("login-error")).to_be_visible()
+    screenshot(page, "login-error")
+
+
+def test_talk_streams_the_microphone_and_history_keeps_it(page, person):
+    log_in(page)
+    screenshot(page, "talk-idle")
+    page.get_by_test_id("start").click()
+    expect(page.get_by_test_id("stop")).to_be_visible()
+    # The echo engine names the bytes received so far in each partial.
+    expect(page.get_by_test_id("partial")).to_have_text(re.compile(r"^\d+ bytes$"))
+    expect(page.locator(".meter")).to_have_attribute(
+        "aria-valuenow", re.compile("[1-9]")
+    )
+    screenshot(page, "talk-live")
+    page.get_by_test_id("stop").click()
+    final = page.get_by_test_id("finals").locator("li").last
+    expect(final).to_contain_text(re.compile(r"received \d+ bytes"))
+    expect(page.get_by_test_id("start")).to_be_visible()
+    expect(page.get_by_test_id("status")).to_contain_text("saved to your history")
+    screenshot(page, "talk-done")
+
+    session = AudioSession.objects.get(user=person)
+    assert session.auth_method == "session"
+    assert session.status == "completed"
+    assert session.sample_rate == 16000
+    assert session.audio_bytes > 0
+    assert session.audio_bytes % 1024 == 0  # whole 1024-byte frames only
+    assert final.inner_text().endswith(f"received {session.audio_bytes} bytes")
+
+    page.get_by_role("link", name="History").click()
+    card = page.get_by_test_id("history-session")
+    expect(card).to_have_count(1)
+    expect(card.get_by_test_id("history-transcript")).to_contain_text(
+        f"received {session.audio_bytes} bytes"
+    )
+    with page.expect_download() as download:
+        card.get_by_test_id("download-txt").click()
+    text = Path(download.value.path()).read_text()
+    assert text == f"received {session.audio_bytes} bytes\n"
+    screenshot(page, "history")
+
+
+def test_create_copy_and_revoke_a_token(page, person):
+    log_in(page)
+    page.get_by_role("link", name="API tokens").click()
+    page.get_by_test_id("token-name").fill("kitchen speaker")
+    page.get_by_test_id("token-create").click()
+    raw = page.get_by_test_id("raw-token").inner_text()
+    assert raw.startswith("vp_")
+    expect(page.get_by_test_id("ws-url")).to_contain_text(f"/?token={raw}&")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_test_id("copy-token").click()
+    expect(page.get_by_test_id("copy-token")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == raw
+    screenshot(page, "token-created")
+
+    token = ApiToken.objects.get(user=person)
+    assert token.name == "kitchen speaker"
+    assert raw.startswith(token.prefix)
+    page.reload()  # the raw token is shown once, never again
+    expect(page.get_by_test_id("raw-token")).to_have_count(0)
+    assert raw not in page.content()
+    assert ApiToken.objects.filter(user=person).count() == 1
+
+    row = page.locator(f"[data-testid=token-row][data-prefix='{token.prefix}']")
+    expect(row.get_by_test_id("token-status")).to_have_text("active")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_test_id("token-revoke").click()
+    expect(row.get_by_test_id("token-status")).to_have_text("revoked")
+    expect(page.locator(".alert-success")).to_contain_text("revoked")
+    screenshot(page, "token-revoked")
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+
+
+def test_pages_fit_a_phone(browser, server, person):
+    context = browser.new_context(base_url=server.http_url, viewport=PHONE)
+    page = context.new_page()
+    try:
+        log_in(page)
+        for path, name in [
+            ("/", "talk"),
+            ("/history/", "history"),
+            ("/accounts/tokens/", "tokens"),
+        ]:
+            page.goto(path)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= PHONE["width"], f"{path} scrolls sideways ({width}px)"
+            screenshot(page, f"phone-{name}")
+    finally:
+        context.close()
