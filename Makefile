@@ -32,8 +32,12 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The second run repeats the tests marked `services` on real PostgreSQL and Redis.
+SERVICES_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:5432/voiceproject REDIS_URL=redis://127.0.0.1:6379/1
+
 test: lint
 	$(VENV)/bin/pytest
+	$(SERVICES_ENV) $(VENV)/bin/pytest -m services
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3

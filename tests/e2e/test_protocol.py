@@ -12,7 +12,7 @@ from accounts.services import api_token_create
 from tests.e2e.servers import ROOT, run_daphne
 from transcription.models import AudioSession
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 
 @pytest.fixture
@@ -107,3 +107,15 @@ async def test_idle_timeout_closes_1000_with_reason_through_daphne(raw_token):
             assert ws.close_code == 1000
             assert ws.close_reason == "No audio for 0.5 seconds."
     assert messages == [{"transcript": "received 0 bytes"}]
+
+
+def test_token_in_an_http_query_is_not_logged(echo_server, raw_token):
+    import urllib.request
+
+    with urllib.request.urlopen(  # noqa: S310 (loopback)
+        f"{echo_server.http_url}/admin/login/?token={raw_token}", timeout=10
+    ) as response:
+        assert response.status == 200
+    output = echo_server.output()
+    assert "token=[redacted]" in output
+    assert raw_token not in output

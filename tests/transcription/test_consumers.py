@@ -10,6 +10,7 @@ from transcription.models import AudioSession, SessionError, Transcript
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("echo_engine"),
+    pytest.mark.services,
 ]
 
 

@@ -1,0 +1,85 @@
+"""API tokens: generation, hashing, authentication, expiry and revocation."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import ApiToken
+from accounts.services import (
+    TokenNotFound,
+    api_token_authenticate,
+    api_token_create,
+    api_token_find,
+    api_token_revoke,
+)
+from accounts.tokens import token_digest, token_generate, token_matches, token_prefix
+
+
+def test_generated_tokens_are_tagged_random_and_long():
+    first, second = token_generate(), token_generate()
+    assert first != second
+    assert first.startswith("vp_")
+    assert len(first) >= 40
+
+
+def test_digest_matches_only_the_same_token():
+    raw = token_generate()
+    assert token_matches(raw, token_digest(raw))
+    assert not token_matches(raw + "x", token_digest(raw))
+
+
+def test_only_hash_and_prefix_are_stored(user):
+    token, raw = api_token_create(user=user, name="ci")
+    stored = ApiToken.objects.values().get(pk=token.pk)
+    assert raw not in str(stored)
+    assert stored["prefix"] == token_prefix(raw)
+    assert stored["digest"] == token_digest(raw)
+
+
+def test_authenticate_records_last_use(user):
+    token, raw = api_token_create(user=user)
+    assert token.last_used_at is None
+    found = api_token_authenticate(raw=raw)
+    assert found == token
+    assert found.user == user
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+
+
+@pytest.mark.parametrize("raw", ["", "vp_short", "not-a-token-at-all-but-long-enough"])
+def test_authenticate_rejects_garbage(user, raw):
+    api_token_create(user=user)
+    assert api_token_authenticate(raw=raw) is None
+
+
+def test_authenticate_rejects_same_prefix_other_secret(user):
+    _, raw = api_token_create(user=user)
+    forged = raw[:-4] + ("AAAA" if not raw.endswith("AAAA") else "BBBB")
+    assert api_token_authenticate(raw=forged) is None
+
+
+def test_expired_revoked_and_inactive_user_tokens_do_not_work(user):
+    expired, raw_expired = api_token_create(
+        user=user, expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    assert expired.status == "expired"
+    assert api_token_authenticate(raw=raw_expired) is None
+
+    revoked, raw_revoked = api_token_create(user=user)
+    api_token_revoke(token=revoked)
+    assert revoked.status == "revoked"
+    assert api_token_authenticate(raw=raw_revoked) is None
+
+    _, raw_active = api_token_create(user=user)
+    user.is_active = False
+    user.save()
+    assert api_token_authenticate(raw=raw_active) is None
+
+
+def test_find_by_prefix_or_raw(user):
+    token, raw = api_token_create(user=user)
+    assert api_token_find(prefix_or_raw=token.prefix) == token
+    assert api_token_find(prefix_or_raw=raw) == token
+    with pytest.raises(TokenNotFound):
+        api_token_find(prefix_or_raw="vp_nothing")
