@@ -208,3 +208,29 @@ def test_pages_fit_a_phone(browser, server, person):
             screenshot(page, f"phone-{name}")
     finally:
         context.close()
+
+
+def test_a_server_error_shows_and_start_again_retries(browser, person):
+    # Frames larger than the server's limit: it sends {"error"} and closes 1009.
+    with run_daphne({"TRANSCRIPTION_ENGINE": "echo", "MAX_FRAME_BYTES": "512"}) as live:
+        context = browser.new_context(base_url=live.http_url)
+        page = context.new_page()
+        try:
+            log_in(page)
+            page.get_by_test_id("start").click()
+            problem = page.get_by_test_id("error")
+            expect(problem).to_be_visible()
+            expect(problem).to_contain_text("larger than the limit of 512 bytes")
+            expect(problem).to_contain_text("code 1009")
+            expect(page.get_by_test_id("start")).to_be_visible()
+            screenshot(page, "talk-error")
+            with page.expect_websocket() as retry:
+                page.get_by_test_id("restart").click()
+            retry.value.wait_for_event("close")
+            expect(page.locator("#talk")).to_have_attribute("data-state", "idle")
+            expect(problem).to_contain_text("code 1009")
+        finally:
+            context.close()
+    sessions = AudioSession.objects.filter(user=person)
+    assert sessions.count() == 2
+    assert {s.close_code for s in sessions} == {1009}
