@@ -22,7 +22,7 @@ EXPIRY_CHOICES = [
 
 
 class TokenCreateForm(forms.Form):
-    name = forms.CharField(max_length=100, initial="default")
+    name = forms.CharField(max_length=100)
     expires_in_days = forms.TypedChoiceField(
         choices=EXPIRY_CHOICES, coerce=int, empty_value=None, required=False
     )

@@ -14,8 +14,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from accounts.models import ApiToken
+from accounts.services import api_token_create
 from tests.e2e.servers import ROOT, run_daphne
-from transcription.models import AudioSession
+from transcription.models import AudioSession, Transcript
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -193,6 +194,14 @@ def test_create_copy_and_revoke_a_token(page, person):
 
 
 def test_pages_fit_a_phone(browser, server, person):
+    api_token_create(user=person, name="a rather long token name for a phone")
+    session = AudioSession.objects.create(
+        user=person, engine="offline", language="en-US", audio_seconds=6.7
+    )
+    for seq, text in enumerate(["the weather is nice today", "turn on the lights"], 1):
+        Transcript.objects.create(
+            session=session, seq=seq, text=text, start_seconds=seq, end_seconds=seq + 1
+        )
     context = browser.new_context(base_url=server.http_url, viewport=PHONE)
     page = context.new_page()
     try:

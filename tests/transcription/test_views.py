@@ -10,6 +10,7 @@ from django.utils import timezone
 from accounts.services import api_token_create
 from transcription.engines import Capabilities
 from transcription.models import AudioSession, SessionError, Transcript
+from transcription.templatetags.transcripts import clock
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("echo_engine")]
 
@@ -166,3 +167,11 @@ def test_download_of_someone_elses_session_or_a_bad_format_is_a_404(
     mine = make_session(user, ["mine"])
     assert logged_in.get(f"/history/{theirs.pk}/download/txt/").status_code == 404
     assert logged_in.get(f"/history/{mine.pk}/download/pdf/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, ""), (0, "0:00"), (1.9, "0:01"), (75.2, "1:15"), (3725, "1:02:05")],
+)
+def test_clock_filter(seconds, shown):
+    assert clock(seconds) == shown
