@@ -99,11 +99,14 @@
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       throw Object.assign(new Error("getUserMedia is unavailable"), { name: "SecurityError" });
     }
-    const stream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-    });
+    // Made before the first await, inside the click: Safari only lets a context that
+    // a user gesture created (or resumed) make sound.
     const context = new AudioContext({ latencyHint: "interactive" });
+    let stream = null;
     try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
       await context.audioWorklet.addModule(root.dataset.worklet);
       const source = context.createMediaStreamSource(stream);
       const encoder = new AudioWorkletNode(context, "pcm16-encoder", {
@@ -118,12 +121,21 @@
       source.connect(encoder);
       encoder.connect(context.destination); // it outputs silence; this keeps it pulled
       if (context.state === "suspended") await context.resume();
+      for (const track of stream.getAudioTracks()) {
+        track.addEventListener("ended", onMicrophoneLost);
+      }
       return { stream, context, encoder };
     } catch (error) {
-      stream.getTracks().forEach((track) => track.stop());
+      if (stream) stream.getTracks().forEach((track) => track.stop());
       context.close();
       throw error;
     }
+  }
+
+  function onMicrophoneLost() {
+    if (state !== "live") return;
+    stop();
+    showProblem("The microphone went away (unplugged or taken by another app). What you said is being saved.", "info");
   }
 
   function closeMicrophone() {
@@ -262,8 +274,11 @@
     player.addEventListener("ended", next, { once: true });
     player.addEventListener("error", next, { once: true });
     player.closest(".reply").classList.add("speaking");
-    // A browser that refuses to autoplay leaves the controls for the user.
-    player.play().catch(next);
+    player.play().catch(() => {
+      // The browser refused to play without a fresh tap: the controls stay for the user.
+      player.closest(".reply").classList.add("blocked");
+      next();
+    });
   }
 
   function addReply(message) {
