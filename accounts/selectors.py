@@ -1,14 +1,23 @@
-"""Reads for accounts: a user's own API tokens."""
+"""Reads for accounts: API tokens with their usage."""
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Count, FloatField, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce
 
 from accounts.models import ApiToken
 
 
-def api_token_list(*, user: AbstractBaseUser) -> QuerySet[ApiToken]:
-    """The user's tokens, newest first, revoked and expired ones included."""
-    return ApiToken.objects.filter(user=user).order_by("-created_at")
+def api_token_list(*, username: str | None = None) -> QuerySet[ApiToken]:
+    """Tokens (newest first) with `session_count` and `audio_seconds_total`."""
+    tokens = ApiToken.objects.select_related("user").annotate(
+        session_count=Count("audio_sessions"),
+        audio_seconds_total=Coalesce(
+            Sum("audio_sessions__audio_seconds"), Value(0.0), output_field=FloatField()
+        ),
+    )
+    if username:
+        tokens = tokens.filter(user__username=username)
+    return tokens.order_by("-created_at", "-pk")
 
 
 def api_token_get_own(*, user: AbstractBaseUser, token_id: int) -> ApiToken | None:

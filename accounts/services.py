@@ -4,6 +4,7 @@ import datetime as dt
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -83,3 +84,17 @@ def user_get_or_create(*, username: str, create: bool) -> AbstractBaseUser:
         user, _ = User.objects.get_or_create(username=username)
         return user
     return User.objects.get(username=username)
+
+
+def api_token_rotate(*, token: ApiToken) -> tuple[ApiToken, str]:
+    """Revoke `token` and create its successor (same user, name and expiry).
+
+    Returns the new token with its raw value, which exists nowhere else.
+    """
+    if token.revoked_at is not None:
+        raise ValueError("a revoked token cannot be rotated; create a new one")
+    with transaction.atomic():
+        api_token_revoke(token=token)
+        return api_token_create(
+            user=token.user, name=token.name, expires_at=token.expires_at
+        )

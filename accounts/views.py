@@ -62,7 +62,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
         "accounts/tokens.html",
         {
             "form": form,
-            "tokens": selectors.api_token_list(user=request.user),
+            "tokens": selectors.api_token_list(username=request.user.get_username()),
             "created": created,
             "raw_token": raw,
             "ws_url": websocket_base_url(request),

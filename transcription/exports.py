@@ -1,52 +1,70 @@
-"""A session's transcript as a downloadable file: plain text, SubRip subtitles or JSON.
+"""Exports of sessions and their transcripts: txt, json, srt, csv (pure functions).
 
-Pure functions over a session and its stored finals (no writes).
+Each function takes sessions whose `transcripts` are loaded (see
+selectors.sessions_for_export) and returns text. Nothing here touches a token's secret:
+a session names its token by name and public prefix only.
 """
 
+import csv
+import datetime as dt
+import io
 import json
+from collections.abc import Callable, Iterable, Sequence
 
-from transcription.models import AudioSession
+from transcription.models import AudioSession, Transcript
 
-EXPORT_FORMATS = ("txt", "srt", "json")
+FORMATS = ("txt", "json", "srt", "csv")
 CONTENT_TYPES = {
     "txt": "text/plain; charset=utf-8",
-    "srt": "application/x-subrip; charset=utf-8",
     "json": "application/json",
+    "srt": "application/x-subrip; charset=utf-8",
+    "csv": "text/csv; charset=utf-8",
 }
-_FALLBACK_SECONDS = 2.0  # length given to a final whose engine reported no timing
+MIN_CUE_SECONDS = 0.5
 
 
-def _timestamp(seconds: float) -> str:
-    millis = round(max(seconds, 0.0) * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d},{millis:03d}"
+def _transcripts(session: AudioSession) -> list[Transcript]:
+    return sorted(session.transcripts.all(), key=lambda t: t.seq)
 
 
-def _srt(transcripts) -> str:
-    blocks, previous_end = [], 0.0
-    for number, transcript in enumerate(transcripts, start=1):
-        start = transcript.start_seconds
-        start = previous_end if start is None else start
-        end = transcript.end_seconds
-        end = start + _FALLBACK_SECONDS if end is None or end <= start else end
-        previous_end = end
-        blocks.append(
-            f"{number}\n{_timestamp(start)} --> {_timestamp(end)}\n{transcript.text}\n"
+def _username(session: AudioSession) -> str:
+    return session.user.get_username() if session.user else ""
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def export_txt(sessions: Iterable[AudioSession]) -> str:
+    """A `# session …` header per session, then one final transcript per line."""
+    blocks = []
+    for s in sessions:
+        header = (
+            f"# session {s.pk} user {_username(s) or '-'} "
+            f"started {s.started_at:%Y-%m-%d %H:%M:%S %Z} "
+            f"{s.language or '-'} {s.status}"
         )
+        lines = [header, *(t.text for t in _transcripts(s))]
+        blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
 
 
-def _json(session: AudioSession, transcripts) -> str:
-    document = {
-        "session_id": str(session.pk),
-        "user": session.user.get_username() if session.user else None,
-        "language": session.language,
+def session_as_dict(session: AudioSession) -> dict:
+    """The JSON shape of one session (also what the browser app downloads)."""
+    token = session.token
+    return {
+        "id": str(session.pk),
+        "user": _username(session) or None,
+        "token": {"name": token.name, "prefix": token.prefix} if token else None,
         "engine": session.engine,
+        "language": session.language,
+        "encoding": session.encoding,
+        "sample_rate": session.sample_rate,
+        "started_at": _iso(session.started_at),
+        "ended_at": _iso(session.ended_at),
         "status": session.status,
-        "started_at": session.started_at.isoformat(),
-        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
+        "close_code": session.close_code,
+        "close_reason": session.close_reason,
         "audio_seconds": session.audio_seconds,
         "transcripts": [
             {
@@ -54,23 +72,150 @@ def _json(session: AudioSession, transcripts) -> str:
                 "text": t.text,
                 "start": t.start_seconds,
                 "end": t.end_seconds,
-                "created_at": t.created_at.isoformat(),
+                "created_at": _iso(t.created_at),
             }
-            for t in transcripts
+            for t in _transcripts(session)
         ],
+        **_replies(session),
     }
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-def render_session(session: AudioSession, fmt: str) -> tuple[str, str]:
-    """(content, content_type) of the session's transcript in `fmt` (txt, srt, json)."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"Unknown export format {fmt!r}: use one of {EXPORT_FORMATS}.")
-    transcripts = list(session.transcripts.order_by("seq"))
-    if fmt == "txt":
-        content = "".join(f"{t.text}\n" for t in transcripts)
-    elif fmt == "srt":
-        content = _srt(transcripts)
-    else:
-        content = _json(session, transcripts)
-    return content, CONTENT_TYPES[fmt]
+def _replies(session: AudioSession) -> dict:
+    """The voice loop's batches and replies, when the project has them."""
+    if not hasattr(session, "batches"):
+        return {}
+    return {
+        "batches": [
+            {
+                "batch_id": str(b.batch_id),
+                "status": b.status,
+                "attempts": b.attempts,
+                "finals": sorted(t.seq for t in b.transcripts.all()),
+                "reply": b.reply_text,
+                "delivered_at": _iso(b.delivered_at),
+                "error": b.last_error,
+            }
+            for b in sorted(session.batches.all(), key=lambda b: (b.created_at, b.pk))
+        ]
+    }
+
+
+def export_json(sessions: Iterable[AudioSession]) -> str:
+    return json.dumps([session_as_dict(s) for s in sessions], indent=2) + "\n"
+
+
+def srt_timestamp(seconds: float) -> str:
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d},{millis:03d}"
+
+
+def cue_times(session: AudioSession) -> list[tuple[float, float, str]]:
+    """(start, end, text) per final, in seconds of the session's audio.
+
+    The stored start/end times are used as they are. A final without them starts
+    where the previous cue ended and ends when it was stored (relative to the
+    session's start); every cue lasts at least MIN_CUE_SECONDS.
+    """
+    cues = []
+    previous_end = 0.0
+    for t in _transcripts(session):
+        start = t.start_seconds if t.start_seconds is not None else previous_end
+        if t.end_seconds is not None:
+            end = t.end_seconds
+        else:
+            end = (t.created_at - session.started_at).total_seconds()
+        end = max(end, start + MIN_CUE_SECONDS)
+        cues.append((start, end, t.text))
+        previous_end = end
+    return cues
+
+
+def export_srt(sessions: Sequence[AudioSession]) -> str:
+    """SubRip cues; several sessions share one clock that starts with the first."""
+    blocks = []
+    origin = min((s.started_at for s in sessions), default=None)
+    for s in sorted(sessions, key=lambda s: s.started_at):
+        offset = (s.started_at - origin).total_seconds() if origin else 0.0
+        for start, end, text in cue_times(s):
+            number = len(blocks) + 1
+            span = f"{srt_timestamp(offset + start)} --> {srt_timestamp(offset + end)}"
+            blocks.append(f"{number}\n{span}\n{text}\n")
+    return "\n".join(blocks)
+
+
+CSV_COLUMNS = (
+    "id",
+    "user",
+    "token_name",
+    "token_prefix",
+    "engine",
+    "language",
+    "started_at",
+    "ended_at",
+    "duration_seconds",
+    "status",
+    "close_code",
+    "close_reason",
+    "audio_seconds",
+    "finals",
+    "errors",
+    "batches",
+)
+
+
+def _csv_cell(value) -> str:
+    """Text for a spreadsheet: formulas are defused (OWASP CSV injection)."""
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
+
+
+def _count(session: AudioSession, name: str) -> int | None:
+    """An annotated `<name>_count` if the query made one, else None."""
+    return getattr(session, f"{name}_count", None)
+
+
+def export_csv(sessions: Iterable[AudioSession]) -> str:
+    """One row per session (no transcript text): who, what, when, how it ended."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for s in sessions:
+        duration = s.duration_seconds
+        row = (
+            s.pk,
+            _username(s),
+            s.token.name if s.token else "",
+            s.token.prefix if s.token else "",
+            s.engine,
+            s.language,
+            _iso(s.started_at),
+            _iso(s.ended_at),
+            round(duration, 3) if duration is not None else None,
+            s.status,
+            s.close_code,
+            s.close_reason,
+            s.audio_seconds,
+            _count(s, "finals"),
+            _count(s, "errors"),
+            _count(s, "batches"),
+        )
+        writer.writerow([_csv_cell(v) for v in row])
+    return out.getvalue()
+
+
+EXPORTERS: dict[str, Callable[[Sequence[AudioSession]], str]] = {
+    "txt": export_txt,
+    "json": export_json,
+    "srt": export_srt,
+    "csv": export_csv,
+}
+
+
+def export(sessions: Sequence[AudioSession], fmt: str) -> str:
+    """The sessions in format `fmt` (one of FORMATS)."""
+    return EXPORTERS[fmt](sessions)

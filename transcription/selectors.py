@@ -1,11 +1,29 @@
 """Reads for transcription sessions."""
 
+import contextlib
 import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from django.db.models import Prefetch, QuerySet
+from django.apps import apps
+from django.conf import settings
+from django.db import models
+from django.db.models import (
+    Count,
+    ExpressionWrapper,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from transcription.models import AudioSession, Transcript
+from transcription.models import AudioSession, SessionError, Transcript
 
 
 def token_active_session_count(*, token_id: int, max_age_seconds: float) -> int:
@@ -45,6 +63,307 @@ def session_history(*, user) -> QuerySet[AudioSession]:
     )
 
 
-def session_get_own(*, user, session_id) -> AudioSession | None:
-    """The user's session with this id; None when it does not exist or is not theirs."""
-    return AudioSession.objects.filter(user=user, pk=session_id).first()
+# --- Operations: counts, dashboard figures, timeline, exports ----------------
+
+CLOSE_CODE_MEANINGS = {
+    1000: "normal",
+    1008: "policy (auth, parameters, quota)",
+    1009: "frame too big",
+    1011: "server or engine error",
+    1013: "try again later",
+}
+
+
+def close_code_label(code: int | None) -> str:
+    if code is None:
+        return "none"
+    meaning = CLOSE_CODE_MEANINGS.get(code)
+    return f"{code} {meaning}" if meaning else str(code)
+
+
+def _related_count(model, field: str = "session") -> Coalesce:
+    """A correlated COUNT(*) of `model` rows pointing at the outer session.
+
+    Subqueries rather than JOIN+COUNT so that several counts (and a search on
+    transcript text) never multiply each other's rows.
+    """
+    rows = (
+        model.objects.filter(**{field: OuterRef("pk")})
+        .order_by()
+        .values(field)
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(rows, output_field=IntegerField()), 0)
+
+
+def session_count_sources() -> dict[str, type[models.Model]]:
+    """Related records counted per session: name -> model with a `session` FK.
+
+    The voice loop's ReceiverBatch joins as "batches" once its model exists.
+    """
+    sources: dict[str, type[models.Model]] = {
+        "finals": Transcript,
+        "errors": SessionError,
+    }
+    with contextlib.suppress(LookupError):
+        sources["batches"] = apps.get_model("transcription", "ReceiverBatch")
+    return sources
+
+
+def session_list_with_counts() -> QuerySet[AudioSession]:
+    """Sessions with `<name>_count` for each of session_count_sources()."""
+    counts = {
+        f"{name}_count": _related_count(model)
+        for name, model in session_count_sources().items()
+    }
+    return AudioSession.objects.select_related("user", "token").annotate(**counts)
+
+
+@dataclass(frozen=True)
+class Window:
+    sessions: int
+    audio_minutes: float
+
+
+@dataclass(frozen=True)
+class CloseCodeRate:
+    code: int | None
+    label: str
+    sessions: int
+    percent: float
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    username: str
+    sessions: int
+    audio_minutes: float
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    active_now: int
+    today: Window
+    last_7_days: Window
+    error_percent_7_days: float
+    close_codes: list[CloseCodeRate]
+    top_users: list[UserUsage]
+    latest_errors: list[SessionError]
+
+
+def _window(since: dt.datetime) -> Window:
+    figures = AudioSession.objects.filter(started_at__gte=since).aggregate(
+        n=Count("pk"), seconds=Sum("audio_seconds")
+    )
+    return Window(figures["n"], round((figures["seconds"] or 0.0) / 60, 1))
+
+
+def sessions_active_now() -> int:
+    """Open sessions, ignoring records older than the longest possible session."""
+    since = timezone.now() - dt.timedelta(seconds=settings.MAX_SESSION_SECONDS)
+    return AudioSession.objects.filter(
+        status=AudioSession.Status.ACTIVE, started_at__gte=since
+    ).count()
+
+
+def close_code_rates(*, since: dt.datetime) -> list[CloseCodeRate]:
+    """Closed sessions since `since` by close code, with their share of all sessions."""
+    sessions = AudioSession.objects.filter(started_at__gte=since)
+    total = sessions.count()
+    rows = (
+        sessions.exclude(status=AudioSession.Status.ACTIVE)
+        .order_by()
+        .values("close_code")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "close_code")
+    )
+    return [
+        CloseCodeRate(
+            code=row["close_code"],
+            label=close_code_label(row["close_code"]),
+            sessions=row["n"],
+            percent=round(100 * row["n"] / total, 1) if total else 0.0,
+        )
+        for row in rows
+    ]
+
+
+def top_users_by_audio(*, since: dt.datetime, limit: int = 10) -> list[UserUsage]:
+    rows = (
+        AudioSession.objects.filter(started_at__gte=since, user__isnull=False)
+        .order_by()
+        .values("user__username")
+        .annotate(n=Count("pk"), seconds=Sum("audio_seconds"))
+        .order_by("-seconds", "user__username")[:limit]
+    )
+    return [
+        UserUsage(r["user__username"], r["n"], round((r["seconds"] or 0.0) / 60, 1))
+        for r in rows
+    ]
+
+
+def latest_errors(*, limit: int = 10) -> list[SessionError]:
+    return list(
+        SessionError.objects.select_related("session", "session__user").order_by(
+            "-created_at", "-pk"
+        )[:limit]
+    )
+
+
+def dashboard() -> Dashboard:
+    """Every figure on the admin index."""
+    now = timezone.now()
+    midnight = timezone.localtime(now).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    week_ago = now - dt.timedelta(days=7)
+    rates = close_code_rates(since=week_ago)
+    errors = sum(r.percent for r in rates if r.code not in (None, 1000))
+    return Dashboard(
+        active_now=sessions_active_now(),
+        today=_window(midnight),
+        last_7_days=_window(week_ago),
+        error_percent_7_days=round(errors, 1),
+        close_codes=rates,
+        top_users=top_users_by_audio(since=week_ago),
+        latest_errors=latest_errors(),
+    )
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One thing that happened in a session, for the conversation view."""
+
+    at: dt.datetime
+    kind: str  # "start", "final", "batch", "reply", "error", "end"
+    text: str
+    detail: str = ""
+    audio_batch_pk: int | None = None  # a reply whose speech was kept: a player
+    order: int = 0  # breaks ties between entries with the same time
+
+
+def _start_entries(session: AudioSession) -> Iterable[TimelineEntry]:
+    params = ", ".join(
+        f"{k}={v}"
+        for k, v in (
+            ("language", session.language),
+            ("encoding", session.encoding),
+            ("sampleRate", session.sample_rate),
+        )
+        if v
+    )
+    yield TimelineEntry(session.started_at, "start", "session started", params, order=0)
+    if session.ended_at:
+        reason = f" ({session.close_reason})" if session.close_reason else ""
+        yield TimelineEntry(
+            session.ended_at,
+            "end",
+            f"session {session.status}",
+            f"close {close_code_label(session.close_code)}{reason}",
+            order=9,
+        )
+
+
+def _final_entries(session: AudioSession) -> Iterable[TimelineEntry]:
+    for t in session.transcripts.order_by("seq"):
+        times = ""
+        if t.start_seconds is not None and t.end_seconds is not None:
+            times = f"{t.start_seconds:.2f} to {t.end_seconds:.2f} s of audio"
+        yield TimelineEntry(t.created_at, "final", t.text, times, order=2)
+
+
+def _error_entries(session: AudioSession) -> Iterable[TimelineEntry]:
+    for e in session.errors.order_by("created_at", "pk"):
+        yield TimelineEntry(
+            e.created_at, "error", e.message, f"{e.kind}, close {e.close_code}", order=5
+        )
+
+
+def _batch_entries(session: AudioSession) -> Iterable[TimelineEntry]:
+    """Batches sent to the receiver and their replies (once the voice loop exists)."""
+    batches = getattr(session, "batches", None)  # ReceiverBatch's reverse relation
+    if batches is None:
+        return
+    with_audio = ExpressionWrapper(
+        Q(reply_audio__isnull=False), output_field=models.BooleanField()
+    )
+    for batch in (
+        batches.defer("reply_audio")
+        .annotate(has_audio=with_audio, finals=Count("transcripts"))
+        .order_by("created_at", "pk")
+    ):
+        detail = f"{batch.get_status_display()}, {batch.attempts} attempt(s)"
+        if batch.last_error:
+            detail += f": {batch.last_error}"
+        yield TimelineEntry(
+            batch.due_at if batch.delivered_at is None else batch.delivered_at,
+            "batch",
+            f"{batch.finals} final(s) sent to the receiver",
+            detail,
+            order=3,
+        )
+        if batch.delivered_at and batch.reply_text:
+            speech = f"speech {batch.tts_status or 'none'}"
+            if batch.tts_error:
+                speech += f": {batch.tts_error}"
+            yield TimelineEntry(
+                batch.delivered_at,
+                "reply",
+                batch.reply_text,
+                speech,
+                audio_batch_pk=batch.pk if batch.has_audio else None,
+                order=4,
+            )
+
+
+# Each source turns one kind of related record into timeline entries.
+TIMELINE_SOURCES: list[Callable[[AudioSession], Iterable[TimelineEntry]]] = [
+    _start_entries,
+    _final_entries,
+    _batch_entries,
+    _error_entries,
+]
+
+
+def session_timeline(*, session: AudioSession) -> list[TimelineEntry]:
+    """The whole conversation of a session, in the order it happened."""
+    entries = [entry for source in TIMELINE_SOURCES for entry in source(session)]
+    return sorted(entries, key=lambda e: (e.at, e.order))
+
+
+def sessions_for_export(
+    *,
+    username: str | None = None,
+    session_ids: Iterable[uuid.UUID] | None = None,
+    last: bool = False,
+) -> list[AudioSession]:
+    """Sessions (oldest first) with transcripts prefetched, for exports."""
+    sessions = session_list_with_counts().prefetch_related(
+        Prefetch("transcripts", queryset=Transcript.objects.order_by("seq"))
+    )
+    if "batches" in session_count_sources():
+        batches = session_count_sources()["batches"].objects.defer("reply_audio")
+        sessions = sessions.prefetch_related(
+            Prefetch("batches", queryset=batches.prefetch_related("transcripts"))
+        )
+    if username:
+        sessions = sessions.filter(user__username=username)
+    if session_ids is not None:
+        sessions = sessions.filter(pk__in=list(session_ids))
+    if last:
+        return list(sessions.order_by("-started_at", "-pk")[:1])
+    return list(sessions.order_by("started_at", "pk"))
+
+
+def session_find(*, id_or_prefix: str) -> AudioSession | None:
+    """A session by its id or a unique leading part of it (as the admin shows)."""
+    value = id_or_prefix.strip().lower()
+    try:
+        return AudioSession.objects.filter(pk=uuid.UUID(value)).first()
+    except ValueError:
+        pass
+    if len(value) < 4 or any(c not in "0123456789abcdef-" for c in value):
+        return None
+    found = list(AudioSession.objects.filter(pk__istartswith=value)[:2])
+    return found[0] if len(found) == 1 else None

@@ -1,9 +1,13 @@
 """Writes for sessions: open, store each final as it arrives, errors, end."""
 
+import datetime as dt
 import logging
 import uuid
+from collections import Counter
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models.deletion import Collector
 from django.utils import timezone
 
 from transcription.engines import StreamParams, TranscriptEvent
@@ -119,3 +123,50 @@ def _session_update_audio(
     AudioSession.objects.filter(pk=session_id, audio_bytes__lt=audio_bytes).update(
         audio_bytes=audio_bytes, audio_seconds=round(seconds, 3)
     )
+
+
+def sessions_purge(
+    *, older_than: dt.datetime, batch_size: int = 500, dry_run: bool = False
+) -> Counter[str]:
+    """Delete sessions started before `older_than` and all that hangs off them.
+
+    Works in batches of `batch_size` sessions, one transaction each, so a large
+    purge never holds a long lock. Sessions that may still be live (active and
+    younger than MAX_SESSION_SECONDS) are kept. Returns the number of rows per
+    model label, deleted or (dry run) that would be deleted.
+    """
+    live_since = timezone.now() - dt.timedelta(seconds=settings.MAX_SESSION_SECONDS)
+    old = AudioSession.objects.filter(started_at__lt=older_than).exclude(
+        status=AudioSession.Status.ACTIVE, started_at__gte=live_since
+    )
+    counts: Counter[str] = Counter()
+    last_pk = None
+    while True:
+        page = old.order_by("pk")
+        if last_pk is not None:
+            page = page.filter(pk__gt=last_pk)
+        ids = list(page.values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            break
+        last_pk = ids[-1]
+        batch = AudioSession.objects.filter(pk__in=ids)
+        if dry_run:
+            counts.update(_deletion_counts(batch))
+        else:
+            with transaction.atomic():
+                _total, per_model = batch.delete()
+            counts.update({label: n for label, n in per_model.items() if n})
+    logger.info("purge before %s: %s", older_than.isoformat(), dict(counts))
+    return counts
+
+
+def _deletion_counts(queryset) -> Counter[str]:
+    """What `queryset.delete()` would remove, by model label, without deleting."""
+    collector = Collector(using=queryset.db, origin=queryset)
+    collector.collect(queryset)
+    counts: Counter[str] = Counter()
+    for model, objs in collector.data.items():
+        counts[model._meta.label] += len(objs)
+    for fast in collector.fast_deletes:
+        counts[fast.model._meta.label] += fast.count()
+    return +counts

@@ -1,16 +1,18 @@
 """Browser pages for a logged-in user: Talk (the microphone), History, downloads."""
 
+import json
+
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from transcription import selectors
+from transcription import exports, selectors
 from transcription.engines import get_engine
-from transcription.exports import EXPORT_FORMATS, render_session
 
 HISTORY_PAGE_SIZE = 20
+DOWNLOAD_FORMATS = ("txt", "srt", "json")
 
 
 @login_required
@@ -38,7 +40,7 @@ def history(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "transcription/history.html",
-        {"page": page, "formats": EXPORT_FORMATS, "nav": "history"},
+        {"page": page, "formats": DOWNLOAD_FORMATS, "nav": "history"},
     )
 
 
@@ -46,13 +48,19 @@ def history(request: HttpRequest) -> HttpResponse:
 @require_GET
 def session_download(request: HttpRequest, session_id, fmt: str) -> HttpResponse:
     """One of the user's sessions as a txt, srt or json file."""
-    if fmt not in EXPORT_FORMATS:
+    if fmt not in DOWNLOAD_FORMATS:
         raise Http404("Unknown format.")
-    session = selectors.session_get_own(user=request.user, session_id=session_id)
-    if session is None:
+    own = selectors.sessions_for_export(
+        username=request.user.get_username(), session_ids=[session_id]
+    )
+    if not own:
         raise Http404("No such session.")
-    content, content_type = render_session(session, fmt)
-    response = HttpResponse(content, content_type=content_type)
+    session = own[0]
+    if fmt == "json":
+        content = json.dumps(exports.session_as_dict(session), indent=2) + "\n"
+    else:
+        content = exports.export([session], fmt)
+    response = HttpResponse(content, content_type=exports.CONTENT_TYPES[fmt])
     filename = f"session-{session.started_at:%Y%m%d-%H%M%S}-{str(session.pk)[:8]}.{fmt}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

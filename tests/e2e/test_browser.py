@@ -155,8 +155,9 @@ def test_talk_streams_the_microphone_and_history_keeps_it(page, person):
     )
     with page.expect_download() as download:
         card.get_by_test_id("download-txt").click()
-    text = Path(download.value.path()).read_text()
-    assert text == f"received {session.audio_bytes} bytes\n"
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0].startswith(f"# session {session.pk} user maria ")
+    assert lines[1:] == [f"received {session.audio_bytes} bytes"]
     screenshot(page, "history")
 
 

@@ -132,8 +132,9 @@ def test_download_txt(logged_in, user):
     assert response["Content-Type"].startswith("text/plain")
     assert response["Content-Disposition"].startswith("attachment; filename=")
     assert response["Content-Disposition"].endswith('.txt"')
-    text = response.content.decode()
-    assert text.splitlines() == ["the weather is nice today", "turn on the lights"]
+    header, *lines = response.content.decode().splitlines()
+    assert header.startswith(f"# session {session.pk} user alice ")
+    assert lines == ["the weather is nice today", "turn on the lights"]
 
 
 def test_download_srt(logged_in, user):
@@ -156,7 +157,7 @@ def test_download_json(logged_in, user):
     response = logged_in.get(f"/history/{session.pk}/download/json/")
     assert response["Content-Type"].startswith("application/json")
     document = json.loads(response.content)
-    assert document["session_id"] == str(session.pk)
+    assert document["id"] == str(session.pk)
     assert [t["text"] for t in document["transcripts"]] == ["hello world"]
 
 
