@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8765
+RECEIVER_PORT ?= 5001
 
 .PHONY: install run test lint migrate clean
 
@@ -26,6 +27,12 @@ run: migrate
 	@test "$$DJANGO_SECRET_KEY" != "$(DEV_SECRET_KEY)" || echo "make run: using a development DJANGO_SECRET_KEY (set your own in production)"
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_demo --url http://$(HOST):$(PORT)/
+	@# The demo receiver answers beside daphne unless a receiver is configured.
+	@if [ -z "$$RECEIVER_HOST$$RECEIVER_URL" ]; then \
+	  $(PY) manage.py run_receiver --host 127.0.0.1 --port $(RECEIVER_PORT) & \
+	  trap "kill $$! 2>/dev/null" EXIT; \
+	  export RECEIVER_HOST=127.0.0.1 RECEIVER_PORT=$(RECEIVER_PORT); \
+	fi; \
 	$(VENV)/bin/daphne --bind $(HOST) --port $(PORT) voiceproject.asgi:application
 
 lint: install

@@ -6,6 +6,9 @@ Server → client: `{"partialTranscript": "…"}` (when sendPartials=true),
 `{"transcript": "…"}` for each final, `{"error": "…"}` right before any close that is
 not a plain 1000. Closes: 1000 after END_OF_STREAM or a timeout, 1008 auth/parameters/
 quota, 1009 frame too big, 1011 engine or server error, 1013 server at capacity.
+With a receiver configured (SPEC §4), also `{"type": "server_response", "message":
+"…", "audio": "<base64 MP3>" | null, "batch_id": "…"}` for each non-empty reply; at
+END_OF_STREAM the last batch's reply comes before the 1000 close.
 """
 
 import asyncio
@@ -20,6 +23,7 @@ from django.conf import settings
 from transcription import protocol, selectors, services
 from transcription.engines import EngineError, SpeechToText, get_engine
 from transcription.protocol import ProtocolError
+from transcription.voice import SessionVoice
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
     stream: SpeechToText | None = None
     closing = False
     counted = False
+    voice: SessionVoice | None = None
 
     async def connect(self) -> None:
         await self.accept()
@@ -60,6 +65,11 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=code)
             return
+        self.voice = await SessionVoice.join(
+            session_id=self.session.pk,
+            channel_layer=self.channel_layer,
+            channel_name=self.channel_name,
+        )
         await self._start_stream()
 
     async def _start_stream(self) -> None:
@@ -182,13 +192,18 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
                 if not event.text.strip():
                     continue
                 self.finals += 1
-                await database_sync_to_async(services.transcript_add_final)(
+                transcript = await database_sync_to_async(
+                    services.transcript_add_final
+                )(
                     session_id=self.session.pk,
                     seq=self.finals,
                     event=event,
                     audio_bytes=self.audio_bytes,
                     bytes_per_second=self.bytes_per_second,
+                    silence_seconds=self.voice and self.voice.silence_seconds,
                 )
+                if self.voice:
+                    self.voice.final_stored(transcript)
                 await self.send(
                     text_data=protocol.event_message(event, detail=self.params.detail)
                 )
@@ -241,6 +256,8 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
+        if self.voice:
+            await self.voice.flush_and_wait()
         await self._record_end(protocol.CLOSE_NORMAL, reason, failed=False)
         await self.close(code=protocol.CLOSE_NORMAL, reason=reason or None)
 
@@ -266,6 +283,11 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
             bytes_per_second=getattr(self, "bytes_per_second", None),
         )
 
+    async def voice_reply(self, event: dict) -> None:
+        """A worker's reply to one of this session's batches (channel layer)."""
+        if self.voice and (message := self.voice.reply_message(event)):
+            await self.send(text_data=message)
+
     async def disconnect(self, code: int) -> None:
         global _open_sessions
         current = asyncio.current_task()
@@ -278,6 +300,8 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
                     await task
         if self.stream is not None:
             await self.stream.aclose()
+        if self.voice is not None:
+            await self.voice.leave()
         if self.counted:
             _open_sessions -= 1
             self.counted = False

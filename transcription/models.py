@@ -1,4 +1,4 @@
-"""Records of audio sessions, their final transcripts and their errors."""
+"""Records of audio sessions, their final transcripts, receiver batches and errors."""
 
 import uuid
 
@@ -74,6 +74,14 @@ class Transcript(models.Model):
     end_seconds = models.FloatField(null=True, blank=True)
     result_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # With a receiver configured, every final joins exactly one batch as it is stored.
+    batch = models.ForeignKey(
+        "ReceiverBatch",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="transcripts",
+    )
 
     class Meta:
         ordering = ["session", "seq"]
@@ -99,3 +107,62 @@ class SessionError(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message[:80]}"
+
+
+class ReceiverBatch(models.Model):
+    """Finals of a session sent together to the receiver, with its reply (SPEC §4).
+
+    Life: `open` while finals join (due when SILENCE_SECONDS pass without one),
+    `claimed` by one worker at a time (a lease), `pending` between retries,
+    then `delivered` (reply and speech stored) or `failed` (gave up).
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "open"
+        PENDING = "pending", "pending retry"
+        CLAIMED = "claimed", "claimed"
+        DELIVERED = "delivered", "delivered"
+        FAILED = "failed", "failed"
+
+    class TtsStatus(models.TextChoices):
+        NONE = "", "-"
+        OK = "ok", "ok"
+        FAILED = "failed", "failed"
+
+    batch_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    session = models.ForeignKey(
+        AudioSession, on_delete=models.CASCADE, related_name="batches"
+    )
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True
+    )
+    due_at = models.DateTimeField(help_text="When a worker should take it next.")
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_by = models.CharField(max_length=100, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    reply_text = models.TextField(blank=True)
+    reply_audio = models.BinaryField(null=True, blank=True)
+    tts_engine = models.CharField(max_length=200, blank=True)
+    tts_status = models.CharField(
+        max_length=8, choices=TtsStatus.choices, default=TtsStatus.NONE, blank=True
+    )
+    tts_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["status", "due_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session"],
+                condition=models.Q(status="open"),
+                name="one_open_batch_per_session",
+            )
+        ]
+        verbose_name = "receiver batch"
+        verbose_name_plural = "receiver batches"
+
+    def __str__(self) -> str:
+        return f"batch {self.batch_id} ({self.status})"

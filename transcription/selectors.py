@@ -13,6 +13,7 @@ from django.db.models import (
     Count,
     ExpressionWrapper,
     IntegerField,
+    Min,
     OuterRef,
     Prefetch,
     Q,
@@ -23,7 +24,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from transcription.models import AudioSession, SessionError, Transcript
+from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 
 
 def token_active_session_count(*, token_id: int, max_age_seconds: float) -> int:
@@ -367,3 +368,41 @@ def session_find(*, id_or_prefix: str) -> AudioSession | None:
         return None
     found = list(AudioSession.objects.filter(pk__istartswith=value)[:2])
     return found[0] if len(found) == 1 else None
+
+
+def _batches_waiting(now: dt.datetime) -> QuerySet[ReceiverBatch]:
+    Status = ReceiverBatch.Status
+    return ReceiverBatch.objects.filter(
+        Q(status__in=[Status.OPEN, Status.PENDING], due_at__lte=now)
+        | Q(status=Status.CLAIMED, claimed_until__lt=now)
+    )
+
+
+def batches_due(*, limit: int) -> list[int]:
+    """Primary keys of batches a worker may claim now, the oldest first."""
+    now = timezone.now()
+    return list(
+        _batches_waiting(now).order_by("due_at").values_list("pk", flat=True)[:limit]
+    )
+
+
+def batch_next_due_at() -> dt.datetime | None:
+    """When the next open or pending batch falls due (None: nothing waits)."""
+    Status = ReceiverBatch.Status
+    return ReceiverBatch.objects.filter(
+        status__in=[Status.OPEN, Status.PENDING]
+    ).aggregate(due=Min("due_at"))["due"]
+
+
+def batch_document(*, batch_pk: int) -> dict:
+    """The JSON document the receiver gets for a batch (SPEC §4)."""
+    batch = ReceiverBatch.objects.select_related("session").get(pk=batch_pk)
+    finals = batch.transcripts.order_by("seq").values_list("text", "created_at")
+    return {
+        "session_id": str(batch.session_id),
+        "batch_id": str(batch.batch_id),
+        "language": batch.session.language or "en-US",
+        "transcriptions": [
+            {"text": text, "timestamp": created.isoformat()} for text, created in finals
+        ],
+    }

@@ -1,4 +1,4 @@
-"""Writes for sessions: open, store each final as it arrives, errors, end."""
+"""Writes for sessions: open, store each final as it arrives, errors, end, batches."""
 
 import datetime as dt
 import logging
@@ -7,11 +7,12 @@ from collections import Counter
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Q
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
 from transcription.engines import StreamParams, TranscriptEvent
-from transcription.models import AudioSession, SessionError, Transcript
+from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,17 @@ def transcript_add_final(
     event: TranscriptEvent,
     audio_bytes: int,
     bytes_per_second: float | None,
+    silence_seconds: float | None = None,
 ) -> Transcript:
-    """Store one final transcript the moment it exists, and the audio count so far."""
+    """Store one final transcript the moment it exists, and the audio count so far.
+
+    With `silence_seconds` (a receiver is configured) the final joins the session's
+    open batch in the same transaction, so every final is in exactly one batch.
+    """
     with transaction.atomic():
+        batch = None
+        if silence_seconds is not None:
+            batch = _batch_join(session_id, silence_seconds)
         transcript = Transcript.objects.create(
             session_id=session_id,
             seq=seq,
@@ -77,6 +86,7 @@ def transcript_add_final(
             start_seconds=event.start,
             end_seconds=event.end,
             result_id=event.result_id[:64],
+            batch=batch,
         )
         _session_update_audio(session_id, audio_bytes, bytes_per_second)
     return transcript
@@ -170,3 +180,142 @@ def _deletion_counts(queryset) -> Counter[str]:
     for fast in collector.fast_deletes:
         counts[fast.model._meta.label] += fast.count()
     return +counts
+
+
+def _batch_join(session_id: uuid.UUID, silence_seconds: float) -> ReceiverBatch:
+    """The open batch, its silence restarted; a new one if a worker took the last."""
+    due_at = timezone.now() + dt.timedelta(seconds=silence_seconds)
+    batch = (
+        ReceiverBatch.objects.select_for_update()
+        .filter(session_id=session_id, status=ReceiverBatch.Status.OPEN)
+        .first()
+    )
+    if batch is None:
+        return ReceiverBatch.objects.create(session_id=session_id, due_at=due_at)
+    # Conditional, so that a worker's claim in between is never undone.
+    ReceiverBatch.objects.filter(pk=batch.pk, status=ReceiverBatch.Status.OPEN).update(
+        due_at=due_at
+    )
+    return batch
+
+
+def batch_flush(*, session_id: uuid.UUID) -> None:
+    """END_OF_STREAM: the session's open batch is due now, without the silence."""
+    ReceiverBatch.objects.filter(
+        session_id=session_id, status=ReceiverBatch.Status.OPEN
+    ).update(due_at=timezone.now())
+
+
+def batch_claim(*, batch_pk: int, worker_id: str, lease_seconds: float) -> bool:
+    """Take a due batch for one worker (one atomic UPDATE: no two workers at once).
+
+    A claim whose lease ran out (its worker died) can be taken again: delivery is at
+    least once, and the stable batch_id lets the receiver de-duplicate.
+    """
+    now = timezone.now()
+    Status = ReceiverBatch.Status
+    due = Q(status__in=[Status.OPEN, Status.PENDING], due_at__lte=now)
+    stale = Q(status=Status.CLAIMED, claimed_until__lt=now)
+    taken = ReceiverBatch.objects.filter(due | stale, pk=batch_pk).update(
+        status=Status.CLAIMED,
+        claimed_by=worker_id[:100],
+        claimed_until=now + dt.timedelta(seconds=lease_seconds),
+        attempts=F("attempts") + 1,
+    )
+    return taken == 1
+
+
+def batch_retry_delay(attempts: int) -> float:
+    """The wait after failed attempt number `attempts`: doubling, capped at 60 s."""
+    return min(settings.RECEIVER_RETRY_SECONDS * 2 ** max(attempts - 1, 0), 60.0)
+
+
+def batch_record_failure(
+    *, batch_pk: int, worker_id: str, message: str, retry: bool
+) -> ReceiverBatch | None:
+    """A failed exchange: pending again after a backoff, or failed for good.
+
+    It fails for good when the error is not worth retrying (a bad reply) or after
+    RECEIVER_MAX_ATTEMPTS. The session gets an error on the first failure and when
+    the batch is given up, not on every retry.
+    """
+    with transaction.atomic():
+        batch = _batch_owned(batch_pk, worker_id)
+        if batch is None:
+            return None
+        Status = ReceiverBatch.Status
+        retry_in = None
+        if retry and batch.attempts < settings.RECEIVER_MAX_ATTEMPTS:
+            retry_in = batch_retry_delay(batch.attempts)
+        batch.last_error = message
+        batch.claimed_until = None
+        if retry_in is None:
+            batch.status = Status.FAILED
+        else:
+            batch.status = Status.PENDING
+            batch.due_at = timezone.now() + dt.timedelta(seconds=retry_in)
+        batch.save(update_fields=["last_error", "claimed_until", "status", "due_at"])
+        if retry_in is None or batch.attempts == 1:
+            outcome = "retrying" if retry_in is not None else "gave up"
+            session_error_add(
+                session_id=batch.session_id,
+                close_code=None,
+                kind="receiver",
+                message=f"Batch {batch.batch_id} attempt {batch.attempts} "
+                f"({outcome}): {message}",
+            )
+    return batch
+
+
+def batch_record_reply(
+    *,
+    batch_pk: int,
+    worker_id: str,
+    reply: str,
+    audio: bytes | None,
+    tts_engine: str,
+    tts_error: str,
+) -> ReceiverBatch | None:
+    """The receiver's reply and the speech made of it: the batch is delivered."""
+    with transaction.atomic():
+        batch = _batch_owned(batch_pk, worker_id)
+        if batch is None:
+            return None
+        TtsStatus = ReceiverBatch.TtsStatus
+        batch.status = ReceiverBatch.Status.DELIVERED
+        batch.delivered_at = timezone.now()
+        batch.claimed_until = None
+        batch.reply_text = reply
+        batch.last_error = ""
+        batch.tts_engine = tts_engine if reply else ""
+        batch.tts_error = tts_error
+        batch.tts_status = (
+            TtsStatus.NONE
+            if not reply
+            else TtsStatus.FAILED
+            if tts_error
+            else TtsStatus.OK
+        )
+        batch.reply_audio = audio if settings.REPLY_AUDIO_STORE else None
+        batch.save()
+        if tts_error:
+            session_error_add(
+                session_id=batch.session_id,
+                close_code=None,
+                kind="tts",
+                message=f"Batch {batch.batch_id}: the reply was sent without audio: "
+                f"{tts_error}",
+            )
+    return batch
+
+
+def _batch_owned(batch_pk: int, worker_id: str) -> ReceiverBatch | None:
+    """The batch if this worker still holds it (its lease may have been taken over)."""
+    batch = (
+        ReceiverBatch.objects.select_for_update()
+        .filter(pk=batch_pk, status=ReceiverBatch.Status.CLAIMED, claimed_by=worker_id)
+        .first()
+    )
+    if batch is None:
+        logger.warning("batch %s: lost the claim of worker %s", batch_pk, worker_id)
+    return batch

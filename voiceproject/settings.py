@@ -89,7 +89,10 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # redis-py 8 reads with a 5 s socket timeout by default, shorter than
+            # channels_redis's blocking receive: an idle socket would die with
+            # 1011 (django/channels_redis#422). No client-side read timeout.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
         }
     }
 else:
@@ -140,3 +143,24 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"daphne": {"level": "WARNING"}},
 }
+
+# --- Voice loop (issue 4): receiver, silence batching, text-to-speech, worker -----
+# No RECEIVER_HOST and no RECEIVER_URL: no voice loop. RECEIVER_URL wins if both.
+RECEIVER_HOST = env.str("RECEIVER_HOST", default="")
+RECEIVER_PORT = env.int("RECEIVER_PORT", default=5001)
+RECEIVER_URL = env.str("RECEIVER_URL", default="")
+RECEIVER_TIMEOUT = env.float("RECEIVER_TIMEOUT", default=10.0)
+RECEIVER_MAX_REPLY_BYTES = env.int("RECEIVER_MAX_REPLY_BYTES", default=65536)
+# Backoff while the receiver is down: this, doubled per attempt, capped at 60 s.
+RECEIVER_RETRY_SECONDS = env.float("RECEIVER_RETRY_SECONDS", default=1.0)
+RECEIVER_MAX_ATTEMPTS = env.int("RECEIVER_MAX_ATTEMPTS", default=30)
+SILENCE_SECONDS = env.float("SILENCE_SECONDS", default=3.0)
+TTS_ENGINE = env.str("TTS_ENGINE", default="offline")
+TTS_TIMEOUT = env.float("TTS_TIMEOUT", default=30.0)
+POLLY_VOICE = env.str("POLLY_VOICE", default="Joanna")
+AWS_POLLY_ENDPOINT = env.str("AWS_POLLY_ENDPOINT", default="")
+# Keep the spoken MP3 of each reply in the database (the admin plays it).
+REPLY_AUDIO_STORE = env.bool("REPLY_AUDIO_STORE", default=True)
+# The batch worker runs inside the server process unless separate
+# `manage.py run_worker` processes do the work (the default with REDIS_URL).
+VOICE_WORKER_IN_PROCESS = env.bool("VOICE_WORKER_IN_PROCESS", default=not REDIS_URL)

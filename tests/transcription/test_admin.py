@@ -123,7 +123,10 @@ def test_session_list_columns(admin_client, history):
         ({"q": "half a sentence"}, {"failed"}),
         ({"q": "decoder"}, {"failed"}),
         ({"q": "bob"}, {"refused", "failed", "old"}),
-        ({"started_at__gte": "2000-01-01", "user__id__exact": "1"}, set()),
+        (
+            {"started_at__gte": "2000-01-01 00:00:00+00:00", "user__id__exact": "1"},
+            set(),
+        ),
     ],
 )
 def test_session_filters_and_search(admin_client, history, query, expected):

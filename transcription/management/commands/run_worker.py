@@ -1,0 +1,37 @@
+"""`manage.py run_worker [--id NAME] [--concurrency N]`: deliver receiver batches.
+
+Run one or several beside daphne when the server does not run the worker itself
+(REDIS_URL set, or VOICE_WORKER_IN_PROCESS=false). Stops on SIGINT or SIGTERM.
+"""
+
+import asyncio
+import contextlib
+import signal
+
+from django.core.management.base import BaseCommand
+
+from transcription.worker import BatchWorker
+
+
+class Command(BaseCommand):
+    help = "Deliver due receiver batches and push the spoken replies until stopped."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--id", dest="worker_id", default="", help="worker name (default host:pid)"
+        )
+        parser.add_argument("--concurrency", type=int, default=8)
+
+    def handle(self, *args, worker_id: str, concurrency: int, **options) -> None:
+        asyncio.run(self._run(BatchWorker(worker_id, concurrency=concurrency)))
+        self.stdout.write("worker stopped")
+
+    async def _run(self, worker: BatchWorker) -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        self.stdout.write(f"worker {worker.worker_id} running")
+        self.stdout.flush()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.run()

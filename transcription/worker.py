@@ -1,0 +1,241 @@
+"""Batch delivery: claim due batches, ask the receiver, speak the reply, push it.
+
+A batch is due when SILENCE_SECONDS passed after its last final (or at once after
+END_OF_STREAM), or when its retry time came. Workers find due batches in the
+database and claim each with one atomic UPDATE, so several may run side by side
+(`manage.py run_worker` with REDIS_URL); with the in-memory channel layer one
+runs as a task inside the server process. Replies reach the session's socket
+through its channel-layer group, wherever the worker runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils import timezone
+
+from transcription import selectors, services
+from transcription.engines.tts import TtsError, get_tts
+from transcription.receiver import ReceiverError, receiver_config, receiver_exchange
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+REPLY_EVENT = "voice.reply"
+
+
+def session_group(session_id: uuid.UUID | str) -> str:
+    """The channel-layer group a session's consumer joins for its replies."""
+    return f"voice.{uuid.UUID(str(session_id)).hex}"
+
+
+def lease_seconds() -> float:
+    """How long a claim holds: one exchange, the speech, and some slack."""
+    return settings.RECEIVER_TIMEOUT + settings.TTS_TIMEOUT + 30
+
+
+class BatchWorker:
+    """Delivers due batches, at most `concurrency` at a time."""
+
+    def __init__(self, worker_id: str = "", *, concurrency: int = 8):
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        self.concurrency = concurrency
+        self.wake = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        """Claim and deliver until cancelled."""
+        logger.info("batch worker %s started", self.worker_id)
+        try:
+            while True:
+                self.wake.clear()
+                try:
+                    await self.claim_due()
+                    delay = await self._next_delay()
+                except Exception:
+                    # A database hiccup must not end the worker: try again later.
+                    logger.exception("batch worker %s: claiming failed", self.worker_id)
+                    delay = POLL_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), delay)
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            logger.info("batch worker %s stopped", self.worker_id)
+
+    async def claim_due(self) -> None:
+        room = self.concurrency - len(self.tasks)
+        if room <= 0:
+            return
+        for pk in await database_sync_to_async(selectors.batches_due)(limit=room):
+            claimed = await database_sync_to_async(services.batch_claim)(
+                batch_pk=pk, worker_id=self.worker_id, lease_seconds=lease_seconds()
+            )
+            if claimed:
+                task = asyncio.create_task(self.deliver(pk))
+                self.tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        self.wake.set()
+
+    async def _next_delay(self) -> float:
+        """Until the next batch falls due, at most POLL_SECONDS (other processes
+        add batches too)."""
+        delay = POLL_SECONDS
+        if len(self.tasks) < self.concurrency:
+            due = await database_sync_to_async(selectors.batch_next_due_at)()
+            if due is not None:
+                delay = (due - timezone.now()).total_seconds()
+        return min(max(delay, 0.02), POLL_SECONDS)
+
+    async def deliver(self, batch_pk: int) -> None:
+        """One attempt: the exchange, then speech, each outcome stored, then pushed."""
+        try:
+            document = await database_sync_to_async(selectors.batch_document)(
+                batch_pk=batch_pk
+            )
+            outcome = await deliver_document(document)
+            await self._record(batch_pk, document, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The claim's lease runs out and another attempt follows.
+            logger.exception("batch %s: delivery failed unexpectedly", batch_pk)
+
+    async def _record(
+        self, batch_pk: int, document: dict, outcome: DeliveryOutcome
+    ) -> None:
+        session_id = document["session_id"]
+        if outcome.error:
+            batch = await database_sync_to_async(services.batch_record_failure)(
+                batch_pk=batch_pk,
+                worker_id=self.worker_id,
+                message=outcome.error,
+                retry=outcome.retry,
+            )
+            if batch is None or batch.status != batch.Status.FAILED:
+                return
+        else:
+            batch = await database_sync_to_async(services.batch_record_reply)(
+                batch_pk=batch_pk,
+                worker_id=self.worker_id,
+                reply=outcome.reply,
+                audio=outcome.audio,
+                tts_engine=outcome.tts_engine,
+                tts_error=outcome.tts_error,
+            )
+            if batch is None:
+                return
+            logger.info(
+                "session %s: batch %s answered (%d characters, audio %s)",
+                session_id,
+                document["batch_id"],
+                len(outcome.reply),
+                "none" if outcome.audio is None else f"{len(outcome.audio)} bytes",
+            )
+        await get_channel_layer().group_send(
+            session_group(session_id), outcome.event(document["batch_id"])
+        )
+
+
+@dataclass(slots=True)
+class DeliveryOutcome:
+    reply: str = ""
+    audio: bytes | None = None
+    tts_engine: str = ""
+    tts_error: str = ""
+    error: str = ""
+    retry: bool = False
+
+    def event(self, batch_id: str) -> dict:
+        """The channel-layer message the session's consumer turns into a reply."""
+        audio = base64.b64encode(self.audio).decode() if self.audio else None
+        return {
+            "type": REPLY_EVENT,
+            "batch_id": batch_id,
+            "message": self.reply,
+            "audio": audio,
+            "error": self.error or self.tts_error,
+        }
+
+
+async def deliver_document(document: dict) -> DeliveryOutcome:
+    """Ask the receiver; speak a non-empty reply (a TTS failure keeps the text)."""
+    session_id = document["session_id"]
+    config = receiver_config()
+    if config is None:
+        return DeliveryOutcome(error="No receiver is configured.", retry=True)
+    try:
+        reply = await receiver_exchange(config, document)
+    except ReceiverError as exc:
+        logger.warning("session %s: receiver: %s", session_id, exc.message)
+        return DeliveryOutcome(error=exc.message, retry=exc.retry)
+    outcome = DeliveryOutcome(reply=reply)
+    if reply:
+        tts = get_tts()
+        outcome.tts_engine = tts.name
+        try:
+            outcome.audio = await asyncio.wait_for(
+                tts.synthesize(reply, language=document["language"]),
+                settings.TTS_TIMEOUT,
+            )
+        except TtsError as exc:
+            outcome.tts_error = str(exc)
+        except TimeoutError:
+            outcome.tts_error = f"No speech within {settings.TTS_TIMEOUT:g} seconds."
+        except Exception as exc:
+            logger.exception("session %s: text-to-speech failed", session_id)
+            outcome.tts_error = f"Text-to-speech failed: {exc.__class__.__name__}."
+    return outcome
+
+
+@dataclass(slots=True)
+class _Runner:
+    loop: asyncio.AbstractEventLoop
+    worker: BatchWorker
+    task: asyncio.Task
+
+
+_runner: _Runner | None = None
+
+
+def ensure_in_process() -> None:
+    """Start this process's worker task once (VOICE_WORKER_IN_PROCESS)."""
+    global _runner
+    if not settings.VOICE_WORKER_IN_PROCESS:
+        return
+    loop = asyncio.get_running_loop()
+    if _runner is None or _runner.loop is not loop or _runner.task.done():
+        worker = BatchWorker()
+        _runner = _Runner(loop, worker, loop.create_task(worker.run()))
+
+
+def wake_in_process() -> None:
+    """Look for due batches now (after END_OF_STREAM) instead of at the next poll."""
+    if _runner is not None and not _runner.task.done():
+        _runner.worker.wake.set()
+
+
+async def stop_in_process() -> None:
+    """Cancel and await this process's worker task (tests, shutdown)."""
+    global _runner
+    runner, _runner = _runner, None
+    if runner is not None and runner.loop is asyncio.get_running_loop():
+        runner.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner.task
