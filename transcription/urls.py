@@ -14,4 +14,9 @@ urlpatterns = [
         views.session_download,
         name="session_download",
     ),
+    path(
+        "history/<uuid:session_id>/replies/<int:batch_pk>.mp3",
+        views.reply_audio,
+        name="reply_audio",
+    ),
 ]

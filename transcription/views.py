@@ -37,6 +37,8 @@ def history(request: HttpRequest) -> HttpResponse:
     """The user's own sessions, newest first, each with its transcript."""
     sessions = selectors.session_history(user=request.user)
     page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    for session in page:
+        session.conversation = selectors.session_conversation(session=session)
     return render(
         request,
         "transcription/history.html",
@@ -63,4 +65,18 @@ def session_download(request: HttpRequest, session_id, fmt: str) -> HttpResponse
     response = HttpResponse(content, content_type=exports.CONTENT_TYPES[fmt])
     filename = f"session-{session.started_at:%Y%m%d-%H%M%S}-{str(session.pk)[:8]}.{fmt}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@login_required
+@require_GET
+def reply_audio(request: HttpRequest, session_id, batch_pk: int) -> HttpResponse:
+    """The spoken reply (MP3) of one of the user's own sessions."""
+    audio = selectors.reply_audio_get_own(
+        user=request.user, session_id=session_id, batch_pk=batch_pk
+    )
+    if audio is None:
+        raise Http404("No such reply.")
+    response = HttpResponse(audio, content_type="audio/mpeg")
+    response["Cache-Control"] = "private, max-age=86400"
     return response

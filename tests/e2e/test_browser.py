@@ -5,8 +5,11 @@ Talk page captures, converts and streams real speech. Screenshots of every page 
 test-artifacts/ for a person to look at.
 """
 
+import json
 import os
 import re
+import socketserver
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,9 +70,43 @@ def browser():
         browser.close()
 
 
+class Receiver(socketserver.ThreadingTCPServer):
+    """A receiver (SPEC §4, TCP) that answers every batch with what it heard."""
+
+    daemon_threads = True
+    documents: list[dict]
+
+    class Handler(socketserver.StreamRequestHandler):
+        timeout = 10
+
+        def handle(self):
+            document = json.loads(self.rfile.read())  # to EOF: the client half-closes
+            self.server.documents.append(document)
+            heard = " / ".join(t["text"] for t in document["transcriptions"])
+            reply = {"message": f"I heard: {heard}."}
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
 @pytest.fixture(scope="module")
-def server(django_db_setup, django_db_blocker):
-    with run_daphne({"TRANSCRIPTION_ENGINE": "echo"}) as live:
+def receiver():
+    with Receiver(("127.0.0.1", 0), Receiver.Handler) as server:
+        server.documents = []
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield server
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker, receiver):
+    env = {
+        "TRANSCRIPTION_ENGINE": "echo",
+        "RECEIVER_HOST": "127.0.0.1",
+        "RECEIVER_PORT": str(receiver.server_address[1]),
+        "TTS_ENGINE": "offline",
+    }
+    with run_daphne(env) as live:
         yield live
 
 
@@ -121,7 +158,7 @@ def test_login_rejects_a_wrong_password(page):
     screenshot(page, "login-error")
 
 
-def test_talk_streams_the_microphone_and_history_keeps_it(page, person):
+def test_talk_streams_speaks_back_and_history_keeps_it(page, person, receiver):
     log_in(page)
     screenshot(page, "talk-idle")
     page.get_by_test_id("start").click()
@@ -135,9 +172,22 @@ def test_talk_streams_the_microphone_and_history_keeps_it(page, person):
     page.get_by_test_id("stop").click()
     final = page.get_by_test_id("finals").locator("li").last
     expect(final).to_contain_text(re.compile(r"received \d+ bytes"))
+
+    # END_OF_STREAM sends the batch at once; the reply comes back as text and MP3.
+    reply = page.get_by_test_id("replies").locator(".reply")
+    expect(reply).to_have_count(1)
+    heard = final.locator("span").inner_text()
+    expect(reply.locator("p")).to_have_text(f"I heard: {heard}.")
+    player = reply.locator("audio")
+    expect(player).to_have_count(1)
+    page.wait_for_function(
+        "a => a.duration > 0.3 && (a.currentTime > 0 || a.ended)",
+        arg=player.element_handle(),
+    )
     expect(page.get_by_test_id("start")).to_be_visible()
     expect(page.get_by_test_id("status")).to_contain_text("saved to your history")
     screenshot(page, "talk-done")
+    assert receiver.documents[-1]["transcriptions"][0]["text"] == heard
 
     session = AudioSession.objects.get(user=person)
     assert session.auth_method == "session"
@@ -145,19 +195,24 @@ def test_talk_streams_the_microphone_and_history_keeps_it(page, person):
     assert session.sample_rate == 16000
     assert session.audio_bytes > 0
     assert session.audio_bytes % 1024 == 0  # whole 1024-byte frames only
-    assert final.inner_text().endswith(f"received {session.audio_bytes} bytes")
+    assert heard == f"received {session.audio_bytes} bytes"
 
     page.get_by_role("link", name="History").click()
     card = page.get_by_test_id("history-session")
     expect(card).to_have_count(1)
-    expect(card.get_by_test_id("history-transcript")).to_contain_text(
-        f"received {session.audio_bytes} bytes"
+    expect(card.get_by_test_id("history-transcript")).to_contain_text(heard)
+    expect(card.get_by_test_id("history-reply")).to_contain_text(f"I heard: {heard}.")
+    history_player = card.get_by_test_id("history-reply").locator("audio")
+    history_player.evaluate("a => a.play()")
+    page.wait_for_function(
+        "a => a.duration > 0.3 && a.currentTime > 0",
+        arg=history_player.element_handle(),
     )
     with page.expect_download() as download:
         card.get_by_test_id("download-txt").click()
     lines = Path(download.value.path()).read_text().splitlines()
     assert lines[0].startswith(f"# session {session.pk} user maria ")
-    assert lines[1:] == [f"received {session.audio_bytes} bytes"]
+    assert lines[1:] == [heard]
     screenshot(page, "history")
 
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.services import api_token_create
 from transcription.engines import Capabilities
-from transcription.models import AudioSession, SessionError, Transcript
+from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 from transcription.templatetags.transcripts import clock
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("echo_engine")]
@@ -176,3 +176,49 @@ def test_download_of_someone_elses_session_or_a_bad_format_is_a_404(
 )
 def test_clock_filter(seconds, shown):
     assert clock(seconds) == shown
+
+
+def add_reply(session, seqs, text, audio=b"ID3 fake mp3"):
+    batch = ReceiverBatch.objects.create(
+        session=session,
+        status=ReceiverBatch.Status.DELIVERED,
+        due_at=timezone.now(),
+        delivered_at=timezone.now(),
+        reply_text=text,
+        reply_audio=audio,
+    )
+    session.transcripts.filter(seq__in=seqs).update(batch=batch)
+    return batch
+
+
+def test_history_shows_each_reply_after_the_finals_it_answers(logged_in, user):
+    session = make_session(user, ["what time is it", "in paris", "and the weather"])
+    first = add_reply(session, [1, 2], "It is noon in Paris.")
+    add_reply(session, [3], "Sunny.", audio=None)
+    body = logged_in.get("/history/").content.decode()
+    order = ["what time is it", "in paris", "It is noon in Paris.", "and the weather"]
+    positions = [body.index(text) for text in [*order, "Sunny."]]
+    assert positions == sorted(positions)
+    assert body.count('data-testid="history-reply"') == 2
+    assert body.count("<audio") == 1  # the second reply has no speech
+    assert f"/history/{session.pk}/replies/{first.pk}.mp3" in body
+
+
+def test_reply_audio_only_for_its_owner(logged_in, user, bob):
+    mine = make_session(user, ["hello"])
+    batch = add_reply(mine, [1], "Hi.", audio=b"ID3 my reply")
+    response = logged_in.get(f"/history/{mine.pk}/replies/{batch.pk}.mp3")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "audio/mpeg"
+    assert response.content == b"ID3 my reply"
+    theirs = make_session(bob, ["hello"])
+    other = add_reply(theirs, [1], "Hi Bob.")
+    assert (
+        logged_in.get(f"/history/{theirs.pk}/replies/{other.pk}.mp3").status_code == 404
+    )
+    assert (
+        logged_in.get(f"/history/{mine.pk}/replies/{other.pk}.mp3").status_code == 404
+    )
+    silent = add_reply(make_session(user, ["x"]), [1], "No speech.", audio=None)
+    url = f"/history/{silent.session_id}/replies/{silent.pk}.mp3"
+    assert logged_in.get(url).status_code == 404
