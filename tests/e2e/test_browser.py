@@ -249,7 +249,7 @@ def test_create_copy_and_revoke_a_token(page, person):
     assert token.revoked_at is not None
 
 
-def test_pages_fit_a_phone(browser, server, person):
+def test_pages_fit_a_phone_in_dark_mode(browser, server, person):
     api_token_create(user=person, name="a rather long token name for a phone")
     session = AudioSession.objects.create(
         user=person, engine="offline", language="en-US", audio_seconds=6.7
@@ -258,7 +258,9 @@ def test_pages_fit_a_phone(browser, server, person):
         Transcript.objects.create(
             session=session, seq=seq, text=text, start_seconds=seq, end_seconds=seq + 1
         )
-    context = browser.new_context(base_url=server.http_url, viewport=PHONE)
+    context = browser.new_context(
+        base_url=server.http_url, viewport=PHONE, color_scheme="dark"
+    )
     page = context.new_page()
     try:
         log_in(page)
