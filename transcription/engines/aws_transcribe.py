@@ -1,0 +1,440 @@
+"""AWS Transcribe Streaming through the `amazon-transcribe` SDK (the production engine).
+
+One `start_stream_transcription` (one HTTP/2 stream on its own connection) per session.
+Region from AWS_REGION, endpoint from AWS_TRANSCRIBE_ENDPOINT when set, credentials from
+the standard AWS chain (environment, profile, web identity, container, instance), TLS
+trust from the system store or SSL_CERT_FILE. Service errors become EngineErrors with
+the close code the client sees; nothing of the SDK's stack trace reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final
+
+from amazon_transcribe import exceptions as aws_errors
+from amazon_transcribe.auth import AwsCrtCredentialResolver
+from amazon_transcribe.client import TranscribeStreamingClient
+from amazon_transcribe.endpoints import StaticEndpointResolver
+from amazon_transcribe.httpsession import AwsCrtHttpSessionManager
+from amazon_transcribe.model import StartStreamTranscriptionEventStream
+from amazon_transcribe.model import TranscriptEvent as AwsTranscriptEvent
+from amazon_transcribe.serialize import TranscribeStreamingSerializer
+from amazon_transcribe.structures import BufferableByteStream
+from awscrt.exceptions import AwsCrtError
+from django.conf import settings
+
+from transcription.engines import (
+    Capabilities,
+    EngineError,
+    StreamParams,
+    TranscriptEvent,
+)
+from transcription.engines.aws_languages import (
+    ENCODINGS,
+    LANGUAGES,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+)
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_SECONDS = 10.0  # connect, TLS, credentials and the response headers
+CLOSE_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_MS = 5000
+COALESCE_SECONDS = 0.05  # tiny frames wait this long to travel together
+NAP_SECONDS = 0.004  # an idle CRT thread's pause between polls of empty bodies
+BUSY_SECONDS = 0.001  # ... once it has sent nothing for this long
+MAX_EVENT_BYTES = 32 * 1024  # the service's largest audio event
+_END: Final = object()  # sentinel: no more audio
+_NO_AUDIO = re.compile(r"no new audio was received", re.IGNORECASE)
+_NAME = re.compile(r"^[0-9A-Za-z._-]{1,200}$")
+
+
+def _flag(value: str) -> bool:
+    if value not in ("true", "false"):
+        raise ValueError("'true' or 'false'")
+    return value == "true"
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(" or ".join(repr(a) for a in allowed))
+        return value
+
+    return parse
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("a name of letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _names(value: str) -> list[str]:
+    return [_name(part) for part in value.split(",")]
+
+
+# Query parameter -> (SDK keyword, parser): what users ask AWS for, passed through.
+OPTIONS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
+    "showSpeakerLabel": ("show_speaker_label", _flag),
+    "enablePartialResultsStabilization": (
+        "enable_partial_results_stabilization",
+        _flag,
+    ),
+    "partialResultsStability": (
+        "partial_results_stability",
+        _choice("low", "medium", "high"),
+    ),
+    "vocabularyName": ("vocabulary_name", _name),
+    "vocabularyFilterName": ("vocab_filter_name", _name),
+    "vocabularyFilterMethod": (
+        "vocab_filter_method",
+        _choice("remove", "mask", "tag"),
+    ),
+    "languageModelName": ("language_model_name", _name),
+    "contentRedactionType": ("content_redaction_type", _choice("PII")),
+    "contentIdentificationType": ("content_identification_type", _choice("PII")),
+    "piiEntityTypes": ("pii_entity_types", _names),
+}
+
+
+def sdk_options(options: Mapping[str, str]) -> dict[str, Any]:
+    """The SDK keywords for the pass-through query parameters; EngineError if bad."""
+    keywords = {}
+    for name, value in options.items():
+        if name not in OPTIONS:
+            continue
+        keyword, parse = OPTIONS[name]
+        try:
+            keywords[keyword] = parse(value)
+        except ValueError as exc:
+            raise EngineError(
+                f"Invalid {name} {value[:50]!r}: use {exc}.",
+                close_code=1008,
+                kind="parameters",
+            ) from None
+    return keywords
+
+
+def engine_error(exc: BaseException) -> EngineError:
+    """What the client is told about an SDK failure (never the stack trace)."""
+    detail = str(getattr(exc, "message", "") or "")[:200]
+    name = type(exc).__name__
+    if isinstance(exc, aws_errors.BadRequestException) and _NO_AUDIO.search(detail):
+        return EngineError(
+            "The transcription service ended the stream: no audio for 15 seconds.",
+            close_code=1000,
+            kind="aws_timeout",
+        )
+    if isinstance(exc, aws_errors.LimitExceededException):
+        return EngineError(
+            f"Transcription service limit exceeded ({name}: {detail}); "
+            "try again later.",
+            close_code=1013,
+            kind="aws_limit",
+        )
+    if isinstance(
+        exc, aws_errors.BadRequestException | aws_errors.SerializationException
+    ):
+        return EngineError(
+            f"Transcription service refused the request ({name}: {detail}).",
+            close_code=1008,
+            kind="aws_bad_request",
+        )
+    if isinstance(exc, aws_errors.ServiceException):
+        return EngineError(
+            f"Transcription service error ({name}: {detail}).",
+            close_code=1011,
+            kind="aws_service",
+        )
+    if isinstance(exc, aws_errors.CredentialsException) or (
+        isinstance(exc, AwsCrtError) and exc.name.startswith("AWS_AUTH_")
+    ):
+        return EngineError(
+            "Transcription service unavailable: AWS credentials could not be resolved.",
+            close_code=1011,
+            kind="aws_credentials",
+        )
+    if isinstance(exc, TimeoutError):
+        return EngineError(
+            "The transcription service did not answer in time.",
+            close_code=1011,
+            kind="aws_connection",
+        )
+    if isinstance(exc, AwsCrtError | aws_errors.HTTPException | OSError):
+        cause = exc.name if isinstance(exc, AwsCrtError) else name
+        return EngineError(
+            f"Could not reach the transcription service ({cause}).",
+            close_code=1011,
+            kind="aws_connection",
+        )
+    return EngineError(
+        "Transcription failed: engine error.", close_code=1011, kind="engine"
+    )
+
+
+class _CalmBody(BufferableByteStream):
+    """The SDK's request body (audio events), without the busy wait.
+
+    awscrt 0.26 (the SDK pins it) polls a streaming HTTP/2 body without pause while it
+    is empty, which keeps a CRT thread at 100 % of a core for as long as any stream is
+    open (awslabs/amazon-transcribe-streaming-sdk#25, #84, #109). When a CRT thread has
+    sent nothing for a moment, an empty poll naps a few milliseconds instead; a thread
+    that is moving audio never naps. Audio waits at most one nap.
+    """
+
+    _threads = threading.local()
+
+    def read(self, size=-1):
+        calm = self._threads
+        try:
+            data = super().read(size)
+        except BlockingIOError:
+            if time.monotonic() - getattr(calm, "last_data", 0.0) > BUSY_SECONDS:
+                time.sleep(NAP_SECONDS)
+            raise
+        calm.last_data = time.monotonic()
+        return data
+
+    def read1(self, size=-1):
+        return self.read(size)
+
+
+class _Serializer(TranscribeStreamingSerializer):
+    def serialize_start_stream_transcription_request(self, endpoint, request_shape):
+        request = super().serialize_start_stream_transcription_request(
+            endpoint=endpoint, request_shape=request_shape
+        )
+        request.body = _CalmBody()
+        return request
+
+
+class _SessionHttp(AwsCrtHttpSessionManager):
+    """The SDK's HTTP/2 session manager, keeping what it takes to end the session."""
+
+    def __init__(self, bootstrap):
+        super().__init__(bootstrap)
+        self._socket_options.connect_timeout_ms = CONNECT_TIMEOUT_MS
+        self.responses: list = []
+
+    async def make_request(self, *args, **kwargs):
+        response = await super().make_request(*args, **kwargs)
+        self.responses.append(response)
+        return response
+
+    def close(self) -> None:
+        """Close the connection: the CRT completes its streams, the reader ends."""
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+
+    async def check_completed(self) -> None:
+        """Raise the CRT's error if the HTTP/2 stream ended abnormally."""
+        for response in self.responses:
+            await response.done
+
+
+def _event_sizes(params: StreamParams) -> tuple[int, int]:
+    """(smallest event worth sending at once, largest allowed) in bytes."""
+    if params.encoding != "pcm":
+        return 1024, MAX_EVENT_BYTES
+    per_second = params.sample_rate * 2
+    largest = min(MAX_EVENT_BYTES, per_second)  # ≤ 1 s of audio per event
+    return per_second // 20, largest - largest % 2
+
+
+class AwsTranscribeStream:
+    """One Transcribe stream: a task sends the audio, a task reads the results."""
+
+    def __init__(
+        self,
+        stream: StartStreamTranscriptionEventStream,
+        http: _SessionHttp,
+        params: StreamParams,
+    ):
+        self._stream = stream
+        self._http = http
+        self._session_id = params.session_id
+        self._min_event, self._max_event = _event_sizes(params)
+        self._audio: asyncio.Queue[bytes | object] = asyncio.Queue()
+        self._events: asyncio.Queue[TranscriptEvent | EngineError | None] = (
+            asyncio.Queue()
+        )
+        self._ended = self._closed = False
+        self._sender = asyncio.create_task(self._send())
+        self._reader = asyncio.create_task(self._read())
+
+    async def send_audio(self, chunk: bytes) -> None:
+        if chunk and not self._ended:
+            self._audio.put_nowait(chunk)
+
+    async def end_audio(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._audio.put_nowait(_END)
+
+    async def events(self) -> AsyncIterator[TranscriptEvent]:
+        while (item := await self._events.get()) is not None:
+            if isinstance(item, EngineError):
+                raise item
+            yield item
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._sender.cancel()
+        # Closing the connection completes the CRT's stream, so the reader's pending
+        # read returns and it ends by itself; cancelling it instead would leave the
+        # CRT to resolve a cancelled future.
+        self._http.close()
+        _, pending = await asyncio.wait(
+            {self._sender, self._reader}, timeout=CLOSE_TIMEOUT_SECONDS
+        )
+        for task in pending:
+            task.cancel()
+        for task in (self._sender, self._reader):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _send(self) -> None:
+        audio = self._stream.input_stream
+        try:
+            ending = False
+            while not ending:
+                chunk = await self._audio.get()
+                if chunk is _END:
+                    break
+                if len(chunk) < self._min_event:
+                    await asyncio.sleep(COALESCE_SECONDS)
+                buffer = bytearray(chunk)  # type: ignore[arg-type]
+                while not self._audio.empty():
+                    more = self._audio.get_nowait()
+                    if more is _END:
+                        ending = True
+                        break
+                    buffer += more
+                for start in range(0, len(buffer), self._max_event):
+                    piece = bytes(buffer[start : start + self._max_event])
+                    await audio.send_audio_event(audio_chunk=piece)
+            await audio.end_stream()
+        except Exception as exc:
+            self._fail(exc)
+
+    async def _read(self) -> None:
+        try:
+            async for event in self._stream.output_stream:
+                if isinstance(event, AwsTranscriptEvent):
+                    for item in _transcript_events(event):
+                        self._events.put_nowait(item)
+            if not self._closed:
+                await self._http.check_completed()
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._events.put_nowait(None)
+
+    def _fail(self, exc: Exception) -> None:
+        error = engine_error(exc)
+        if self._closed:
+            return
+        log = logger.info if error.close_code == 1000 else logger.warning
+        log("session %s: Transcribe %s: %r", self._session_id, error.kind, exc)
+        self._events.put_nowait(error)
+
+
+def _transcript_events(event: AwsTranscriptEvent) -> list[TranscriptEvent]:
+    """Partials and finals in an AWS TranscriptEvent; empty results are skipped."""
+    found = []
+    for result in event.transcript.results or ():
+        if not result.alternatives:
+            continue
+        text = (result.alternatives[0].transcript or "").strip()
+        if text:
+            found.append(
+                TranscriptEvent(
+                    text=text,
+                    is_partial=bool(result.is_partial),
+                    start=result.start_time,
+                    end=result.end_time,
+                    result_id=result.result_id or "",
+                )
+            )
+    return found
+
+
+class AwsTranscribeEngine:
+    """AWS Transcribe Streaming: one `start_stream_transcription` per session."""
+
+    name = "aws"
+    capabilities = Capabilities(
+        languages=LANGUAGES,
+        encodings=ENCODINGS,
+        min_sample_rate=MIN_SAMPLE_RATE,
+        max_sample_rate=MAX_SAMPLE_RATE,
+        options=tuple(OPTIONS),
+    )
+
+    def __init__(self) -> None:
+        self._credentials: AwsCrtCredentialResolver | None = None
+
+    def client(self) -> TranscribeStreamingClient:
+        """A client on its own HTTP/2 connection (closing it ends only this session)."""
+        endpoint = settings.AWS_TRANSCRIBE_ENDPOINT
+        client = TranscribeStreamingClient(
+            region=settings.AWS_REGION,
+            endpoint_resolver=StaticEndpointResolver(endpoint) if endpoint else None,
+            credential_resolver=self._credentials,
+        )
+        # The default chain caches what it resolves: one for the whole process.
+        self._credentials = client._credential_resolver
+        # The SDK (pinned below 0.7) has no hooks for these two parts, so they are
+        # swapped in: an HTTP session this stream can close, a body that does not spin.
+        client._session_manager = _SessionHttp(client._eventloop)
+        client._serializer = _Serializer()
+        return client
+
+    async def open(self, params: StreamParams) -> AwsTranscribeStream:
+        keywords = sdk_options(params.options)
+        if _is_uuid(params.session_id):
+            keywords["session_id"] = params.session_id
+        client = self.client()
+        http = client._session_manager
+        try:
+            stream = await asyncio.wait_for(
+                client.start_stream_transcription(
+                    language_code=params.language,
+                    media_sample_rate_hz=params.sample_rate,
+                    media_encoding=params.encoding,
+                    **keywords,
+                ),
+                START_TIMEOUT_SECONDS,
+            )
+        except Exception as exc:
+            http.close()
+            error = engine_error(exc)
+            logger.warning(
+                "session %s: Transcribe start failed, %s: %r",
+                params.session_id or "-",
+                error.kind,
+                exc,
+            )
+            raise error from None
+        return AwsTranscribeStream(stream, http, params)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
