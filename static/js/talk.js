@@ -343,8 +343,21 @@
     }
   }
 
-  ui.language.value = localStorage.getItem("talk.language") || ui.language.value;
-  if (!ui.language.value) ui.language.selectedIndex = 0;
+  if (window.Intl && Intl.DisplayNames) {
+    const names = new Intl.DisplayNames([navigator.language || "en"], { type: "language" });
+    for (const option of ui.language.options) {
+      try {
+        const name = names.of(option.value);
+        if (name && name !== option.value) option.textContent = `${name} · ${option.value}`;
+      } catch {
+        // A code the browser cannot name keeps its code.
+      }
+    }
+  }
+  const saved = localStorage.getItem("talk.language");
+  if (saved && [...ui.language.options].some((option) => option.value === saved)) {
+    ui.language.value = saved;
+  }
   ui.language.addEventListener("change", () => localStorage.setItem("talk.language", ui.language.value));
   ui.start.addEventListener("click", start);
   ui.restart.addEventListener("click", start);
