@@ -41,17 +41,18 @@
   let stopRequested = false;
   let serverError = "";
   let level = 0;
+  let attempts = 0; // start() calls; a stale one backs out after its await
 
   // ---- state and messages -------------------------------------------------------
 
   function setState(next, text) {
     state = next;
     root.dataset.state = next;
-    ui.start.hidden = next === "live" || next === "finishing";
-    ui.stop.hidden = !ui.start.hidden;
+    ui.start.hidden = next !== "idle";
+    ui.stop.hidden = next === "idle";
     ui.stop.disabled = next === "finishing";
-    ui.stop.querySelector("span").textContent = next === "finishing" ? "Finishing…" : "Stop";
-    ui.start.disabled = next === "starting";
+    const label = { starting: "Cancel", live: "Stop", finishing: "Finishing…" }[next];
+    if (label) ui.stop.querySelector("span").textContent = label;
     ui.language.disabled = next !== "idle";
     if (text) ui.statusText.textContent = text;
   }
@@ -140,14 +141,17 @@
 
   function closeMicrophone() {
     if (!mic) return;
-    const { stream, context, encoder } = mic;
+    closeMicrophoneOf(mic);
     mic = null;
+    level = 0;
+    drawMeter();
+  }
+
+  function closeMicrophoneOf({ stream, context, encoder }) {
     encoder.port.onmessage = null;
     encoder.port.postMessage("stop");
     stream.getTracks().forEach((track) => track.stop());
     context.close().catch(() => {});
-    level = 0;
-    drawMeter();
   }
 
   function onFrame({ pcm, peak }) {
@@ -216,12 +220,15 @@
 
   function onClose(event) {
     const stopped = stopRequested;
+    const cancelled = stopped && state === "starting";
     socket = null;
     pending = [];
     closeMicrophone();
     ui.partial.textContent = "";
     refreshEmpty();
-    if (serverError) {
+    if (cancelled) {
+      setState("idle", "Cancelled.");
+    } else if (serverError) {
       setState("idle", "Stopped.");
       showProblem(`${serverError} (code ${event.code})`);
     } else if (event.code === 1000 && stopped) {
@@ -311,13 +318,21 @@
     stopRequested = false;
     serverError = "";
     setState("starting", "Asking for the microphone…");
+    const attempt = ++attempts;
+    let opened;
     try {
-      mic = await openMicrophone();
+      opened = await openMicrophone();
     } catch (error) {
+      if (attempt !== attempts || stopRequested) return; // cancelled meanwhile
       setState("idle", "Not started.");
       showProblem(micProblem(error));
       return;
     }
+    if (attempt !== attempts || stopRequested) {
+      closeMicrophoneOf(opened); // cancelled while the browser asked for the microphone
+      return;
+    }
+    mic = opened;
     if (ui.finals.children.length) {
       const divider = document.createElement("li");
       divider.className = "divider";
@@ -338,8 +353,11 @@
       setState("finishing", "Finishing — waiting for the last words and the answer…");
     } else if (state === "starting") {
       stopRequested = true;
-      if (socket) socket.close(1000);
-      else closeMicrophone();
+      if (socket) {
+        socket.close(1000);
+      } else {
+        setState("idle", "Cancelled.");
+      }
     }
   }
 
