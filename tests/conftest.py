@@ -55,3 +55,12 @@ async def receive_until_close(communicator, wait: float = 10):
         if output["type"] == "websocket.close":
             return messages, output
         messages.append(json.loads(output["text"]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_decoder_pools():
+    """Stop the offline engine's decoding processes when the test session ends."""
+    yield
+    from transcription.engines.offline import shutdown_pools
+
+    shutdown_pools()

@@ -1,0 +1,60 @@
+"""The offline engine under a real daphne: spawned decoders, a real WebSocket client."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from accounts.services import api_token_create
+from tests.e2e.servers import run_daphne
+from tests.transcription.test_offline_engine import chunks, read_pcm
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(child) for child in path.read_text().split()}
+
+
+def wait_gone(pids: set[int], timeout: float = 20) -> set[int]:
+    """The pids still alive after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def raw_token(django_user_model):
+    user = django_user_model.objects.create_user(username="carol")
+    return api_token_create(user=user, name="e2e")[1]
+
+
+async def test_daphne_transcribes_hello_world_in_a_decoder_process(raw_token):
+    audio, _ = read_pcm("hello_world.wav")
+    env = {"TRANSCRIPTION_ENGINE": "offline", "OFFLINE_DECODER_PROCESSES": "1"}
+    with run_daphne(env) as server:
+        async with connect(f"{server.ws_url}/?token={raw_token}") as ws:
+            for piece in chunks(audio):
+                await ws.send(piece)
+            await ws.send("END_OF_STREAM")
+            messages = []
+            try:
+                async for message in ws:
+                    messages.append(json.loads(message))
+            except ConnectionClosed:
+                pass
+            assert ws.close_code == 1000
+        decoders = children(server.process.pid)
+    assert messages[-1] == {"transcript": "hello world"}
+    assert any("partialTranscript" in m for m in messages[:-1])
+    assert decoders  # the decoding ran in a child process of daphne
+    assert os.getpid() not in decoders
+    assert wait_gone(decoders) == set()  # and it stopped with daphne

@@ -1,0 +1,269 @@
+"""The offline engine: pocketsphinx decoding in a pool of worker processes.
+
+pocketsphinx holds the GIL while it decodes, so decoding runs neither on the event
+loop nor in a thread: the engine keeps OFFLINE_DECODER_PROCESSES one-process
+executors ("spawn" context, started on first use). Each session is pinned to the
+least loaded process, where `offline_worker` keeps its decoder state; an asyncio task
+per session hands it the audio waiting (all of it in one call, up to a bound) and
+queues the events that come back. `send_audio()` only appends to a buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from django.conf import settings
+
+from transcription.engines import (
+    Capabilities,
+    EngineError,
+    StreamParams,
+    TranscriptEvent,
+    offline_worker,
+)
+
+logger = logging.getLogger(__name__)
+
+# One call decodes at most this much audio, so that sessions sharing a process take
+# turns even when one of them sends audio much faster than real time.
+MAX_SECONDS_PER_CALL = 2.0
+
+_END = object()
+_pools: list[DecoderPool] = []
+
+
+def _new_executor() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=offline_worker.init_worker,
+    )
+
+
+class _Worker:
+    """One decoding process (a one-process executor) and how many sessions use it."""
+
+    def __init__(self) -> None:
+        self.executor = _new_executor()
+        self.sessions = 0
+
+
+class DecoderPool:
+    """A fixed number of decoding processes, started when first needed."""
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.processes = processes
+        self.workers: list[_Worker] = []
+        _pools.append(self)
+
+    def acquire(self) -> _Worker:
+        """The least loaded process, now counting one more session."""
+        if not self.workers:
+            count = self.processes or settings.OFFLINE_DECODER_PROCESSES
+            self.workers = [_Worker() for _ in range(max(1, count))]
+        worker = min(self.workers, key=lambda w: w.sessions)
+        worker.sessions += 1
+        return worker
+
+    def release(self, worker: _Worker) -> None:
+        worker.sessions -= 1
+
+    def replace(self, worker: _Worker, broken: ProcessPoolExecutor) -> None:
+        """Give a slot whose process died a fresh executor (once per death)."""
+        if worker.executor is broken:
+            logger.warning("offline decoder process died; starting a new one")
+            broken.shutdown(wait=False, cancel_futures=True)
+            worker.executor = _new_executor()
+
+    def shutdown(self, wait: bool = True) -> None:
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.executor.shutdown(wait=wait, cancel_futures=True)
+
+
+def shutdown_pools(wait: bool = True) -> None:
+    """Stop every decoding process of this process's engines (tests, exit)."""
+    for pool in _pools:
+        pool.shutdown(wait=wait)
+
+
+class OfflineStream:
+    """One recognition, pinned to one decoding process."""
+
+    def __init__(
+        self,
+        *,
+        pool: DecoderPool,
+        worker: _Worker,
+        executor: ProcessPoolExecutor,
+        key: str,
+        worker_pid: int,
+        params: StreamParams,
+    ) -> None:
+        self.worker_pid = worker_pid
+        self.session_id = params.session_id
+        self._pool, self._worker, self._executor = pool, worker, executor
+        self._key = key
+        self._max_call_bytes = int(params.sample_rate * MAX_SECONDS_PER_CALL) * 2
+        self._buffer = bytearray()
+        self._wakeup = asyncio.Event()
+        self._ended = self._closed = False
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._decode_loop())
+
+    async def send_audio(self, chunk: bytes) -> None:
+        if not (self._ended or self._closed or self._task.done()):
+            self._buffer += chunk
+            self._wakeup.set()
+
+    async def end_audio(self) -> None:
+        self._ended = True
+        self._wakeup.set()
+
+    async def events(self) -> AsyncIterator[TranscriptEvent]:
+        while True:
+            item = await self._events.get()
+            if item is _END or isinstance(item, EngineError):
+                self._events.put_nowait(item)  # later calls end the same way
+                if item is _END:
+                    return
+                raise item
+            yield item
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.release(self._worker)
+        self._task.cancel()
+        try:
+            # Queued behind any decoding of ours already sent: the executor is FIFO.
+            freed: Future | None = self._executor.submit(
+                offline_worker.session_close, self._key
+            )
+        except (BrokenProcessPool, RuntimeError):
+            freed = None
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+        self._events.put_nowait(_END)
+        if freed is not None:
+            # Shielded: the worker frees the session even if we are cancelled.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(freed))
+
+    async def _decode_loop(self) -> None:
+        try:
+            await self._decode_all()
+        except BrokenProcessPool:
+            logger.error("session %s: decoder process died", self.session_id)
+            self._pool.replace(self._worker, self._executor)
+            self._fail("Transcription failed: the decoder process stopped.")
+        except Exception:
+            logger.exception("session %s: offline decoding failed", self.session_id)
+            self._fail("Transcription failed: decoder error.")
+        finally:
+            self._events.put_nowait(_END)
+
+    async def _decode_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._buffer or self._ended:
+                data = bytes(self._buffer[: self._max_call_bytes])
+                del self._buffer[: len(data)]
+                last = self._ended and not self._buffer
+                events = await loop.run_in_executor(
+                    self._executor, offline_worker.feed, self._key, data, last
+                )
+                for text, is_partial, start, end, utterance in events:
+                    self._events.put_nowait(
+                        TranscriptEvent(
+                            text=text,
+                            is_partial=is_partial,
+                            start=start,
+                            end=end,
+                            result_id=f"{self._key[:8]}-{utterance}",
+                        )
+                    )
+                if last:
+                    return
+
+    def _fail(self, message: str) -> None:
+        self._events.put_nowait(EngineError(message, close_code=1011))
+
+
+class OfflineEngine:
+    """pocketsphinx en-US, any PCM sample rate (resampled to 16 kHz in the worker)."""
+
+    name = "offline"
+    capabilities = Capabilities(
+        languages=("en-US",),
+        encodings=("pcm",),
+        min_sample_rate=8000,
+        max_sample_rate=192000,
+    )
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.pool = DecoderPool(processes)
+
+    async def open(self, params: StreamParams) -> OfflineStream:
+        key = uuid.uuid4().hex
+        for _attempt in range(2):  # a process found dead is replaced, then retried
+            worker = self.pool.acquire()
+            executor = worker.executor
+            try:
+                worker_pid = await self._session_open(executor, key, params)
+            except BrokenProcessPool:
+                self.pool.release(worker)
+                self.pool.replace(worker, executor)
+                continue
+            except BaseException:
+                self.pool.release(worker)
+                raise
+            return OfflineStream(
+                pool=self.pool,
+                worker=worker,
+                executor=executor,
+                key=key,
+                worker_pid=worker_pid,
+                params=params,
+            )
+        raise EngineError(
+            "Transcription is unavailable: the decoder process failed to start.",
+            close_code=1011,
+        )
+
+    @staticmethod
+    async def _session_open(
+        executor: ProcessPoolExecutor, key: str, params: StreamParams
+    ) -> int:
+        """Create the session in its worker; returns the worker's pid."""
+        # The first submit to an executor spawns its process (a few ms): off the loop.
+        submitted = asyncio.ensure_future(
+            asyncio.to_thread(
+                executor.submit, offline_worker.session_open, key, params.sample_rate
+            )
+        )
+        try:
+            opened = await asyncio.shield(submitted)
+            return await asyncio.shield(asyncio.wrap_future(opened))
+        except asyncio.CancelledError:
+            # Whatever got opened in the worker is freed after it (FIFO executor).
+            submitted.add_done_callback(lambda _: _forget(executor, key))
+            raise
+
+
+def _forget(executor: ProcessPoolExecutor, key: str) -> None:
+    with contextlib.suppress(BrokenProcessPool, RuntimeError):
+        executor.submit(offline_worker.session_close, key)
