@@ -27,6 +27,8 @@ from transcription.voice import SessionVoice
 
 logger = logging.getLogger(__name__)
 
+# After END_OF_STREAM the engine must make progress: a file streamed faster than real
+# time may take minutes to decode, so the bound restarts with every event.
 FLUSH_TIMEOUT_SECONDS = 30.0
 _open_sessions = 0  # this process's live sessions, for MAX_SESSIONS_PER_PROCESS
 
@@ -47,6 +49,7 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
         self.audio_bytes = 0
         self.finals = 0
         self.ended = False
+        self.ended_event = asyncio.Event()
         try:
             self.params = protocol.parse_params(
                 self.scope.get("query_string", b""), self.engine.capabilities
@@ -174,13 +177,16 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
         """Stop taking audio; the relay closes 1000 once the engine has flushed."""
         if not self.ended:
             self.ended = True
+            self.ended_event.set()
             self.close_reason = reason
-            self.ended_at = asyncio.get_running_loop().time()
+            self.progress_at = asyncio.get_running_loop().time()
             await self.stream.end_audio()
 
     async def _relay_events(self) -> None:
         try:
             async for event in self.stream.events():
+                if self.ended:
+                    self.progress_at = asyncio.get_running_loop().time()
                 if event.is_partial:
                     if self.params.send_partials:
                         await self.send(
@@ -231,14 +237,14 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
         while not self.closing:
             now = loop.time()
             if self.ended:
-                if now - self.ended_at > FLUSH_TIMEOUT_SECONDS:
+                if now - self.progress_at > FLUSH_TIMEOUT_SECONDS:
                     await self.fail(
                         protocol.CLOSE_SERVER_ERROR,
                         "Transcription failed: the engine did not finish in time.",
                         kind="engine",
                     )
                     return
-                deadline = self.ended_at + FLUSH_TIMEOUT_SECONDS
+                deadline = self.progress_at + FLUSH_TIMEOUT_SECONDS
             elif now - self.last_audio >= idle:
                 await self.end_audio(f"No audio for {idle:g} seconds.")
                 continue
@@ -249,7 +255,13 @@ class TranscriptionConsumer(AsyncWebsocketConsumer):
                 continue
             else:
                 deadline = min(self.last_audio + idle, self.started + longest)
-            await asyncio.sleep(max(deadline - now, 0.05))
+            pause = max(deadline - now, 0.05)
+            if self.ended:
+                await asyncio.sleep(pause)
+                continue
+            # END_OF_STREAM sets `ended_event`, so the flush bound starts at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ended_event.wait(), pause)
 
     async def finish(self, reason: str = "") -> None:
         """Close 1000 after recording the session as completed."""
