@@ -17,12 +17,12 @@ import dataclasses
 import logging
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from transcription import protocol, selectors, services
 from transcription.engines import EngineError, SpeechToText, get_engine
 from transcription.protocol import ProtocolError
+from transcription.streaming import StreamingWebsocketConsumer
 from transcription.voice import SessionVoice
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ FLUSH_TIMEOUT_SECONDS = 30.0
 _open_sessions = 0  # this process's live sessions, for MAX_SESSIONS_PER_PROCESS
 
 
-class TranscriptionConsumer(AsyncWebsocketConsumer):
+class TranscriptionConsumer(StreamingWebsocketConsumer):
     """One audio session: validates, streams audio to the engine, relays its events."""
 
     session = None

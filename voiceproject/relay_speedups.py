@@ -1,0 +1,75 @@
+"""Per-frame shortcuts for daphne, autobahn and Channels (SPEC §9, README Performance).
+
+An audio stream is a WebSocket frame in and a message out every 32 ms, so work done
+per frame is multiplied by ~31 a second per session. Three such costs do nothing for
+us and are skipped here, each only in the case where skipping it changes nothing:
+
+- autobahn formats a debug line for every read and every write (`hltype`/`hlval`,
+  which style text with click) before its logger drops it. When its debug logging is
+  off, `dataReceived` and the plain path of `sendData` run without it.
+- Channels' session middleware looks into the (lazy) session on every message it
+  passes, though it only acts on `http.response.start`; other messages go straight on.
+"""
+
+from channels.sessions import InstanceSessionWrapper
+
+
+def _debug_enabled(log) -> bool:
+    # txaio swaps a disabled level's method for a function named _no_op.
+    return getattr(log.debug, "__name__", "") != "_no_op"
+
+
+def install_session_fast_path() -> None:
+    if getattr(InstanceSessionWrapper, "_fast_path", False):
+        return
+    original = InstanceSessionWrapper.send
+
+    async def send(self, message):
+        if message["type"] not in self.save_message_types:
+            return await self.real_send(message)
+        return await original(self, message)
+
+    InstanceSessionWrapper.send = send
+    InstanceSessionWrapper._fast_path = True
+
+
+def install_autobahn_fast_path() -> None:
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # pragma: no cover - another ASGI server
+        return
+    if getattr(WebSocketProtocol, "_fast_path", False):
+        return
+    original_received = WebSocketProtocol.dataReceived
+    original_send = WebSocketProtocol.sendData
+    STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+    def dataReceived(self, data):
+        if _debug_enabled(self.log):
+            return original_received(self, data)
+        return self._dataReceived(data)
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # autobahn's own plain path (no chopping, queueing or octet logging), unlogged.
+        if (
+            chopsize
+            or sync
+            or self.send_queue
+            or self.state != STATE_OPEN
+            or self.logOctets
+            or _debug_enabled(self.log)
+        ):
+            return original_send(self, data, sync, chopsize)
+        self.transport.write(data)
+        self.trafficStats.outgoingOctetsWireLevel += len(data)
+        return None
+
+    WebSocketProtocol.dataReceived = dataReceived
+    WebSocketProtocol.sendData = sendData
+    WebSocketProtocol._fast_path = True
+
+
+def install() -> None:
+    """Install every shortcut once (each is a no-op when its library is missing)."""
+    install_session_fast_path()
+    install_autobahn_fast_path()
