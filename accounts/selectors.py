@@ -1,5 +1,6 @@
 """Reads for accounts: API tokens with their usage."""
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, FloatField, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
@@ -17,3 +18,8 @@ def api_token_list(*, username: str | None = None) -> QuerySet[ApiToken]:
     if username:
         tokens = tokens.filter(user__username=username)
     return tokens.order_by("-created_at", "-pk")
+
+
+def api_token_get_own(*, user: AbstractBaseUser, token_id: int) -> ApiToken | None:
+    """The user's token with this id; None when it does not exist or is not theirs."""
+    return ApiToken.objects.filter(user=user, pk=token_id).first()

@@ -46,6 +46,81 @@ def session_transcripts(*, session: AudioSession) -> QuerySet[Transcript]:
     return session.transcripts.order_by("seq")
 
 
+def session_history(*, user) -> QuerySet[AudioSession]:
+    """A user's own sessions, newest first, with finals, replies and errors loaded.
+
+    Sessions refused at connect (bad parameters, capacity) have nothing to read, so
+    they are left out. Reply speech is not loaded (`has_audio` says if there is some).
+    """
+    has_audio = ExpressionWrapper(
+        Q(reply_audio__isnull=False), output_field=models.BooleanField()
+    )
+    replies = (
+        ReceiverBatch.objects.exclude(reply_text="")
+        .defer("reply_audio")
+        .annotate(has_audio=has_audio)
+        .order_by("created_at", "pk")
+    )
+    return (
+        AudioSession.objects.filter(user=user)
+        .select_related("token")
+        .exclude(status=AudioSession.Status.REJECTED)
+        .order_by("-started_at")
+        .prefetch_related(
+            Prefetch("transcripts", queryset=Transcript.objects.order_by("seq")),
+            Prefetch("batches", queryset=replies, to_attr="replies"),
+            "errors",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One line of a conversation: what the user said, or the receiver's reply."""
+
+    kind: str  # "final" or "reply"
+    text: str
+    start_seconds: float | None = None
+    batch_pk: int | None = None
+    has_audio: bool = False
+
+
+def session_conversation(*, session: AudioSession) -> list[Turn]:
+    """Finals in order, each batch's reply right after the last final it answers.
+
+    Reads only what session_history() loaded.
+    """
+    replies = {b.pk: b for b in getattr(session, "replies", [])}
+    turns: list[Turn] = []
+    finals = list(session.transcripts.all())
+    for index, final in enumerate(finals):
+        turns.append(Turn("final", final.text, start_seconds=final.start_seconds))
+        following = finals[index + 1].batch_id if index + 1 < len(finals) else None
+        if final.batch_id in replies and following != final.batch_id:
+            batch = replies.pop(final.batch_id)
+            turns.append(
+                Turn(
+                    "reply",
+                    batch.reply_text,
+                    batch_pk=batch.pk,
+                    has_audio=batch.has_audio,
+                )
+            )
+    return turns
+
+
+def reply_audio_get_own(*, user, session_id, batch_pk: int) -> bytes | None:
+    """A reply's MP3 in one of the user's own sessions; None if none or not theirs."""
+    audio = (
+        ReceiverBatch.objects.filter(
+            pk=batch_pk, session_id=session_id, session__user=user
+        )
+        .values_list("reply_audio", flat=True)
+        .first()
+    )
+    return bytes(audio) if audio is not None else None
+
+
 # --- Operations: counts, dashboard figures, timeline, exports ----------------
 
 CLOSE_CODE_MEANINGS = {

@@ -2,10 +2,10 @@
 
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("accounts.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("", RedirectView.as_view(url="/admin/", permanent=False), name="home"),
+    path("", include("transcription.urls")),
 ]

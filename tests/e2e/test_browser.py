@@ -1,0 +1,311 @@
+"""The browser app in a real headless Chromium against a real daphne.
+
+Chromium's fake microphone plays tests/fixtures/two_utterances.wav (in a loop), so the
+Talk page captures, converts and streams real speech. Screenshots of every page land in
+test-artifacts/ for a person to look at.
+"""
+
+import json
+import os
+import re
+import socketserver
+import threading
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+from accounts.models import ApiToken
+from accounts.services import api_token_create
+from tests.e2e.servers import ROOT, run_daphne
+from transcription.models import AudioSession, Transcript
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+CHROMIUM = "/usr/bin/chromium"
+FIXTURE_WAV = ROOT / "tests" / "fixtures" / "two_utterances.wav"
+ARTIFACTS = ROOT / "test-artifacts"
+PASSWORD = "correct-horse-battery"
+PHONE = {"width": 390, "height": 844}
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",
+    ),
+]
+
+
+def chromium_args(wav: Path) -> list[str]:
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+    ]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # Playwright's sync API keeps an event loop on this thread for as long as it runs,
+    # and Django refuses ORM calls beside a running loop. The ORM calls here (fixtures,
+    # checks, the test database flush) are synchronous ones made while no browser call
+    # is in flight, so they are safe.
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        sync_api.sync_playwright() as playwright,
+    ):
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=chromium_args(FIXTURE_WAV), headless=True
+        )
+        yield browser
+        browser.close()
+
+
+class Receiver(socketserver.ThreadingTCPServer):
+    """A receiver (SPEC §4, TCP) that answers every batch with what it heard."""
+
+    daemon_threads = True
+    documents: list[dict]
+
+    class Handler(socketserver.StreamRequestHandler):
+        timeout = 10
+
+        def handle(self):
+            document = json.loads(self.rfile.read())  # to EOF: the client half-closes
+            self.server.documents.append(document)
+            heard = " / ".join(t["text"] for t in document["transcriptions"])
+            reply = {"message": f"I heard: {heard}."}
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    with Receiver(("127.0.0.1", 0), Receiver.Handler) as server:
+        server.documents = []
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield server
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker, receiver):
+    env = {
+        "TRANSCRIPTION_ENGINE": "offline",
+        "OFFLINE_DECODER_PROCESSES": "1",
+        "RECEIVER_HOST": "127.0.0.1",
+        "RECEIVER_PORT": str(receiver.server_address[1]),
+        "TTS_ENGINE": "offline",
+        # Chromium loops the fixture, with pauses too short for a batch: the reply
+        # comes when Stop sends END_OF_STREAM.
+        "SILENCE_SECONDS": "60",
+    }
+    with run_daphne(env) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def password_hash():
+    # The server runs the real settings, whose hashers do not include the fast MD5
+    # one of tests/settings.py: store a hash it can check.
+    hasher = PBKDF2PasswordHasher()
+    return hasher.encode(PASSWORD, hasher.salt())
+
+
+@pytest.fixture
+def person(db, password_hash):
+    return get_user_model().objects.create(username="maria", password=password_hash)
+
+
+@pytest.fixture
+def page(browser, server, person):
+    context = browser.new_context(
+        base_url=server.http_url, permissions=["microphone"], viewport=None
+    )
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"browser-{name}.png", full_page=True)
+
+
+def log_in(page, username: str = "maria") -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.get_by_test_id("login").click()
+    expect(page.get_by_test_id("username")).to_have_text(username)
+    expect(page).to_have_url(re.compile(r"^http://127\.0\.0\.1:\d+/$"))
+
+
+def test_login_rejects_a_wrong_password(page):
+    page.goto("/")
+    page.fill("input[name=username]", "maria")
+    page.fill("input[name=password]", "not-the-password")
+    page.get_by_test_id("login").click()
+    expect(page.get_by_test_id("login-error")).to_be_visible()
+    screenshot(page, "login-error")
+
+
+def test_talk_streams_speaks_back_and_history_keeps_it(page, person, receiver):
+    log_in(page)
+    screenshot(page, "talk-idle")
+    page.get_by_test_id("start").click()
+    expect(page.get_by_test_id("stop")).to_be_visible()
+    expect(page.locator(".meter")).to_have_attribute(
+        "aria-valuenow", re.compile("[1-9]")
+    )
+    # The fixture says "the weather is nice today", then "please turn on the lights".
+    finals = page.get_by_test_id("finals")
+    expect(finals).to_contain_text("weather is nice", timeout=30_000)
+    expect(page.get_by_test_id("partial")).to_contain_text("lights", timeout=30_000)
+    screenshot(page, "talk-live")
+    expect(finals).to_contain_text("turn on the lights", timeout=30_000)
+    page.get_by_test_id("stop").click()
+
+    # END_OF_STREAM sends the batch at once; the reply comes back as text and MP3.
+    reply = page.get_by_test_id("replies").locator(".reply")
+    expect(reply).to_have_count(1, timeout=30_000)
+    expect(page.get_by_test_id("start")).to_be_visible(timeout=30_000)
+    said = finals.locator("li > span").all_inner_texts()
+    expect(reply.locator("p")).to_have_text(f"I heard: {' / '.join(said)}.")
+    player = reply.locator("audio")
+    expect(player).to_have_count(1)
+    page.wait_for_function(
+        "a => a.duration > 0.3 && (a.currentTime > 0 || a.ended)",
+        arg=player.element_handle(),
+    )
+    expect(page.get_by_test_id("status")).to_contain_text("saved to your history")
+    screenshot(page, "talk-done")
+    assert [t["text"] for t in receiver.documents[-1]["transcriptions"]] == said
+
+    session = AudioSession.objects.get(user=person)
+    assert session.auth_method == "session"
+    assert session.engine == "offline"
+    assert session.status == "completed"
+    assert session.sample_rate == 16000
+    assert session.audio_bytes % 1024 == 0  # whole 1024-byte frames only
+    assert list(session.transcripts.values_list("text", flat=True)) == said
+
+    page.get_by_role("link", name="History").click()
+    card = page.get_by_test_id("history-session")
+    expect(card).to_have_count(1)
+    for text in said:
+        expect(card.get_by_test_id("history-transcript")).to_contain_text(text)
+    expect(card.get_by_test_id("history-reply")).to_have_text(
+        f"I heard: {' / '.join(said)}."
+    )
+    history_player = card.get_by_test_id("history-reply").locator("audio")
+    history_player.evaluate("a => a.play()")
+    page.wait_for_function(
+        "a => a.duration > 0.3 && a.currentTime > 0",
+        arg=history_player.element_handle(),
+    )
+    with page.expect_download() as download:
+        card.get_by_test_id("download-txt").click()
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0].startswith(f"# session {session.pk} user maria ")
+    assert lines[1:] == said
+    screenshot(page, "history")
+
+
+def test_create_copy_and_revoke_a_token(page, person):
+    log_in(page)
+    page.get_by_role("link", name="API tokens").click()
+    page.get_by_test_id("token-name").fill("kitchen speaker")
+    page.get_by_test_id("token-create").click()
+    raw = page.get_by_test_id("raw-token").inner_text()
+    assert raw.startswith("vp_")
+    expect(page.get_by_test_id("ws-url")).to_contain_text(f"/?token={raw}&")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_test_id("copy-token").click()
+    expect(page.get_by_test_id("copy-token")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == raw
+    screenshot(page, "token-created")
+
+    token = ApiToken.objects.get(user=person)
+    assert token.name == "kitchen speaker"
+    assert raw.startswith(token.prefix)
+    page.reload()  # the raw token is shown once, never again
+    expect(page.get_by_test_id("raw-token")).to_have_count(0)
+    assert raw not in page.content()
+    assert ApiToken.objects.filter(user=person).count() == 1
+
+    row = page.locator(f"[data-testid=token-row][data-prefix='{token.prefix}']")
+    expect(row.get_by_test_id("token-status")).to_have_text("active")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_test_id("token-revoke").click()
+    expect(row.get_by_test_id("token-status")).to_have_text("revoked")
+    expect(page.locator(".alert-success")).to_contain_text("revoked")
+    screenshot(page, "token-revoked")
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+
+
+def test_pages_fit_a_phone_in_dark_mode(browser, server, person):
+    api_token_create(user=person, name="a rather long token name for a phone")
+    session = AudioSession.objects.create(
+        user=person, engine="offline", language="en-US", audio_seconds=6.7
+    )
+    for seq, text in enumerate(["the weather is nice today", "turn on the lights"], 1):
+        Transcript.objects.create(
+            session=session, seq=seq, text=text, start_seconds=seq, end_seconds=seq + 1
+        )
+    context = browser.new_context(
+        base_url=server.http_url, viewport=PHONE, color_scheme="dark"
+    )
+    page = context.new_page()
+    try:
+        log_in(page)
+        for path, name in [
+            ("/", "talk"),
+            ("/history/", "history"),
+            ("/accounts/tokens/", "tokens"),
+        ]:
+            page.goto(path)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= PHONE["width"], f"{path} scrolls sideways ({width}px)"
+            screenshot(page, f"phone-{name}")
+    finally:
+        context.close()
+
+
+def test_a_server_error_shows_and_start_again_retries(browser, person):
+    # Frames larger than the server's limit: it sends {"error"} and closes 1009.
+    with run_daphne({"TRANSCRIPTION_ENGINE": "echo", "MAX_FRAME_BYTES": "512"}) as live:
+        context = browser.new_context(base_url=live.http_url)
+        page = context.new_page()
+        try:
+            log_in(page)
+            page.get_by_test_id("start").click()
+            problem = page.get_by_test_id("error")
+            expect(problem).to_be_visible()
+            expect(problem).to_contain_text("larger than the limit of 512 bytes")
+            expect(problem).to_contain_text("code 1009")
+            expect(page.get_by_test_id("start")).to_be_visible()
+            screenshot(page, "talk-error")
+            with page.expect_websocket() as retry:
+                page.get_by_test_id("restart").click()
+            retry.value.wait_for_event("close")
+            expect(page.locator("#talk")).to_have_attribute("data-state", "idle")
+            expect(problem).to_contain_text("code 1009")
+        finally:
+            context.close()
+    sessions = AudioSession.objects.filter(user=person)
+    assert sessions.count() == 2
+    assert {s.close_code for s in sessions} == {1009}

@@ -1,0 +1,224 @@
+"""The Talk page, History (own sessions only) and transcript downloads."""
+
+import datetime as dt
+import json
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from accounts.services import api_token_create
+from transcription.engines import Capabilities
+from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+from transcription.templatetags.transcripts import clock
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("echo_engine")]
+
+
+class TwoLanguageEngine:
+    """Only what the Talk page reads of an engine."""
+
+    name = "two"
+    capabilities = Capabilities(
+        languages=("de-DE", "fr-FR"),
+        encodings=("pcm",),
+        min_sample_rate=16000,
+        max_sample_rate=16000,
+    )
+
+
+@pytest.fixture
+def logged_in(client, user):
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def bob(db):
+    return get_user_model().objects.create_user(username="bob", password="pw-bob-12")
+
+
+def make_session(user, texts, *, minutes_ago=0, status="completed", timed=True):
+    session = AudioSession.objects.create(
+        user=user,
+        engine="echo",
+        language="en-US",
+        status=status,
+        started_at=timezone.now() - dt.timedelta(minutes=minutes_ago),
+        audio_seconds=4.5,
+    )
+    for seq, text in enumerate(texts, start=1):
+        Transcript.objects.create(
+            session=session,
+            seq=seq,
+            text=text,
+            start_seconds=(seq - 1) * 2.0 if timed else None,
+            end_seconds=(seq - 1) * 2.0 + 1.5 if timed else None,
+        )
+    return session
+
+
+def test_talk_page_has_the_controls_and_no_token(logged_in, user):
+    _, raw = api_token_create(user=user, name="laptop")
+    response = logged_in.get("/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    for testid in ["start", "stop", "partial", "finals", "replies", "language"]:
+        assert f'data-testid="{testid}"' in body
+    assert '<option value="en-US" selected>en-US</option>' in body  # echo's list
+    assert 'data-ws-path="/ws/transcribe/"' in body
+    assert "pcm-worklet" in body
+    assert raw not in body
+    assert "token=" not in body
+
+
+def test_talk_page_languages_come_from_the_engine(logged_in, settings):
+    settings.TRANSCRIPTION_ENGINE = "tests.transcription.test_views.TwoLanguageEngine"
+    body = logged_in.get("/").content.decode()
+    assert '<option value="de-DE">de-DE</option>' in body
+    assert '<option value="fr-FR">fr-FR</option>' in body
+    assert "en-US" not in body
+
+
+def test_static_files_are_served(client):
+    for path in [
+        "/static/js/talk.js",
+        "/static/js/pcm-worklet.js",
+        "/static/css/app.css",
+    ]:
+        response = client.get(path)
+        assert response.status_code == 200, path
+
+
+def test_history_shows_own_sessions_newest_first(logged_in, user, bob):
+    make_session(user, ["older words"], minutes_ago=30)
+    newer = make_session(user, ["newer words", "and more"], minutes_ago=1)
+    SessionError.objects.create(
+        session=newer, kind="engine", message="Transcription failed: engine error."
+    )
+    make_session(bob, ["bob's secret"])
+    make_session(user, [], status="rejected")
+    response = logged_in.get("/history/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert (
+        body.index("newer words") < body.index("and more") < body.index("older words")
+    )
+    assert "bob&#x27;s secret" not in body
+    assert "bob's secret" not in body
+    assert body.count('data-testid="history-session"') == 2
+    assert "Transcription failed: engine error." in body
+    assert f"/history/{newer.pk}/download/srt/" in body
+
+
+def test_history_is_paginated(logged_in, user):
+    for minutes in range(25):
+        make_session(user, [f"words {minutes}"], minutes_ago=minutes)
+    first = logged_in.get("/history/").content.decode()
+    assert first.count('data-testid="history-session"') == 20
+    second = logged_in.get("/history/?page=2").content.decode()
+    assert second.count('data-testid="history-session"') == 5
+    assert "words 24" in second
+
+
+def test_history_when_empty(logged_in):
+    assert "No sessions yet" in logged_in.get("/history/").content.decode()
+
+
+def test_download_txt(logged_in, user):
+    session = make_session(user, ["the weather is nice today", "turn on the lights"])
+    response = logged_in.get(f"/history/{session.pk}/download/txt/")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    assert response["Content-Disposition"].startswith("attachment; filename=")
+    assert response["Content-Disposition"].endswith('.txt"')
+    header, *lines = response.content.decode().splitlines()
+    assert header.startswith(f"# session {session.pk} user alice ")
+    assert lines == ["the weather is nice today", "turn on the lights"]
+
+
+def test_download_srt(logged_in, user):
+    session = make_session(user, ["hello world", "goodbye"])
+    body = logged_in.get(f"/history/{session.pk}/download/srt/").content.decode()
+    assert "1\n00:00:00,000 --> 00:00:01,500\nhello world\n" in body
+    assert "2\n00:00:02,000 --> 00:00:03,500\ngoodbye\n" in body
+
+
+def test_download_srt_without_timings_still_orders_cues(logged_in, user):
+    session = make_session(user, ["first", "second"], timed=False)
+    body = logged_in.get(f"/history/{session.pk}/download/srt/").content.decode()
+    cues = [line for line in body.splitlines() if "-->" in line]
+    assert len(cues) == 2
+    assert cues[0] < cues[1]
+
+
+def test_download_json(logged_in, user):
+    session = make_session(user, ["hello world"])
+    response = logged_in.get(f"/history/{session.pk}/download/json/")
+    assert response["Content-Type"].startswith("application/json")
+    document = json.loads(response.content)
+    assert document["id"] == str(session.pk)
+    assert [t["text"] for t in document["transcripts"]] == ["hello world"]
+
+
+def test_download_of_someone_elses_session_or_a_bad_format_is_a_404(
+    logged_in, user, bob
+):
+    theirs = make_session(bob, ["bob's words"])
+    mine = make_session(user, ["mine"])
+    assert logged_in.get(f"/history/{theirs.pk}/download/txt/").status_code == 404
+    assert logged_in.get(f"/history/{mine.pk}/download/pdf/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, ""), (0, "0:00"), (1.9, "0:01"), (75.2, "1:15"), (3725, "1:02:05")],
+)
+def test_clock_filter(seconds, shown):
+    assert clock(seconds) == shown
+
+
+def add_reply(session, seqs, text, audio=b"ID3 fake mp3"):
+    batch = ReceiverBatch.objects.create(
+        session=session,
+        status=ReceiverBatch.Status.DELIVERED,
+        due_at=timezone.now(),
+        delivered_at=timezone.now(),
+        reply_text=text,
+        reply_audio=audio,
+    )
+    session.transcripts.filter(seq__in=seqs).update(batch=batch)
+    return batch
+
+
+def test_history_shows_each_reply_after_the_finals_it_answers(logged_in, user):
+    session = make_session(user, ["what time is it", "in paris", "and the weather"])
+    first = add_reply(session, [1, 2], "It is noon in Paris.")
+    add_reply(session, [3], "Sunny.", audio=None)
+    body = logged_in.get("/history/").content.decode()
+    order = ["what time is it", "in paris", "It is noon in Paris.", "and the weather"]
+    positions = [body.index(text) for text in [*order, "Sunny."]]
+    assert positions == sorted(positions)
+    assert body.count('data-testid="history-reply"') == 2
+    assert body.count("<audio") == 1  # the second reply has no speech
+    assert f"/history/{session.pk}/replies/{first.pk}.mp3" in body
+
+
+def test_reply_audio_only_for_its_owner(logged_in, user, bob):
+    mine = make_session(user, ["hello"])
+    batch = add_reply(mine, [1], "Hi.", audio=b"ID3 my reply")
+    response = logged_in.get(f"/history/{mine.pk}/replies/{batch.pk}.mp3")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "audio/mpeg"
+    assert response.content == b"ID3 my reply"
+    theirs = make_session(bob, ["hello"])
+    other = add_reply(theirs, [1], "Hi Bob.")
+    assert (
+        logged_in.get(f"/history/{theirs.pk}/replies/{other.pk}.mp3").status_code == 404
+    )
+    assert (
+        logged_in.get(f"/history/{mine.pk}/replies/{other.pk}.mp3").status_code == 404
+    )
+    silent = add_reply(make_session(user, ["x"]), [1], "No speech.", audio=None)
+    url = f"/history/{silent.session_id}/replies/{silent.pk}.mp3"
+    assert logged_in.get(url).status_code == 404

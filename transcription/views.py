@@ -1,0 +1,82 @@
+"""Browser pages for a logged-in user: Talk (the microphone), History, downloads."""
+
+import json
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from transcription import exports, selectors
+from transcription.engines import get_engine
+
+HISTORY_PAGE_SIZE = 20
+DOWNLOAD_FORMATS = ("txt", "srt", "json")
+
+
+@login_required
+@require_GET
+def talk(request: HttpRequest) -> HttpResponse:
+    """The Talk page; its WebSocket is authenticated by the session cookie."""
+    caps = get_engine().capabilities
+    return render(
+        request,
+        "transcription/talk.html",
+        {
+            "languages": caps.languages,
+            "default_language": "en-US" if "en-US" in caps.languages else "",
+            "nav": "talk",
+        },
+    )
+
+
+@login_required
+@require_GET
+def history(request: HttpRequest) -> HttpResponse:
+    """The user's own sessions, newest first, each with its transcript."""
+    sessions = selectors.session_history(user=request.user)
+    page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    for session in page:
+        session.conversation = selectors.session_conversation(session=session)
+    return render(
+        request,
+        "transcription/history.html",
+        {"page": page, "formats": DOWNLOAD_FORMATS, "nav": "history"},
+    )
+
+
+@login_required
+@require_GET
+def session_download(request: HttpRequest, session_id, fmt: str) -> HttpResponse:
+    """One of the user's sessions as a txt, srt or json file."""
+    if fmt not in DOWNLOAD_FORMATS:
+        raise Http404("Unknown format.")
+    own = selectors.sessions_for_export(
+        username=request.user.get_username(), session_ids=[session_id]
+    )
+    if not own:
+        raise Http404("No such session.")
+    session = own[0]
+    if fmt == "json":
+        content = json.dumps(exports.session_as_dict(session), indent=2) + "\n"
+    else:
+        content = exports.export([session], fmt)
+    response = HttpResponse(content, content_type=exports.CONTENT_TYPES[fmt])
+    filename = f"session-{session.started_at:%Y%m%d-%H%M%S}-{str(session.pk)[:8]}.{fmt}"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@login_required
+@require_GET
+def reply_audio(request: HttpRequest, session_id, batch_pk: int) -> HttpResponse:
+    """The spoken reply (MP3) of one of the user's own sessions."""
+    audio = selectors.reply_audio_get_own(
+        user=request.user, session_id=session_id, batch_pk=batch_pk
+    )
+    if audio is None:
+        raise Http404("No such reply.")
+    response = HttpResponse(audio, content_type="audio/mpeg")
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
