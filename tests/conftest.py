@@ -64,3 +64,15 @@ def _offline_decoder_pools():
     from transcription.engines.offline import shutdown_pools
 
     shutdown_pools()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_async_test_connections(django_db_setup):
+    """Close the connection that async tests' sync_to_async calls opened in asgiref's
+    worker thread, so that the test database can be dropped (PostgreSQL refuses to
+    drop a database that has sessions)."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()

@@ -16,3 +16,7 @@ os.environ.setdefault(
 from voiceproject.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Tests run without collectstatic: let WhiteNoise find files on demand and not warn
+# that STATIC_ROOT does not exist yet.
+WHITENOISE_AUTOREFRESH = True

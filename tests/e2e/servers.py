@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,3 +130,12 @@ def run_daphne(
         server = LiveServer(port=port, process=process, log_path=log)
         _wait_until_listening(server, ready_timeout)
         yield server
+
+
+async def drain(ws) -> list[dict]:
+    """Every JSON message a websockets client receives until the server closes."""
+    messages = []
+    with contextlib.suppress(ConnectionClosed):
+        async for message in ws:
+            messages.append(json.loads(message))
+    return messages

@@ -1,17 +1,15 @@
 """daphne → AWS engine → the real SDK → the fake Transcribe service, end to end."""
 
 import asyncio
-import json
 import wave
 from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
-from tests.e2e.servers import run_daphne
+from tests.e2e.servers import drain, run_daphne
 from tests.transcription.fake_transcribe import Play, running_fake
 from transcription.models import AudioSession, SessionError, Transcript
 
@@ -37,16 +35,6 @@ def aws_server(transactional_db, tmp_path):
         yield server
 
 
-async def _drain(ws) -> list[dict]:
-    messages = []
-    try:
-        async for message in ws:
-            messages.append(json.loads(message))
-    except ConnectionClosed:
-        pass
-    return messages
-
-
 async def test_fixture_words_come_back_through_daphne(aws_server, raw_token):
     with wave.open(str(FIXTURES / "two_utterances.wav")) as audio:
         pcm = audio.readframes(audio.getnframes())
@@ -54,7 +42,7 @@ async def test_fixture_words_come_back_through_daphne(aws_server, raw_token):
         for start in range(0, len(pcm), 4096):
             await ws.send(pcm[start : start + 4096])
         await ws.send("END_OF_STREAM")
-        messages = await _drain(ws)
+        messages = await drain(ws)
         assert ws.close_code == 1000
     finals = [m["transcript"] for m in messages if "transcript" in m]
     assert len(finals) == 2
@@ -86,7 +74,7 @@ async def test_service_errors_reach_the_client_as_close_codes(
     aws_server.fake.play = play
     async with connect(f"{aws_server.ws_url}/?token={raw_token}") as ws:
         await ws.send(b"\0" * 3200)
-        messages = await _drain(ws)
+        messages = await drain(ws)
         assert ws.close_code == code
     assert len(messages) == 1
     assert (play.start_error or play.stream_error) in messages[0]["error"]

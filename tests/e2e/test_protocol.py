@@ -6,10 +6,9 @@ import sys
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
-from tests.e2e.servers import ROOT, run_daphne
+from tests.e2e.servers import ROOT, drain, run_daphne
 from transcription.models import AudioSession
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
@@ -21,16 +20,6 @@ def raw_token(django_user_model):
     return api_token_create(user=user, name="e2e")[1]
 
 
-async def _drain(ws) -> list[dict]:
-    messages = []
-    try:
-        async for message in ws:
-            messages.append(json.loads(message))
-    except ConnectionClosed:
-        pass
-    return messages
-
-
 async def test_seed_client_gets_partials_finals_and_1000(echo_server, raw_token):
     url = f"{echo_server.ws_url}/?token={raw_token}&sendPartials=true"
     async with connect(url) as ws:
@@ -38,7 +27,7 @@ async def test_seed_client_gets_partials_finals_and_1000(echo_server, raw_token)
             await ws.send(b"\x01\x00" * 512)
         first = json.loads(await ws.recv())
         await ws.send("END_OF_STREAM")
-        rest = await _drain(ws)
+        rest = await drain(ws)
         assert ws.close_code == 1000
     assert first == {"partialTranscript": "1024 bytes"}
     assert rest[-1] == {"transcript": "received 3072 bytes"}
@@ -51,7 +40,7 @@ async def test_seed_client_gets_partials_finals_and_1000(echo_server, raw_token)
 
 async def test_bad_token_refused_after_accept(echo_server, db):
     async with connect(f"{echo_server.ws_url}/?token=nope") as ws:
-        messages = await _drain(ws)
+        messages = await drain(ws)
         assert ws.close_code == 1008
     assert len(messages) == 1
     assert "token" in messages[0]["error"]
@@ -63,7 +52,7 @@ async def test_oversized_frame_1009(echo_server, raw_token):
         f"{echo_server.ws_url}/ws/transcribe/", additional_headers=headers
     ) as ws:
         await ws.send(b"\0" * 70000)
-        messages = await _drain(ws)
+        messages = await drain(ws)
         assert ws.close_code == 1009
     assert "65536" in messages[-1]["error"]
 
@@ -103,7 +92,7 @@ async def test_idle_timeout_closes_1000_with_reason_through_daphne(raw_token):
         async with connect(
             f"{server.ws_url}/?token={raw_token}&sendPartials=false"
         ) as ws:
-            messages = await _drain(ws)
+            messages = await drain(ws)
             assert ws.close_code == 1000
             assert ws.close_reason == "No audio for 0.5 seconds."
     assert messages == [{"transcript": "received 0 bytes"}]
