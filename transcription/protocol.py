@@ -86,16 +86,18 @@ def error_message(message: str) -> str:
 
 
 def event_message(event: TranscriptEvent, *, detail: bool) -> str:
-    """`{"partialTranscript"}` or `{"transcript"}`; timings only when asked (detail)."""
+    """`{"partialTranscript"}` or `{"transcript"}`; timings and speaker only when asked
+    (detail)."""
     key = "partialTranscript" if event.is_partial else "transcript"
     if not detail:
         return json.dumps({key: event.text})
-    return json.dumps(
-        {
-            key: event.text,
-            "isPartial": event.is_partial,
-            "startTime": event.start,
-            "endTime": event.end,
-            "resultId": event.result_id,
-        }
-    )
+    message = {
+        key: event.text,
+        "isPartial": event.is_partial,
+        "startTime": event.start,
+        "endTime": event.end,
+        "resultId": event.result_id,
+    }
+    if event.speaker:
+        message["speaker"] = event.speaker
+    return json.dumps(message)

@@ -289,7 +289,14 @@ class _Stream:
         return out
 
     def _transcript_event(self, text: str, partial: bool, start, end) -> bytes:
-        alternatives = [{"Transcript": text, "Items": []}] if text else []
+        items = []
+        if self.received.headers.get("x-amzn-transcribe-show-speaker-label") == "True":
+            # As AWS does: one item per word, each with the speaker it heard.
+            items = [
+                {"Type": "pronunciation", "Content": word, "Speaker": "spk_0"}
+                for word in text.split()
+            ]
+        alternatives = [{"Transcript": text, "Items": items}] if text else []
         result = {
             "ResultId": self.result_id,
             "StartTime": round(start, 3),

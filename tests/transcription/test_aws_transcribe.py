@@ -223,6 +223,23 @@ async def test_consumer_transcribes_through_aws(aws, connect, api_token):
     assert aws.received[0].headers["x-amzn-transcribe-session-id"] == str(session.pk)
 
 
+@pytestmark_db
+async def test_speaker_labels_reach_clients_that_ask_for_detail(
+    aws, connect, api_token
+):
+    aws.play = Play(script=[("hello there", True), ("hello there", False)])
+    ws = await connect(
+        token=api_token[1], showSpeakerLabel="true", detail="true", sendPartials="false"
+    )
+    await ws.send_to(bytes_data=b"\0" * 3200)
+    await ws.send_to(text_data="END_OF_STREAM")
+    messages, close = await receive_until_close(ws)
+    assert close["code"] == 1000
+    assert [(m["transcript"], m["speaker"]) for m in messages] == [
+        ("hello there", "spk_0")
+    ]
+
+
 START_ERRORS = [
     ("LimitExceededException", 1013, "aws_limit"),
     ("BadRequestException", 1008, "aws_bad_request"),

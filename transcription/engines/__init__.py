@@ -31,6 +31,7 @@ class TranscriptEvent:
     start: float | None = None
     end: float | None = None
     result_id: str = ""
+    speaker: str = ""  # when the engine labels speakers (AWS showSpeakerLabel)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import re
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
@@ -358,7 +359,8 @@ def _transcript_events(event: AwsTranscriptEvent) -> list[TranscriptEvent]:
     for result in event.transcript.results or ():
         if not result.alternatives:
             continue
-        text = (result.alternatives[0].transcript or "").strip()
+        alternative = result.alternatives[0]
+        text = (alternative.transcript or "").strip()
         if text:
             found.append(
                 TranscriptEvent(
@@ -367,9 +369,16 @@ def _transcript_events(event: AwsTranscriptEvent) -> list[TranscriptEvent]:
                     start=result.start_time,
                     end=result.end_time,
                     result_id=result.result_id or "",
+                    speaker=_main_speaker(alternative.items),
                 )
             )
     return found
+
+
+def _main_speaker(items) -> str:
+    """The speaker of most of a result's words (AWS labels words, not results)."""
+    speakers = Counter(item.speaker for item in items or () if item.speaker)
+    return speakers.most_common(1)[0][0] if speakers else ""
 
 
 class AwsTranscribeEngine:
