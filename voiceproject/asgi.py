@@ -11,15 +11,18 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from accounts.middleware import ApiTokenAuthMiddlewareStack  # noqa: E402
 from transcription.routing import websocket_urlpatterns  # noqa: E402
+from transcription.startup import StartOnFirstConnection  # noqa: E402
 from voiceproject import daphne_access_log, daphne_closes, relay_speedups  # noqa: E402
 
 daphne_closes.install()
 daphne_access_log.install()
 relay_speedups.install()
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": ApiTokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
-    }
+application = StartOnFirstConnection(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": ApiTokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )

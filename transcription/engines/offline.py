@@ -63,12 +63,22 @@ class DecoderPool:
         self.workers: list[_Worker] = []
         _pools.append(self)
 
-    def acquire(self) -> _Worker:
-        """The least loaded process, now counting one more session."""
+    def _ensure_workers(self) -> list[_Worker]:
         if not self.workers:
             count = self.processes or settings.OFFLINE_DECODER_PROCESSES
             self.workers = [_Worker() for _ in range(max(1, count))]
-        worker = min(self.workers, key=lambda w: w.sessions)
+        return self.workers
+
+    def start(self) -> list[Future]:
+        """Start every decoding process now; each builds a decoder as it starts."""
+        return [
+            worker.executor.submit(offline_worker.stats)
+            for worker in self._ensure_workers()
+        ]
+
+    def acquire(self) -> _Worker:
+        """The least loaded process, now counting one more session."""
+        worker = min(self._ensure_workers(), key=lambda w: w.sessions)
         worker.sessions += 1
         return worker
 
@@ -216,6 +226,13 @@ class OfflineEngine:
 
     def __init__(self, processes: int | None = None) -> None:
         self.pool = DecoderPool(processes)
+
+    async def warm_up(self) -> None:
+        """Start the decoding processes before the first session needs them."""
+        self.pool._ensure_workers()  # here, so the loop's acquire() never races it
+        # Spawning processes blocks for a moment: not on the event loop.
+        started = await asyncio.to_thread(self.pool.start)
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in started))
 
     async def open(self, params: StreamParams) -> OfflineStream:
         key = uuid.uuid4().hex
