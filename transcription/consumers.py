@@ -21,6 +21,7 @@ from django.conf import settings
 
 from transcription import protocol, selectors, services
 from transcription.engines import EngineError, SpeechToText, get_engine
+from transcription.models import HEARTBEAT_SECONDS
 from transcription.protocol import ProtocolError
 from transcription.streaming import StreamingWebsocketConsumer
 from transcription.voice import SessionVoice
@@ -122,7 +123,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         if token is not None:
             limit = settings.MAX_SESSIONS_PER_TOKEN
             active = await database_sync_to_async(selectors.token_active_session_count)(
-                token_id=token.pk, max_age_seconds=settings.MAX_SESSION_SECONDS
+                token_id=token.pk
             )
             # The count includes this session, which is already recorded.
             if active > limit:
@@ -230,12 +231,20 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         await self.finish(getattr(self, "close_reason", ""))
 
     async def _watch_time(self) -> None:
-        """Idle timeout, longest session, and a bound on the final flush."""
+        """Idle timeout, longest session, a bound on the final flush, heartbeats."""
         loop = asyncio.get_running_loop()
         idle = settings.TRANSCRIPTION_IDLE_TIMEOUT
         longest = settings.MAX_SESSION_SECONDS
+        heartbeat_due = self.started + HEARTBEAT_SECONDS
         while not self.closing:
             now = loop.time()
+            if now >= heartbeat_due:
+                heartbeat_due = now + HEARTBEAT_SECONDS
+                await database_sync_to_async(services.session_heartbeat)(
+                    session_id=self.session.pk,
+                    audio_bytes=self.audio_bytes,
+                    bytes_per_second=self.bytes_per_second,
+                )
             if self.ended:
                 if now - self.progress_at > FLUSH_TIMEOUT_SECONDS:
                     await self.fail(
@@ -255,7 +264,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                 continue
             else:
                 deadline = min(self.last_audio + idle, self.started + longest)
-            pause = max(deadline - now, 0.05)
+            pause = max(min(deadline, heartbeat_due) - now, 0.05)
             if self.ended:
                 await asyncio.sleep(pause)
                 continue

@@ -1,10 +1,28 @@
 """Records of audio sessions, their final transcripts, receiver batches and errors."""
 
+import datetime as dt
 import uuid
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+# A live session's consumer touches its record this often; a record that has not been
+# touched for STALE_AFTER_SECONDS belongs to a server that stopped without closing it.
+HEARTBEAT_SECONDS = 60
+STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+
+
+class AudioSessionQuerySet(models.QuerySet):
+    def live(self) -> "AudioSessionQuerySet":
+        """Active sessions whose server still answers for them (recent heartbeat)."""
+        since = timezone.now() - dt.timedelta(seconds=STALE_AFTER_SECONDS)
+        return self.filter(status=AudioSession.Status.ACTIVE, heartbeat_at__gte=since)
+
+    def abandoned(self) -> "AudioSessionQuerySet":
+        """Active on paper, but no server has touched them for a while."""
+        since = timezone.now() - dt.timedelta(seconds=STALE_AFTER_SECONDS)
+        return self.filter(status=AudioSession.Status.ACTIVE, heartbeat_at__lt=since)
 
 
 class AudioSession(models.Model):
@@ -38,6 +56,7 @@ class AudioSession(models.Model):
     parameters = models.JSONField(default=dict, blank=True)
     client = models.CharField(max_length=64, blank=True)
     started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(
         max_length=16, choices=Status.choices, default=Status.ACTIVE, db_index=True
@@ -46,6 +65,8 @@ class AudioSession(models.Model):
     close_reason = models.CharField(max_length=200, blank=True)
     audio_bytes = models.BigIntegerField(default=0)
     audio_seconds = models.FloatField(default=0.0)
+
+    objects = AudioSessionQuerySet.as_manager()
 
     class Meta:
         ordering = ["-started_at"]

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.apps import apps
-from django.conf import settings
 from django.db import models
 from django.db.models import (
     Count,
@@ -27,12 +26,9 @@ from django.utils import timezone
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 
 
-def token_active_session_count(*, token_id: int, max_age_seconds: float) -> int:
-    """Sessions of a token still open (ignoring ones older than the longest session)."""
-    since = timezone.now() - dt.timedelta(seconds=max_age_seconds)
-    return AudioSession.objects.filter(
-        token_id=token_id, status=AudioSession.Status.ACTIVE, started_at__gte=since
-    ).count()
+def token_active_session_count(*, token_id: int) -> int:
+    """Sessions of a token still open (those of a server that stopped do not count)."""
+    return AudioSession.objects.live().filter(token_id=token_id).count()
 
 
 def session_list(*, username: str | None = None) -> QuerySet[AudioSession]:
@@ -218,11 +214,8 @@ def _window(since: dt.datetime) -> Window:
 
 
 def sessions_active_now() -> int:
-    """Open sessions, ignoring records older than the longest possible session."""
-    since = timezone.now() - dt.timedelta(seconds=settings.MAX_SESSION_SECONDS)
-    return AudioSession.objects.filter(
-        status=AudioSession.Status.ACTIVE, started_at__gte=since
-    ).count()
+    """Open sessions (those of a server that stopped do not count)."""
+    return AudioSession.objects.live().count()
 
 
 def close_code_rates(*, since: dt.datetime) -> list[CloseCodeRate]:

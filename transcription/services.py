@@ -126,6 +126,45 @@ def session_end(
         _session_update_audio(session_id, audio_bytes, bytes_per_second)
 
 
+def session_heartbeat(
+    *, session_id: uuid.UUID, audio_bytes: int, bytes_per_second: float | None
+) -> None:
+    """A live session says so, with the audio received so far."""
+    AudioSession.objects.filter(
+        pk=session_id, status=AudioSession.Status.ACTIVE
+    ).update(heartbeat_at=timezone.now())
+    _session_update_audio(session_id, audio_bytes, bytes_per_second)
+
+
+def sessions_close_abandoned() -> int:
+    """Close the records of sessions whose server stopped without closing them.
+
+    Each becomes failed, ended at its last heartbeat, with an error saying why; what
+    was said (its finals and batches) stays. Returns how many were closed.
+    """
+    message = "The server stopped before the session ended."
+    closed = 0
+    for session in AudioSession.objects.abandoned().only("pk", "heartbeat_at"):
+        with transaction.atomic():
+            updated = (
+                AudioSession.objects.abandoned()
+                .filter(pk=session.pk)
+                .update(
+                    status=AudioSession.Status.FAILED,
+                    ended_at=session.heartbeat_at,
+                    close_reason=message,
+                )
+            )
+            if updated:
+                SessionError.objects.create(
+                    session_id=session.pk, kind="abandoned", message=message
+                )
+                closed += updated
+    if closed:
+        logger.warning("closed %d sessions abandoned by a stopped server", closed)
+    return closed
+
+
 def _session_update_audio(
     session_id: uuid.UUID, audio_bytes: int, bytes_per_second: float | None
 ) -> None:
@@ -141,13 +180,12 @@ def sessions_purge(
     """Delete sessions started before `older_than` and all that hangs off them.
 
     Works in batches of `batch_size` sessions, one transaction each, so a large
-    purge never holds a long lock. Sessions that may still be live (active and
-    younger than MAX_SESSION_SECONDS) are kept. Returns the number of rows per
-    model label, deleted or (dry run) that would be deleted.
+    purge never holds a long lock. Live sessions (a server still serves them) are
+    kept. Returns the number of rows per model label, deleted or (dry run) that
+    would be deleted.
     """
-    live_since = timezone.now() - dt.timedelta(seconds=settings.MAX_SESSION_SECONDS)
     old = AudioSession.objects.filter(started_at__lt=older_than).exclude(
-        status=AudioSession.Status.ACTIVE, started_at__gte=live_since
+        pk__in=AudioSession.objects.live().values("pk")
     )
     counts: Counter[str] = Counter()
     last_pk = None

@@ -1,7 +1,8 @@
 """Work a server process does once, at its first connection.
 
-Daphne has no ASGI lifespan, so the first HTTP or WebSocket connection starts it: the
-in-process batch worker (so batches left pending by a restart are delivered without
+Daphne has no ASGI lifespan, so the first HTTP or WebSocket connection starts it:
+closing the records of sessions that a stopped server left open, the in-process batch
+worker (so batches left pending by a restart are delivered without
 waiting for a new session) and the engine's warm-up (the offline engine starts its
 decoding processes, so the first session does not wait for them).
 """
@@ -9,9 +10,10 @@ decoding processes, so the first session does not wait for them).
 import asyncio
 import logging
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 
-from transcription import worker
+from transcription import services, worker
 from transcription.engines import get_engine
 from transcription.receiver import receiver_config
 
@@ -21,6 +23,7 @@ _tasks: set[asyncio.Task] = set()
 
 
 async def server_started() -> None:
+    await database_sync_to_async(services.sessions_close_abandoned)()
     if receiver_config() is not None and settings.VOICE_WORKER_IN_PROCESS:
         worker.ensure_in_process()
     warm_up = getattr(get_engine(), "warm_up", None)

@@ -1,7 +1,7 @@
 """Per-frame shortcuts for daphne, autobahn and Channels (SPEC §9, README Performance).
 
 An audio stream is a WebSocket frame in and a message out every 32 ms, so work done
-per frame is multiplied by ~31 a second per session. Three such costs do nothing for
+per frame is multiplied by ~31 a second per session. Two such costs do nothing for
 us and are skipped here, each only in the case where skipping it changes nothing:
 
 - autobahn formats a debug line for every read and every write (`hltype`/`hlval`,

@@ -77,6 +77,7 @@ def _shift(session: AudioSession, delta: dt.timedelta) -> None:
     session.refresh_from_db()
     AudioSession.objects.filter(pk=session.pk).update(
         started_at=session.started_at - delta,
+        heartbeat_at=session.heartbeat_at - delta,
         ended_at=session.ended_at - delta if session.ended_at else None,
     )
     for transcript in session.transcripts.all():

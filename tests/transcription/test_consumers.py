@@ -1,10 +1,15 @@
 """The consumer, branch by branch, through the real ASGI stack (echo engine)."""
 
+import asyncio
+import datetime as dt
+
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from accounts.services import api_token_revoke
 from tests.conftest import receive_until_close
+from transcription import consumers
 from transcription.models import AudioSession, SessionError, Transcript
 
 pytestmark = [
@@ -164,3 +169,38 @@ async def test_sessions_per_process_limit(connect, api_token, settings):
     settings.MAX_SESSIONS_PER_PROCESS = 0
     ws = await connect(token=api_token[1])
     assert "capacity" in await _refused(ws, code=1013)
+
+
+async def test_heartbeat_stores_audio_while_the_session_runs(
+    connect, api_token, monkeypatch
+):
+    monkeypatch.setattr(consumers, "HEARTBEAT_SECONDS", 0.1)
+    ws = await connect(token=api_token[1], sendPartials="false")
+    await ws.send_to(bytes_data=b"\0" * 3200)
+    before = await sync_to_async(_session)()
+    for _ in range(50):
+        session = await sync_to_async(_session)()
+        if session.audio_bytes == 3200:
+            break
+        await asyncio.sleep(0.05)
+    assert session.status == "active"
+    assert session.audio_bytes == 3200  # stored before the session ends
+    assert session.heartbeat_at > before.heartbeat_at
+    await ws.send_to(text_data="END_OF_STREAM")
+    await receive_until_close(ws)
+
+
+async def test_sessions_of_a_stopped_server_do_not_count_against_a_token(
+    connect, api_token, settings
+):
+    settings.MAX_SESSIONS_PER_TOKEN = 1
+    token, raw = api_token
+    long_ago = timezone.now() - dt.timedelta(minutes=10)
+    await sync_to_async(AudioSession.objects.create)(
+        engine="echo", token=token, heartbeat_at=long_ago
+    )
+    ws = await connect(token=raw, sendPartials="false")
+    await ws.send_to(text_data="END_OF_STREAM")
+    messages, close = await receive_until_close(ws)
+    assert close["code"] == 1000
+    assert messages == [{"transcript": "received 0 bytes"}]
