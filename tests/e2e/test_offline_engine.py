@@ -58,3 +58,41 @@ async def test_daphne_transcribes_hello_world_in_a_decoder_process(raw_token):
     assert decoders  # the decoding ran in a child process of daphne
     assert os.getpid() not in decoders
     assert wait_gone(decoders) == set()  # and it stopped with daphne
+
+
+def test_transcribe_file_prints_the_words_of_a_stereo_44k_wav(raw_token):
+    """The foundation's promise: a fixture through the file client and daphne."""
+    import subprocess
+    import sys
+
+    from tests.e2e.servers import ROOT
+    from transcription.models import AudioSession
+
+    env = {"TRANSCRIPTION_ENGINE": "offline", "OFFLINE_DECODER_PROCESSES": "1"}
+    with run_daphne(env) as server:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "manage.py",
+                "transcribe_file",
+                "tests/fixtures/two_utterances_44k_stereo.wav",
+                "--url",
+                f"{server.ws_url}/",
+                "--token",
+                raw_token,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        )
+    assert result.returncode == 0, result.stderr
+    finals = result.stdout.strip().splitlines()
+    assert len(finals) == 2
+    assert "weather" in finals[0]
+    assert "lights" in finals[1]
+    session = AudioSession.objects.get()
+    assert session.sample_rate == 44100
+    assert list(session.transcripts.values_list("text", flat=True)) == finals
