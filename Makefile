@@ -39,6 +39,7 @@ run: migrate
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The second run repeats the tests marked `services` on real PostgreSQL and Redis.
 SERVICES_ENV := DATABASE_URL=postgres://postgres@127.0.0.1:5432/voiceproject REDIS_URL=redis://127.0.0.1:6379/1

@@ -122,7 +122,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
                     name=form.cleaned_data["name"],
                     expires_at=form.cleaned_data["expires_at"],
                 )
-                message = construct_change_message(form, None, add=True)
+                # The stubs want a Form; Django passes its ModelForms here itself.
+                message = construct_change_message(form, [], add=True)  # type: ignore[arg-type]
                 self.log_addition(request, token, message)
                 return self._raw_token_response(request, token, raw, rotated=None)
         # GET, or a form with errors: the stock page renders it, with one button
@@ -248,15 +249,15 @@ class ApiTokenInline(admin.TabularInline):
     """A user's tokens on the user's page (read-only; links to each token)."""
 
     model = ApiToken
-    fields = [
+    readonly_fields = (
         "prefix",
         "name",
         "status_label",
         "created_at",
         "last_used_at",
         "expires_at",
-    ]
-    readonly_fields = fields
+    )
+    fields = readonly_fields
     extra = 0
     can_delete = False
     show_change_link = True

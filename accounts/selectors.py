@@ -1,6 +1,6 @@
 """Reads for accounts: API tokens with their usage."""
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Count, FloatField, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
@@ -20,6 +20,6 @@ def api_token_list(*, username: str | None = None) -> QuerySet[ApiToken]:
     return tokens.order_by("-created_at", "-pk")
 
 
-def api_token_get_own(*, user: AbstractBaseUser, token_id: int) -> ApiToken | None:
+def api_token_get_own(*, user: User, token_id: int) -> ApiToken | None:
     """The user's token with this id; None when it does not exist or is not theirs."""
     return ApiToken.objects.filter(user=user, pk=token_id).first()

@@ -3,7 +3,7 @@
 import datetime as dt
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -24,7 +24,7 @@ class TokenNotFound(Exception):
 
 def api_token_create(
     *,
-    user: AbstractBaseUser,
+    user: User,
     name: str = "default",
     expires_at: dt.datetime | None = None,
 ) -> tuple[ApiToken, str]:
@@ -78,12 +78,12 @@ def api_token_revoke(*, token: ApiToken) -> ApiToken:
     return token
 
 
-def user_get_or_create(*, username: str, create: bool) -> AbstractBaseUser:
-    User = get_user_model()
+def user_get_or_create(*, username: str, create: bool) -> User:
+    user_model = get_user_model()
     if create:
-        user, _ = User.objects.get_or_create(username=username)
+        user, _ = user_model.objects.get_or_create(username=username)
         return user
-    return User.objects.get(username=username)
+    return user_model.objects.get(username=username)
 
 
 def api_token_rotate(*, token: ApiToken) -> tuple[ApiToken, str]:

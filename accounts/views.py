@@ -5,6 +5,7 @@ import datetime as dt
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -19,6 +20,12 @@ EXPIRY_CHOICES = [
     ("90", "In 90 days"),
     ("365", "In a year"),
 ]
+
+
+class AuthenticatedHttpRequest(HttpRequest):
+    """A request past @login_required: its user is signed in (for type checkers)."""
+
+    user: User
 
 
 class TokenCreateForm(forms.Form):
@@ -41,7 +48,7 @@ def websocket_base_url(request: HttpRequest) -> str:
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
-def token_list(request: HttpRequest) -> HttpResponse:
+def token_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The user's tokens; a POST creates one and shows its raw value this once."""
     created = raw = None
     if request.method == "POST":
@@ -73,7 +80,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+def token_revoke(request: AuthenticatedHttpRequest, token_id: int) -> HttpResponse:
     """Revoke one of the user's own tokens; anyone else's is a 404."""
     token = selectors.api_token_get_own(user=request.user, token_id=token_id)
     if token is None:

@@ -2,8 +2,8 @@
 
 import contextlib
 import uuid
+from typing import TYPE_CHECKING
 
-from django.apps import apps
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
@@ -12,7 +12,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from transcription import exports, selectors
-from transcription.models import AudioSession, SessionError, Transcript
+from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+
+if TYPE_CHECKING:
+    from transcription.selectors import SessionWithCounts
 
 
 class ReadOnlyAdminMixin:
@@ -27,8 +30,8 @@ class ReadOnlyAdminMixin:
 
 class TranscriptInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Transcript
-    fields = ["seq", "text", "start_seconds", "end_seconds", "created_at"]
-    readonly_fields = fields
+    readonly_fields = ("seq", "text", "start_seconds", "end_seconds", "created_at")
+    fields = readonly_fields
     extra = 0
     can_delete = False
     show_change_link = False
@@ -36,8 +39,24 @@ class TranscriptInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 class SessionErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = SessionError
-    fields = ["created_at", "kind", "close_code", "message"]
-    readonly_fields = fields
+    readonly_fields = ("created_at", "kind", "close_code", "message")
+    fields = readonly_fields
+    extra = 0
+    can_delete = False
+
+
+class ReceiverBatchInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = ReceiverBatch
+    readonly_fields = (
+        "created_at",
+        "status",
+        "attempts",
+        "delivered_at",
+        "reply_text",
+        "tts_status",
+        "last_error",
+    )
+    fields = readonly_fields
     extra = 0
     can_delete = False
 
@@ -56,8 +75,9 @@ class CloseCodeFilter(admin.SimpleListFilter):
         return [(str(code), selectors.close_code_label(code)) for code in codes]
 
     def queryset(self, request, queryset):
-        if self.value() and self.value().isdigit():
-            return queryset.filter(close_code=int(self.value()))
+        value = self.value()
+        if value and value.isdigit():
+            return queryset.filter(close_code=int(value))
         return queryset
 
 
@@ -116,7 +136,7 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ]
     date_hierarchy = "started_at"
     list_select_related = ["user", "token"]
-    inlines = [TranscriptInline, SessionErrorInline]
+    inlines = [TranscriptInline, SessionErrorInline, ReceiverBatchInline]
     actions = [_export_action(fmt) for fmt in exports.FORMATS]
     fieldsets = [
         (None, {"fields": ["id", "user", "token_link", "auth_method", "client"]}),
@@ -184,7 +204,7 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return selectors.close_code_label(obj.close_code)
 
     @admin.display(description="finals", ordering="finals_count")
-    def finals(self, obj: AudioSession) -> int:
+    def finals(self, obj: "SessionWithCounts") -> int:
         return obj.finals_count
 
     @admin.display(description="batches")
@@ -192,7 +212,7 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return getattr(obj, "batches_count", "—")
 
     @admin.display(description="errors", ordering="errors_count")
-    def errors(self, obj: AudioSession) -> int:
+    def errors(self, obj: "SessionWithCounts") -> int:
         return obj.errors_count
 
     def get_urls(self):
@@ -227,54 +247,28 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra)
 
 
-try:
-    ReceiverBatch = apps.get_model("transcription", "ReceiverBatch")
-except LookupError:  # the voice loop's model is not there yet
-    ReceiverBatch = None
+@admin.register(ReceiverBatch)
+class ReceiverBatchAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "session_link",
+        "status",
+        "attempts",
+        "delivered_at",
+        "tts_status",
+        "reply_text",
+        "last_error",
+    ]
+    list_filter = ["status", "tts_status", "created_at"]
+    search_fields = ["reply_text", "last_error", "session__user__username"]
+    list_select_related = ["session", "session__user"]
+    date_hierarchy = "created_at"
+    exclude = ["reply_audio"]
 
-if ReceiverBatch is not None:
-
-    class ReceiverBatchInline(ReadOnlyAdminMixin, admin.TabularInline):
-        model = ReceiverBatch
-        fields = [
-            "created_at",
-            "status",
-            "attempts",
-            "delivered_at",
-            "reply_text",
-            "tts_status",
-            "last_error",
-        ]
-        readonly_fields = fields
-        extra = 0
-        can_delete = False
-
-    AudioSessionAdmin.inlines = [*AudioSessionAdmin.inlines, ReceiverBatchInline]
-
-    @admin.register(ReceiverBatch)
-    class ReceiverBatchAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-        list_display = [
-            "created_at",
-            "session_link",
-            "status",
-            "attempts",
-            "delivered_at",
-            "tts_status",
-            "reply_text",
-            "last_error",
-        ]
-        list_filter = ["status", "tts_status", "created_at"]
-        search_fields = ["reply_text", "last_error", "session__user__username"]
-        list_select_related = ["session", "session__user"]
-        date_hierarchy = "created_at"
-        exclude = ["reply_audio"]
-
-        @admin.display(description="session")
-        def session_link(self, obj) -> str:
-            url = reverse(
-                "admin:transcription_audiosession_change", args=[obj.session_id]
-            )
-            return format_html('<a href="{}">{}</a>', url, obj.session)
+    @admin.display(description="session")
+    def session_link(self, obj) -> str:
+        url = reverse("admin:transcription_audiosession_change", args=[obj.session_id])
+        return format_html('<a href="{}">{}</a>', url, obj.session)
 
 
 @admin.register(Transcript)

@@ -21,8 +21,8 @@ from django.conf import settings
 
 from transcription import protocol, selectors, services
 from transcription.engines import EngineError, SpeechToText, get_engine
-from transcription.models import HEARTBEAT_SECONDS
-from transcription.protocol import ProtocolError
+from transcription.models import HEARTBEAT_SECONDS, AudioSession
+from transcription.protocol import ProtocolError, StreamParams
 from transcription.streaming import StreamingWebsocketConsumer
 from transcription.voice import SessionVoice
 
@@ -37,7 +37,7 @@ _open_sessions = 0  # this process's live sessions, for MAX_SESSIONS_PER_PROCESS
 class TranscriptionConsumer(StreamingWebsocketConsumer):
     """One audio session: validates, streams audio to the engine, relays its events."""
 
-    session = None
+    session: AudioSession | None = None
     stream: SpeechToText | None = None
     closing = False
     counted = False
@@ -51,36 +51,37 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         self.finals = 0
         self.ended = False
         self.ended_event = asyncio.Event()
+        params: StreamParams | None = None
+        param_refusal = None
         try:
-            self.params = protocol.parse_params(
+            params = protocol.parse_params(
                 self.scope.get("query_string", b""), self.engine.capabilities
             )
-            param_error = None
         except ProtocolError as exc:
-            self.params, param_error = None, str(exc)
-        self.session = await self._record_start()
-        refusal = param_error and (protocol.CLOSE_POLICY, param_error, "parameters")
-        refusal = self._auth_refusal() or refusal or await self._limit_refusal()
+            param_refusal = (protocol.CLOSE_POLICY, str(exc), "parameters")
+        self.session = session = await self._record_start(params)
+        self.session_id = session.pk
+        refusal = self._auth_refusal() or param_refusal or await self._limit_refusal()
         if refusal:
             code, message, kind = refusal
             await self.send(text_data=protocol.error_message(message))
             await database_sync_to_async(services.session_reject)(
-                session=self.session, close_code=code, message=message, kind=kind
+                session=session, close_code=code, message=message, kind=kind
             )
             await self.close(code=code)
-            return
-        self.voice = await SessionVoice.join(
-            session_id=self.session.pk,
-            channel_layer=self.channel_layer,
-            channel_name=self.channel_name,
-        )
-        await self._start_stream()
+        elif params is not None:  # always: bad parameters are refused above
+            self.params = params
+            self.voice = await SessionVoice.join(
+                session_id=self.session_id,
+                channel_layer=self.channel_layer,
+                channel_name=self.channel_name,
+            )
+            await self._start_stream(params)
 
-    async def _start_stream(self) -> None:
+    async def _start_stream(self, params: StreamParams) -> None:
         global _open_sessions
         _open_sessions += 1
         self.counted = True
-        params = self.params
         self.bytes_per_second = (
             params.sample_rate * 2 if params.encoding == "pcm" else None
         )
@@ -88,16 +89,16 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         self.last_audio = self.started = loop.time()
         try:
             self.stream = await self.engine.open(
-                dataclasses.replace(params, session_id=str(self.session.pk))
+                dataclasses.replace(params, session_id=str(self.session_id))
             )
         except EngineError as exc:
             await self.fail(exc.close_code, exc.message, kind=exc.kind)
             return
         self.tasks = [
-            asyncio.create_task(self._relay_events()),
+            asyncio.create_task(self._relay_events(self.stream)),
             asyncio.create_task(self._watch_time()),
         ]
-        logger.info("session %s started (%s)", self.session.pk, self.engine.name)
+        logger.info("session %s started (%s)", self.session_id, self.engine.name)
 
     def _auth_refusal(self) -> tuple[int, str, str] | None:
         method = self.scope.get("auth_method")
@@ -135,7 +136,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         return None
 
     @database_sync_to_async
-    def _record_start(self):
+    def _record_start(self, params: StreamParams | None) -> AudioSession:
         user = self.scope.get("user")
         client = self.scope.get("client") or ("", 0)
         return services.session_start(
@@ -143,7 +144,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             token=self.scope.get("api_token"),
             auth_method=self.scope.get("auth_method") or "",
             engine=self.engine.name,
-            params=self.params,
+            params=params,
             client=str(client[0] or ""),
         )
 
@@ -176,16 +177,16 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
 
     async def end_audio(self, reason: str = "") -> None:
         """Stop taking audio; the relay closes 1000 once the engine has flushed."""
-        if not self.ended:
+        if not self.ended and self.stream is not None:
             self.ended = True
             self.ended_event.set()
             self.close_reason = reason
             self.progress_at = asyncio.get_running_loop().time()
             await self.stream.end_audio()
 
-    async def _relay_events(self) -> None:
+    async def _relay_events(self, stream: SpeechToText) -> None:
         try:
-            async for event in self.stream.events():
+            async for event in stream.events():
                 if self.ended:
                     self.progress_at = asyncio.get_running_loop().time()
                 if event.is_partial:
@@ -202,7 +203,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                 transcript = await database_sync_to_async(
                     services.transcript_add_final
                 )(
-                    session_id=self.session.pk,
+                    session_id=self.session_id,
                     seq=self.finals,
                     event=event,
                     audio_bytes=self.audio_bytes,
@@ -221,7 +222,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                 await self.fail(exc.close_code, exc.message, kind=exc.kind)
             return
         except Exception:
-            logger.exception("session %s: engine failed", self.session.pk)
+            logger.exception("session %s: engine failed", self.session_id)
             await self.fail(
                 protocol.CLOSE_SERVER_ERROR,
                 "Transcription failed: engine error.",
@@ -241,7 +242,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             if now >= heartbeat_due:
                 heartbeat_due = now + HEARTBEAT_SECONDS
                 await database_sync_to_async(services.session_heartbeat)(
-                    session_id=self.session.pk,
+                    session_id=self.session_id,
                     audio_bytes=self.audio_bytes,
                     bytes_per_second=self.bytes_per_second,
                 )
@@ -289,14 +290,14 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         self.closing = True
         await self.send(text_data=protocol.error_message(message))
         await database_sync_to_async(services.session_error_add)(
-            session_id=self.session.pk, close_code=code, kind=kind, message=message
+            session_id=self.session_id, close_code=code, kind=kind, message=message
         )
         await self._record_end(code, message, failed=True)
         await self.close(code=code)
 
     async def _record_end(self, code: int | None, reason: str, *, failed: bool) -> None:
         await database_sync_to_async(services.session_end)(
-            session_id=self.session.pk,
+            session_id=self.session_id,
             close_code=code,
             reason=reason,
             failed=failed,
@@ -330,4 +331,4 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             # The client went away without END_OF_STREAM: what it said is kept.
             self.closing = True
             await self._record_end(code, "client disconnected", failed=False)
-            logger.info("session %s: client left (%s)", self.session.pk, code)
+            logger.info("session %s: client left (%s)", self.session_id, code)

@@ -135,7 +135,7 @@ def cue_times(session: AudioSession) -> list[tuple[float, float, str]]:
 
 def export_srt(sessions: Sequence[AudioSession]) -> str:
     """SubRip cues; several sessions share one clock that starts with the first."""
-    blocks = []
+    blocks: list[str] = []
     origin = min((s.started_at for s in sessions), default=None)
     for s in sorted(sessions, key=lambda s: s.started_at):
         offset = (s.started_at - origin).total_seconds() if origin else 0.0

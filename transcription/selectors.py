@@ -5,6 +5,7 @@ import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 from django.apps import apps
 from django.db import models
@@ -24,6 +25,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 
 def token_active_session_count(*, token_id: int) -> int:
@@ -163,6 +167,18 @@ def session_count_sources() -> dict[str, type[models.Model]]:
     with contextlib.suppress(LookupError):
         sources["batches"] = apps.get_model("transcription", "ReceiverBatch")
     return sources
+
+
+class SessionCounts(TypedDict):
+    """What session_list_with_counts() adds to each session."""
+
+    finals_count: int
+    errors_count: int
+    batches_count: int
+
+
+if TYPE_CHECKING:
+    SessionWithCounts = WithAnnotations[AudioSession, SessionCounts]
 
 
 def session_list_with_counts() -> QuerySet[AudioSession]:
@@ -393,11 +409,10 @@ def sessions_for_export(
     sessions = session_list_with_counts().prefetch_related(
         Prefetch("transcripts", queryset=Transcript.objects.order_by("seq"))
     )
-    if "batches" in session_count_sources():
-        batches = session_count_sources()["batches"].objects.defer("reply_audio")
-        sessions = sessions.prefetch_related(
-            Prefetch("batches", queryset=batches.prefetch_related("transcripts"))
-        )
+    batches = ReceiverBatch.objects.defer("reply_audio")
+    sessions = sessions.prefetch_related(
+        Prefetch("batches", queryset=batches.prefetch_related("transcripts"))
+    )
     if username:
         sessions = sessions.filter(user__username=username)
     if session_ids is not None:

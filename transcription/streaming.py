@@ -37,6 +37,9 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
     _layer_exit: BaseException | None = None
 
     async def __call__(self, scope, receive, send):
+        consumer_task = asyncio.current_task()
+        if consumer_task is None:
+            raise RuntimeError("a consumer runs in an asyncio task")
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is not None:
@@ -48,9 +51,7 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
         self._dispatching = asyncio.Lock()
         layer_task = None
         if self.channel_layer is not None:
-            layer_task = asyncio.create_task(
-                self._dispatch_layer(asyncio.current_task())
-            )
+            layer_task = asyncio.create_task(self._dispatch_layer(consumer_task))
         try:
             while True:
                 message = await receive()
@@ -61,7 +62,7 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
         except asyncio.CancelledError:
             if self._layer_exit is None:
                 raise  # cancelled from outside, e.g. by the server
-            asyncio.current_task().uncancel()
+            consumer_task.uncancel()
             if not isinstance(self._layer_exit, StopConsumer):
                 raise self._layer_exit from None
         finally:

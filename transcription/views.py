@@ -37,12 +37,13 @@ def history(request: HttpRequest) -> HttpResponse:
     """The user's own sessions, newest first, each with its transcript."""
     sessions = selectors.session_history(user=request.user)
     page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
-    for session in page:
-        session.conversation = selectors.session_conversation(session=session)
+    rows = [
+        (session, selectors.session_conversation(session=session)) for session in page
+    ]
     return render(
         request,
         "transcription/history.html",
-        {"page": page, "formats": DOWNLOAD_FORMATS, "nav": "history"},
+        {"page": page, "rows": rows, "formats": DOWNLOAD_FORMATS, "nav": "history"},
     )
 
 

@@ -13,5 +13,6 @@ class OneLineErrorCommand(BaseCommand):
     def create_parser(self, prog_name, subcommand, **kwargs):
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         # argparse prints the usage before the error; the usage lives in --help.
-        parser.print_usage = lambda file=None: None
+        # An override on this one instance: Django builds the parser itself.
+        parser.print_usage = lambda file=None: None  # type: ignore[method-assign]
         return parser

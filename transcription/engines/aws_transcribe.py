@@ -18,10 +18,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
 from amazon_transcribe import exceptions as aws_errors
-from amazon_transcribe.auth import AwsCrtCredentialResolver
+from amazon_transcribe.auth import CredentialResolver
 from amazon_transcribe.client import TranscribeStreamingClient
 from amazon_transcribe.endpoints import StaticEndpointResolver
 from amazon_transcribe.httpsession import AwsCrtHttpSessionManager
@@ -54,7 +54,6 @@ COALESCE_SECONDS = 0.05  # tiny frames wait this long to travel together
 NAP_SECONDS = 0.004  # an idle CRT thread's pause between polls of empty bodies
 BUSY_SECONDS = 0.001  # ... once it has sent nothing for this long
 MAX_EVENT_BYTES = 32 * 1024  # the service's largest audio event
-_END: Final = object()  # sentinel: no more audio
 _NO_AUDIO = re.compile(r"no new audio was received", re.IGNORECASE)
 _NAME = re.compile(r"^[0-9A-Za-z._-]{1,200}$")
 
@@ -266,7 +265,7 @@ class AwsTranscribeStream:
         self._http = http
         self._session_id = params.session_id
         self._min_event, self._max_event = _event_sizes(params)
-        self._audio: asyncio.Queue[bytes | object] = asyncio.Queue()
+        self._audio: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the end
         self._events: asyncio.Queue[TranscriptEvent | EngineError | None] = (
             asyncio.Queue()
         )
@@ -281,7 +280,7 @@ class AwsTranscribeStream:
     async def end_audio(self) -> None:
         if not self._ended:
             self._ended = True
-            self._audio.put_nowait(_END)
+            self._audio.put_nowait(None)
 
     async def events(self) -> AsyncIterator[TranscriptEvent]:
         while (item := await self._events.get()) is not None:
@@ -313,14 +312,14 @@ class AwsTranscribeStream:
             ending = False
             while not ending:
                 chunk = await self._audio.get()
-                if chunk is _END:
+                if chunk is None:
                     break
                 if len(chunk) < self._min_event:
                     await asyncio.sleep(COALESCE_SECONDS)
-                buffer = bytearray(chunk)  # type: ignore[arg-type]
+                buffer = bytearray(chunk)
                 while not self._audio.empty():
                     more = self._audio.get_nowait()
-                    if more is _END:
+                    if more is None:
                         ending = True
                         break
                     buffer += more
@@ -394,9 +393,9 @@ class AwsTranscribeEngine:
     )
 
     def __init__(self) -> None:
-        self._credentials: AwsCrtCredentialResolver | None = None
+        self._credentials: CredentialResolver | None = None
 
-    def client(self) -> TranscribeStreamingClient:
+    def client(self) -> tuple[TranscribeStreamingClient, _SessionHttp]:
         """A client on its own HTTP/2 connection (closing it ends only this session)."""
         endpoint = settings.AWS_TRANSCRIBE_ENDPOINT
         client = TranscribeStreamingClient(
@@ -408,16 +407,16 @@ class AwsTranscribeEngine:
         self._credentials = client._credential_resolver
         # The SDK (pinned below 0.7) has no hooks for these two parts, so they are
         # swapped in: an HTTP session this stream can close, a body that does not spin.
-        client._session_manager = _SessionHttp(client._eventloop)
+        http = _SessionHttp(client._eventloop)
+        client._session_manager = http
         client._serializer = _Serializer()
-        return client
+        return client, http
 
     async def open(self, params: StreamParams) -> AwsTranscribeStream:
         keywords = sdk_options(params.options)
         if _is_uuid(params.session_id):
             keywords["session_id"] = params.session_id
-        client = self.client()
-        http = client._session_manager
+        client, http = self.client()
         try:
             stream = await asyncio.wait_for(
                 client.start_stream_transcription(

@@ -163,7 +163,8 @@ class OfflineStream:
         try:
             await self._task
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
                 raise
         self._events.put_nowait(_END)
         if freed is not None:

@@ -143,20 +143,27 @@ class Session:
         self.utterance_bytes = self.unhyped_bytes = 0
         self.partial = ""
 
+    def _utterance_decoder(self) -> Decoder:
+        """The decoder borrowed at the start of the utterance under way."""
+        if self.decoder is None:
+            raise RuntimeError("no utterance under way")
+        return self.decoder
+
     def _decode(self, speech: bytes) -> None:
-        self.decoder.process_raw(speech)
+        decoder = self._utterance_decoder()
+        decoder.process_raw(speech)
         self.utterance_bytes += len(speech)
         self.unhyped_bytes += len(speech)
         if self.unhyped_bytes >= PARTIAL_EVERY_BYTES:
             self.unhyped_bytes = 0
-            hyp = self.decoder.hyp()
+            hyp = decoder.hyp()
             text = hyp.hypstr if hyp is not None else ""
             if text and text != self.partial:
                 self.partial = text
                 self._emit(text, is_partial=True)
 
     def _end_utterance(self) -> None:
-        decoder, self.decoder = self.decoder, None
+        decoder, self.decoder = self._utterance_decoder(), None
         decoder.end_utt()
         hyp = decoder.hyp()
         self.cmn = decoder.get_cmn()

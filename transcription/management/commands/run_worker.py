@@ -28,6 +28,8 @@ class Command(BaseCommand):
 
     async def _run(self, worker: BatchWorker) -> None:
         task = asyncio.current_task()
+        if task is None:  # asyncio.run() runs this in a task
+            raise RuntimeError("run_worker runs in an asyncio task")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
