@@ -28,6 +28,15 @@ class ReadOnlyAdminMixin:
         return False
 
 
+class SessionRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """A record that belongs to a session, listed with a link to it."""
+
+    @admin.display(description="session")
+    def session_link(self, obj) -> str:
+        url = reverse("admin:transcription_audiosession_change", args=[obj.session_id])
+        return format_html('<a href="{}">{}</a>', url, obj.session)
+
+
 class TranscriptInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Transcript
     readonly_fields = ("seq", "text", "start_seconds", "end_seconds", "created_at")
@@ -248,7 +257,7 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(ReceiverBatch)
-class ReceiverBatchAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class ReceiverBatchAdmin(SessionRecordAdmin):
     list_display = [
         "created_at",
         "session_link",
@@ -265,35 +274,20 @@ class ReceiverBatchAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     exclude = ["reply_audio"]
 
-    @admin.display(description="session")
-    def session_link(self, obj) -> str:
-        url = reverse("admin:transcription_audiosession_change", args=[obj.session_id])
-        return format_html('<a href="{}">{}</a>', url, obj.session)
-
 
 @admin.register(Transcript)
-class TranscriptAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class TranscriptAdmin(SessionRecordAdmin):
     list_display = ["created_at", "session_link", "seq", "text"]
     list_filter = ["created_at"]
     search_fields = ["text", "session__user__username"]
     list_select_related = ["session", "session__user"]
     date_hierarchy = "created_at"
 
-    @admin.display(description="session")
-    def session_link(self, obj) -> str:
-        url = reverse("admin:transcription_audiosession_change", args=[obj.session_id])
-        return format_html('<a href="{}">{}</a>', url, obj.session)
-
 
 @admin.register(SessionError)
-class SessionErrorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class SessionErrorAdmin(SessionRecordAdmin):
     list_display = ["created_at", "session_link", "kind", "close_code", "message"]
     list_filter = ["kind", "close_code", "created_at"]
     search_fields = ["message", "session__user__username"]
     list_select_related = ["session", "session__user"]
     date_hierarchy = "created_at"
-
-    @admin.display(description="session")
-    def session_link(self, obj) -> str:
-        url = reverse("admin:transcription_audiosession_change", args=[obj.session_id])
-        return format_html('<a href="{}">{}</a>', url, obj.session)
