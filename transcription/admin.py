@@ -216,9 +216,9 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def finals(self, obj: "SessionWithCounts") -> int:
         return obj.finals_count
 
-    @admin.display(description="batches")
-    def batches(self, obj: AudioSession) -> int | str:
-        return getattr(obj, "batches_count", "—")
+    @admin.display(description="batches", ordering="batches_count")
+    def batches(self, obj: "SessionWithCounts") -> int:
+        return obj.batches_count
 
     @admin.display(description="errors", ordering="errors_count")
     def errors(self, obj: "SessionWithCounts") -> int:

@@ -1,13 +1,11 @@
 """Reads for transcription sessions."""
 
-import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
-from django.apps import apps
 from django.db import models
 from django.db.models import (
     Count,
@@ -155,20 +153,6 @@ def _related_count(model, field: str = "session") -> Coalesce:
     return Coalesce(Subquery(rows, output_field=IntegerField()), 0)
 
 
-def session_count_sources() -> dict[str, type[models.Model]]:
-    """Related records counted per session: name -> model with a `session` FK.
-
-    The voice loop's ReceiverBatch joins as "batches" once its model exists.
-    """
-    sources: dict[str, type[models.Model]] = {
-        "finals": Transcript,
-        "errors": SessionError,
-    }
-    with contextlib.suppress(LookupError):
-        sources["batches"] = apps.get_model("transcription", "ReceiverBatch")
-    return sources
-
-
 class SessionCounts(TypedDict):
     """What session_list_with_counts() adds to each session."""
 
@@ -182,12 +166,12 @@ if TYPE_CHECKING:
 
 
 def session_list_with_counts() -> QuerySet[AudioSession]:
-    """Sessions with `<name>_count` for each of session_count_sources()."""
-    counts = {
-        f"{name}_count": _related_count(model)
-        for name, model in session_count_sources().items()
-    }
-    return AudioSession.objects.select_related("user", "token").annotate(**counts)
+    """Sessions with the counts of SessionCounts annotated."""
+    return AudioSession.objects.select_related("user", "token").annotate(
+        finals_count=_related_count(Transcript),
+        errors_count=_related_count(SessionError),
+        batches_count=_related_count(ReceiverBatch),
+    )
 
 
 @dataclass(frozen=True)
@@ -348,15 +332,12 @@ def _error_entries(session: AudioSession) -> Iterable[TimelineEntry]:
 
 
 def _batch_entries(session: AudioSession) -> Iterable[TimelineEntry]:
-    """Batches sent to the receiver and their replies (once the voice loop exists)."""
-    batches = getattr(session, "batches", None)  # ReceiverBatch's reverse relation
-    if batches is None:
-        return
+    """Batches sent to the receiver and their replies."""
     with_audio = ExpressionWrapper(
         Q(reply_audio__isnull=False), output_field=models.BooleanField()
     )
     for batch in (
-        batches.defer("reply_audio")
+        session.batches.defer("reply_audio")
         .annotate(has_audio=with_audio, finals=Count("transcripts"))
         .order_by("created_at", "pk")
     ):

@@ -2,9 +2,6 @@
 
 import datetime as dt
 
-import pytest
-from django.apps import apps
-
 from transcription import services
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.models import AudioSession
@@ -91,13 +88,8 @@ def _shift(session: AudioSession, delta: dt.timedelta) -> None:
 def record_voice_session(*, user):
     """A session with two batches: one replied with kept speech, one failed.
 
-    Needs the voice loop (ReceiverBatch and its services) and REPLY_AUDIO_STORE;
-    skips the test on a branch without them. Returns (session, [batch pks]).
+    Returns (session, [batch pks]).
     """
-    try:
-        apps.get_model("transcription", "ReceiverBatch")
-    except LookupError:
-        pytest.skip("the voice loop's ReceiverBatch is not on this branch")
     session = services.session_start(
         user=user,
         token=None,
