@@ -61,12 +61,12 @@ class ApiTokenAuthMiddleware:
                 scope["user"] = token.user
         else:
             user = scope.get("user")
-            logged_in = user is not None and user.is_authenticated
-            scope["auth_method"] = (
-                "session" if logged_in and origin_allowed(scope) else None
-            )
-            if logged_in and not origin_allowed(scope):
-                scope["auth_method"] = "bad_origin"
+            if user is None or not user.is_authenticated:
+                scope["auth_method"] = None
+            else:
+                scope["auth_method"] = (
+                    "session" if origin_allowed(scope) else "bad_origin"
+                )
         return await self.inner(scope, receive, send)
 
 

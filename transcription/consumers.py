@@ -51,6 +51,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         self.finals = 0
         self.ended = False
         self.ended_event = asyncio.Event()
+        self.close_reason = ""
         params: StreamParams | None = None
         param_refusal = None
         try:
@@ -229,7 +230,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                 kind="engine",
             )
             return
-        await self.finish(getattr(self, "close_reason", ""))
+        await self.finish(self.close_reason)
 
     async def _watch_time(self) -> None:
         """Idle timeout, longest session, a bound on the final flush, heartbeats."""
