@@ -33,6 +33,11 @@ def token_active_session_count(*, token_id: int) -> int:
     return AudioSession.objects.live().filter(token_id=token_id).count()
 
 
+def user_active_session_count(*, user_id: int) -> int:
+    """Sessions of a user still open, whatever authenticated them (tokens, cookie)."""
+    return AudioSession.objects.live().filter(user_id=user_id).count()
+
+
 def session_list(*, username: str | None = None) -> QuerySet[AudioSession]:
     sessions = AudioSession.objects.select_related("user", "token")
     if username:

@@ -47,14 +47,14 @@ def session_start(
 
 
 def session_reject(
-    *, session: AudioSession, close_code: int, message: str, kind: str
+    *, session_id: uuid.UUID, close_code: int, message: str, kind: str
 ) -> None:
     """A session refused at connect: status rejected, with its error."""
     with transaction.atomic():
         SessionError.objects.create(
-            session=session, close_code=close_code, kind=kind, message=message
+            session_id=session_id, close_code=close_code, kind=kind, message=message
         )
-        AudioSession.objects.filter(pk=session.pk).update(
+        AudioSession.objects.filter(pk=session_id).update(
             status=AudioSession.Status.REJECTED,
             close_code=close_code,
             ended_at=timezone.now(),
@@ -109,12 +109,25 @@ def session_end(
     close_code: int | None,
     reason: str = "",
     failed: bool = False,
+    error_kind: str = "",
     audio_bytes: int,
     bytes_per_second: float | None,
 ) -> None:
-    """Close the record of a session (only once: a second call changes nothing)."""
+    """Close the record of a session (only once: a second call changes nothing).
+
+    With `error_kind`, the session failed: the error (`reason`) is stored with it, in
+    the same transaction.
+    """
+    failed = failed or bool(error_kind)
     status = AudioSession.Status.FAILED if failed else AudioSession.Status.COMPLETED
     with transaction.atomic():
+        if error_kind:
+            session_error_add(
+                session_id=session_id,
+                close_code=close_code,
+                kind=error_kind,
+                message=reason,
+            )
         AudioSession.objects.filter(
             pk=session_id, status=AudioSession.Status.ACTIVE
         ).update(

@@ -12,10 +12,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from accounts.middleware import ApiTokenAuthMiddlewareStack  # noqa: E402
 from transcription.routing import websocket_urlpatterns  # noqa: E402
 from transcription.startup import StartOnFirstConnection  # noqa: E402
-from voiceproject import daphne_access_log, daphne_closes, relay_speedups  # noqa: E402
+from voiceproject import (  # noqa: E402
+    daphne_access_log,
+    daphne_closes,
+    daphne_limits,
+    relay_speedups,
+)
 
 daphne_closes.install()
 daphne_access_log.install()
+daphne_limits.install()
 relay_speedups.install()
 
 application = StartOnFirstConnection(

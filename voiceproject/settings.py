@@ -127,6 +127,11 @@ MAX_FRAME_BYTES = env.int("MAX_FRAME_BYTES", default=65536)
 MAX_SESSION_SECONDS = env.float("MAX_SESSION_SECONDS", default=14400.0)
 MAX_SESSIONS_PER_TOKEN = env.int("MAX_SESSIONS_PER_TOKEN", default=4)
 MAX_SESSIONS_PER_PROCESS = env.int("MAX_SESSIONS_PER_PROCESS", default=1000)
+MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=8)
+# Audio a session may hold waiting for its engine: seconds of PCM, or bytes for
+# encodings without a fixed byte rate. Beyond it the server stops reading the socket.
+MAX_AUDIO_BACKLOG_SECONDS = env.float("MAX_AUDIO_BACKLOG_SECONDS", default=60.0)
+MAX_AUDIO_BACKLOG_BYTES = env.int("MAX_AUDIO_BACKLOG_BYTES", default=4 * 1024 * 1024)
 OFFLINE_DECODER_PROCESSES = env.int(
     "OFFLINE_DECODER_PROCESSES", default=os.cpu_count() or 1
 )

@@ -78,6 +78,13 @@ async def test_service_errors_reach_the_client_as_close_codes(
         assert ws.close_code == code
     assert len(messages) == 1
     assert (play.start_error or play.stream_error) in messages[0]["error"]
+
+    async def session_ended():  # recorded right after the socket is closed
+        return await sync_to_async(
+            AudioSession.objects.exclude(status="active").exists
+        )()
+
+    await _until(session_ended)
     errors = await sync_to_async(list)(
         SessionError.objects.values_list("close_code", "kind")
     )

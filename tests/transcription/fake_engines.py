@@ -25,6 +25,9 @@ class _Stream:
     async def send_audio(self, chunk: bytes) -> None:
         pass
 
+    def backlog_full(self) -> bool:
+        return False
+
     async def end_audio(self) -> None:
         self._ended.set()
 

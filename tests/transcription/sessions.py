@@ -46,7 +46,7 @@ def record_session(
     if refused:
         kind, message = error or ("auth", "refused")
         services.session_reject(
-            session=session, close_code=close_code, message=message, kind=kind
+            session_id=session.pk, close_code=close_code, message=message, kind=kind
         )
     elif error:
         services.session_error_add(

@@ -21,6 +21,9 @@ class WordsStream:
         text = chunk.decode("utf-8")
         self._queue.put_nowait(TranscriptEvent(text=text, is_partial=False))
 
+    def backlog_full(self) -> bool:
+        return False
+
     async def end_audio(self) -> None:
         self._queue.put_nowait(_END)
 

@@ -7,6 +7,7 @@ process; `open()` starts one streaming recognition per WebSocket session.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -68,11 +69,92 @@ class EngineError(Exception):
         self.kind = kind
 
 
+def audio_backlog_limit(params: StreamParams) -> int:
+    """Bytes of audio a session may hold waiting for its engine (SPEC §9).
+
+    MAX_AUDIO_BACKLOG_SECONDS of audio for raw PCM (16-bit), MAX_AUDIO_BACKLOG_BYTES
+    for encodings without a fixed byte rate.
+    """
+    if params.encoding == "pcm":
+        return int(settings.MAX_AUDIO_BACKLOG_SECONDS * params.sample_rate * 2)
+    return settings.MAX_AUDIO_BACKLOG_BYTES
+
+
+class AudioBacklog:
+    """Audio waiting for an engine, bounded: `put()` waits while it is full.
+
+    The waiting is the flow control of SPEC §3: a consumer blocked in `put()` stops
+    reading its socket, so a client streaming faster than the engine decodes is
+    slowed down instead of filling the server's memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._data = bytearray()
+        self._ended = self._closed = False
+        self._readable = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def full(self) -> bool:
+        return len(self._data) >= self.limit
+
+    @property
+    def ended(self) -> bool:
+        """end() was called (there may still be audio to take)."""
+        return self._ended
+
+    async def put(self, chunk: bytes) -> None:
+        """Add audio once there is room (dropped after end() or close())."""
+        while self.full and not self._closed:
+            self._room.clear()
+            await self._room.wait()
+        if not (self._ended or self._closed):
+            self._data += chunk
+            self._readable.set()
+
+    def end(self) -> None:
+        """No more audio will come."""
+        self._ended = True
+        self._readable.set()
+
+    def close(self) -> None:
+        """Drop what is waiting and release every waiter."""
+        self._closed = self._ended = True
+        self._data.clear()
+        self._room.set()
+        self._readable.set()
+
+    async def readable(self) -> None:
+        """Wait until there is audio to take or the end was announced."""
+        while not (self._data or self._ended):
+            self._readable.clear()
+            await self._readable.wait()
+
+    def take(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes` of the oldest audio (whole 16-bit samples when cut)."""
+        if len(self._data) > max_bytes:
+            max_bytes -= max_bytes % 2
+        data = bytes(self._data[:max_bytes])
+        del self._data[: len(data)]
+        if not self.full:
+            self._room.set()
+        return data
+
+
 class SpeechToText(Protocol):
     """One streaming recognition: audio in, transcript events out."""
 
     async def send_audio(self, chunk: bytes) -> None:
-        """Queue a chunk of audio; must return quickly (never decode inline)."""
+        """Queue a chunk of audio (never decode inline); waits while the session's
+        audio backlog is full, so that the consumer stops reading its socket."""
+
+    def backlog_full(self) -> bool:
+        """True while send_audio() would wait (the backlog holds its limit)."""
 
     async def end_audio(self) -> None:
         """No more audio: flush, so that events() ends after the last final."""

@@ -33,10 +33,12 @@ from awscrt.exceptions import AwsCrtError
 from django.conf import settings
 
 from transcription.engines import (
+    AudioBacklog,
     Capabilities,
     EngineError,
     StreamParams,
     TranscriptEvent,
+    audio_backlog_limit,
 )
 from transcription.engines.aws_languages import (
     ENCODINGS,
@@ -265,22 +267,22 @@ class AwsTranscribeStream:
         self._http = http
         self._session_id = params.session_id
         self._min_event, self._max_event = _event_sizes(params)
-        self._audio: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: the end
+        self._audio = AudioBacklog(audio_backlog_limit(params))
         self._events: asyncio.Queue[TranscriptEvent | EngineError | None] = (
             asyncio.Queue()
         )
-        self._ended = self._closed = False
+        self._closed = False
         self._sender = asyncio.create_task(self._send())
         self._reader = asyncio.create_task(self._read())
 
     async def send_audio(self, chunk: bytes) -> None:
-        if chunk and not self._ended:
-            self._audio.put_nowait(chunk)
+        await self._audio.put(chunk)
+
+    def backlog_full(self) -> bool:
+        return self._audio.full
 
     async def end_audio(self) -> None:
-        if not self._ended:
-            self._ended = True
-            self._audio.put_nowait(None)
+        self._audio.end()
 
     async def events(self) -> AsyncIterator[TranscriptEvent]:
         while (item := await self._events.get()) is not None:
@@ -292,6 +294,7 @@ class AwsTranscribeStream:
         if self._closed:
             return
         self._closed = True
+        self._audio.close()
         self._sender.cancel()
         # Closing the connection completes the CRT's stream, so the reader's pending
         # read returns and it ends by itself; cancelling it instead would leave the
@@ -308,24 +311,17 @@ class AwsTranscribeStream:
 
     async def _send(self) -> None:
         audio = self._stream.input_stream
+        backlog = self._audio
         try:
-            ending = False
-            while not ending:
-                chunk = await self._audio.get()
-                if chunk is None:
-                    break
-                if len(chunk) < self._min_event:
-                    await asyncio.sleep(COALESCE_SECONDS)
-                buffer = bytearray(chunk)
-                while not self._audio.empty():
-                    more = self._audio.get_nowait()
-                    if more is None:
-                        ending = True
-                        break
-                    buffer += more
-                for start in range(0, len(buffer), self._max_event):
-                    piece = bytes(buffer[start : start + self._max_event])
+            while True:
+                await backlog.readable()
+                if len(backlog) < self._min_event and not backlog.ended:
+                    await asyncio.sleep(COALESCE_SECONDS)  # let tiny frames gather
+                while backlog:
+                    piece = backlog.take(self._max_event)
                     await audio.send_audio_event(audio_chunk=piece)
+                if backlog.ended:
+                    break
             await audio.end_stream()
         except Exception as exc:
             self._fail(exc)

@@ -2,31 +2,43 @@
 
 Each audio chunk yields a partial naming how many bytes arrived so far; END_OF_STREAM
 yields one final. Its cost is near zero, so a benchmark with it measures the relay.
+It holds no audio, only its partials: that queue is bounded, so a sender outrunning
+the relay waits like one outrunning a real engine.
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from transcription.engines import Capabilities, StreamParams, TranscriptEvent
 
 _END = None
+MAX_QUEUED_EVENTS = 256
 
 
 class EchoStream:
     def __init__(self, params: StreamParams):
         self._bytes_per_second = params.sample_rate * 2
         self._received = 0
-        self._queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue(
+            MAX_QUEUED_EVENTS
+        )
+        self._closed = False
 
     async def send_audio(self, chunk: bytes) -> None:
+        if self._closed:
+            return
         self._received += len(chunk)
-        self._queue.put_nowait(
+        await self._queue.put(
             TranscriptEvent(text=f"{self._received} bytes", is_partial=True)
         )
 
+    def backlog_full(self) -> bool:
+        return self._queue.full()
+
     async def end_audio(self) -> None:
         seconds = self._received / self._bytes_per_second
-        self._queue.put_nowait(
+        await self._queue.put(
             TranscriptEvent(
                 text=f"received {self._received} bytes",
                 is_partial=False,
@@ -34,14 +46,19 @@ class EchoStream:
                 end=round(seconds, 3),
             )
         )
-        self._queue.put_nowait(_END)
+        await self._queue.put(_END)
 
     async def events(self) -> AsyncIterator[TranscriptEvent]:
-        while (event := await self._queue.get()) is not _END:
+        while not self._closed and (event := await self._queue.get()) is not _END:
             yield event
 
     async def aclose(self) -> None:
-        self._queue.put_nowait(_END)
+        self._closed = True
+        # Emptied, so that a sender waiting for room returns and a reader ends.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_END)
 
 
 class EchoEngine:

@@ -5,7 +5,8 @@ loop nor in a thread: the engine keeps OFFLINE_DECODER_PROCESSES one-process
 executors ("spawn" context, started on first use). Each session is pinned to the
 least loaded process, where `offline_worker` keeps its decoder state; an asyncio task
 per session hands it the audio waiting (all of it in one call, up to a bound) and
-queues the events that come back. `send_audio()` only appends to a buffer.
+queues the events that come back. `send_audio()` only appends to a bounded backlog,
+and waits while it is full.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from concurrent.futures.process import BrokenProcessPool
 from django.conf import settings
 
 from transcription.engines import (
+    AudioBacklog,
     Capabilities,
     EngineError,
     StreamParams,
     TranscriptEvent,
+    audio_backlog_limit,
     offline_worker,
 )
 
@@ -122,20 +125,19 @@ class OfflineStream:
         self._pool, self._worker, self._executor = pool, worker, executor
         self._key = key
         self._max_call_bytes = int(params.sample_rate * MAX_SECONDS_PER_CALL) * 2
-        self._buffer = bytearray()
-        self._wakeup = asyncio.Event()
-        self._ended = self._closed = False
+        self._backlog = AudioBacklog(audio_backlog_limit(params))
+        self._closed = False
         self._events: asyncio.Queue = asyncio.Queue()
         self._task = asyncio.create_task(self._decode_loop())
 
     async def send_audio(self, chunk: bytes) -> None:
-        if not (self._ended or self._closed or self._task.done()):
-            self._buffer += chunk
-            self._wakeup.set()
+        await self._backlog.put(chunk)
+
+    def backlog_full(self) -> bool:
+        return self._backlog.full
 
     async def end_audio(self) -> None:
-        self._ended = True
-        self._wakeup.set()
+        self._backlog.end()
 
     async def events(self) -> AsyncIterator[TranscriptEvent]:
         while True:
@@ -151,6 +153,7 @@ class OfflineStream:
         if self._closed:
             return
         self._closed = True
+        self._backlog.close()
         self._pool.release(self._worker)
         self._task.cancel()
         try:
@@ -183,32 +186,31 @@ class OfflineStream:
             logger.exception("session %s: offline decoding failed", self.session_id)
             self._fail("Transcription failed: decoder error.")
         finally:
+            self._backlog.close()  # a sender waiting for room must not wait forever
             self._events.put_nowait(_END)
 
     async def _decode_all(self) -> None:
         loop = asyncio.get_running_loop()
+        backlog = self._backlog
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._buffer or self._ended:
-                data = bytes(self._buffer[: self._max_call_bytes])
-                del self._buffer[: len(data)]
-                last = self._ended and not self._buffer
-                events = await loop.run_in_executor(
-                    self._executor, offline_worker.feed, self._key, data, last
-                )
-                for text, is_partial, start, end, utterance in events:
-                    self._events.put_nowait(
-                        TranscriptEvent(
-                            text=text,
-                            is_partial=is_partial,
-                            start=start,
-                            end=end,
-                            result_id=f"{self._key[:8]}-{utterance}",
-                        )
+            await backlog.readable()
+            data = backlog.take(self._max_call_bytes)
+            last = backlog.ended and not backlog
+            events = await loop.run_in_executor(
+                self._executor, offline_worker.feed, self._key, data, last
+            )
+            for text, is_partial, start, end, utterance in events:
+                self._events.put_nowait(
+                    TranscriptEvent(
+                        text=text,
+                        is_partial=is_partial,
+                        start=start,
+                        end=end,
+                        result_id=f"{self._key[:8]}-{utterance}",
                     )
-                if last:
-                    return
+                )
+            if last:
+                return
 
     def _fail(self, message: str) -> None:
         self._events.put_nowait(EngineError(message, close_code=1011))
