@@ -127,6 +127,9 @@ MAX_FRAME_BYTES = env.int("MAX_FRAME_BYTES", default=65536)
 MAX_SESSION_SECONDS = env.float("MAX_SESSION_SECONDS", default=14400.0)
 MAX_SESSIONS_PER_TOKEN = env.int("MAX_SESSIONS_PER_TOKEN", default=4)
 MAX_SESSIONS_PER_PROCESS = env.int("MAX_SESSIONS_PER_PROCESS", default=1000)
+# How often each server process checks that its running sessions' tokens, users and
+# browser logins still hold (one query per kind for all of them; SPEC §3).
+ACCESS_CHECK_SECONDS = env.float("ACCESS_CHECK_SECONDS", default=2.0)
 OFFLINE_DECODER_PROCESSES = env.int(
     "OFFLINE_DECODER_PROCESSES", default=os.cpu_count() or 1
 )
