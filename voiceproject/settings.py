@@ -132,6 +132,9 @@ MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=8)
 # encodings without a fixed byte rate. Beyond it the server stops reading the socket.
 MAX_AUDIO_BACKLOG_SECONDS = env.float("MAX_AUDIO_BACKLOG_SECONDS", default=60.0)
 MAX_AUDIO_BACKLOG_BYTES = env.int("MAX_AUDIO_BACKLOG_BYTES", default=4 * 1024 * 1024)
+# How often each server process checks that its running sessions' tokens, users and
+# browser logins still hold (one query per kind for all of them; SPEC §3).
+ACCESS_CHECK_SECONDS = env.float("ACCESS_CHECK_SECONDS", default=2.0)
 OFFLINE_DECODER_PROCESSES = env.int(
     "OFFLINE_DECODER_PROCESSES", default=os.cpu_count() or 1
 )
