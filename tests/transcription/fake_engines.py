@@ -1,12 +1,15 @@
 """Engines for consumer tests, loaded by dotted path like any TRANSCRIPTION_ENGINE."""
 
 import asyncio
+import contextlib
 
 from transcription.engines import (
+    AudioBacklog,
     Capabilities,
     EngineError,
     StreamParams,
     TranscriptEvent,
+    audio_backlog_limit,
 )
 
 CAPS = Capabilities(
@@ -91,3 +94,84 @@ class RefusingEngine:
 
     async def open(self, params: StreamParams):
         raise EngineError("Speech service unavailable.", close_code=1011)
+
+
+class _ThrottledStream:
+    """Takes audio from a bounded backlog at `rate` bytes a second, like an engine
+    that decodes slower than the client sends; its final counts every byte taken."""
+
+    def __init__(self, params: StreamParams, rate: int, chunk: int):
+        self._backlog = AudioBacklog(audio_backlog_limit(params))
+        self._rate, self._chunk = rate, chunk
+        self._events: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._consume())
+
+    async def _consume(self) -> None:
+        taken = 0
+        while True:
+            await self._backlog.readable()
+            data = self._backlog.take(self._chunk)
+            taken += len(data)
+            if data:
+                await asyncio.sleep(len(data) / self._rate)
+            if self._backlog.ended and not self._backlog:
+                break
+        self._events.put_nowait(
+            TranscriptEvent(text=f"received {taken} bytes", is_partial=False)
+        )
+        self._events.put_nowait(None)
+
+    async def send_audio(self, chunk: bytes) -> None:
+        await self._backlog.put(chunk)
+
+    def backlog_full(self) -> bool:
+        return self._backlog.full
+
+    async def end_audio(self) -> None:
+        self._backlog.end()
+
+    async def events(self):
+        while (event := await self._events.get()) is not None:
+            yield event
+
+    async def aclose(self) -> None:
+        self._backlog.close()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class ThrottledEngine:
+    """Decodes 1 MB of audio a second (100 kB at a time), whatever arrives."""
+
+    name = "throttled"
+    capabilities = CAPS
+    rate = 1_000_000
+    chunk = 100_000
+
+    async def open(self, params: StreamParams):
+        return _ThrottledStream(params, self.rate, self.chunk)
+
+
+class SlowEngine(ThrottledEngine):
+    """Decodes 16 kB a second, 1.6 kB at a time."""
+
+    rate = 16_000
+    chunk = 1_600
+
+
+class BurstyEngine(ThrottledEngine):
+    """Takes 16 kB of audio, then works on it for a second."""
+
+    rate = 16_000
+    chunk = 16_000
+
+
+class FailingOpenEngine:
+    """Cannot start a recognition, with a bug rather than an EngineError."""
+
+    name = "failing-open"
+    capabilities = CAPS
+
+    async def open(self, params: StreamParams):
+        raise RuntimeError("engine bug while opening")
