@@ -31,6 +31,7 @@ from django.conf import settings
 
 from accounts.middleware import AUTH_REFUSALS
 from transcription import protocol, selectors, services
+from transcription.access import Grant, Handle, access_watch
 from transcription.engines import (
     EngineError,
     SpeechToText,
@@ -106,6 +107,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
     stream: SpeechToText | None = None
     voice: SessionVoice | None = None
     supervisor: asyncio.Task | None = None
+    access: Handle | None = None  # revocation, expiry, deactivation, logout
     bytes_per_second: int | None = None  # PCM's byte rate; None for other encodings
     has_slot = False  # holds one of the process's MAX_SESSIONS_PER_PROCESS
     end_recorded = False
@@ -260,6 +262,10 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         else:
             self.state = State.STREAMING
             self.last_audio = self.started = asyncio.get_running_loop().time()
+            if grant := Grant.from_scope(self.scope):
+                self.access = access_watch().watch(
+                    grant, self._access_ended, label=f"session {self.session_id}"
+                )
             logger.info("session %s started (%s)", self.session_id, self.engine.name)
         self.supervisor = asyncio.create_task(self._supervise())
 
@@ -351,6 +357,10 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         await self.stream.end_audio()
 
     # --- the session's tasks ------------------------------------------------------
+
+    async def _access_ended(self, reason: str) -> None:
+        """The token was revoked or expired, the user deactivated or logged out."""
+        self.conclude(Close(protocol.CLOSE_POLICY, reason, "revoked"))
 
     def conclude(self, close: Close) -> None:
         """Decide how the session ends (the first decision stands)."""
@@ -503,6 +513,8 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         and only then the record (so a failed write never leaves the socket open)."""
         close = self.conclusion or Close(protocol.CLOSE_NORMAL, self.close_reason)
         self.state = State.CLOSING
+        if self.access is not None:
+            self.access.cancel()
         if self.stream is not None:
             await self.stream.aclose()  # also frees a sender waiting for room
         if close.is_error:
@@ -554,6 +566,8 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                 supervisor.cancel()  # the client left first: stop streaming now
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await supervisor  # else: let our own close finish recording
+        if self.access is not None:
+            self.access.cancel()
         if self.stream is not None:
             await self.stream.aclose()
         if self.voice is not None:

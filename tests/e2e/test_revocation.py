@@ -26,7 +26,6 @@ from transcription.models import SessionError
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.services,
-    pytest.mark.xfail(reason="needs consumer integration", strict=False),
 ]
 
 User = get_user_model()

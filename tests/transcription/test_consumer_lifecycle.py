@@ -184,7 +184,7 @@ async def test_a_heartbeat_that_fails_does_not_stop_the_timers(
     settings.TRANSCRIPTION_IDLE_TIMEOUT = 0.4
     ws = await connect(token=api_token[1], sendPartials="false")
     await asyncio.wait_for(failed.wait(), 5)
-    messages, close = await receive_until_close(ws)  # the idle timeout still ran
+    _, close = await receive_until_close(ws)  # the idle timeout still ran
     assert close["code"] == 1000
     assert "No audio" in close["reason"]
 
