@@ -112,9 +112,12 @@ def run_process(
 
 @contextlib.contextmanager
 def run_daphne(
-    env: dict[str, str] | None = None, *, ready_timeout: float = 60
+    env: dict[str, str] | None = None,
+    *,
+    ready_timeout: float = 60,
+    app: str = "voiceproject.asgi:application",
 ) -> Iterator[LiveServer]:
-    """daphne serving voiceproject.asgi on a free loopback port, with `env` added."""
+    """daphne serving `app` (the project's) on a free loopback port, `env` added."""
     port = free_port()
     args = [
         sys.executable,
@@ -124,7 +127,7 @@ def run_daphne(
         "127.0.0.1",
         "--port",
         str(port),
-        "voiceproject.asgi:application",
+        app,
     ]
     with run_process(args, env, name="daphne") as (process, log):
         server = LiveServer(port=port, process=process, log_path=log)
