@@ -1,0 +1,128 @@
+"""Properties of the protocol's parsing, and a bounded fuzz of the consumer.
+
+The fuzz throws random query strings, headers, and text and binary frames of odd
+sizes (repeated END_OF_STREAM included) at the real ASGI stack and checks the
+contract of SPEC §3: every session ends with a documented close, any close other
+than 1000 comes right after exactly one {"error"}, the application raises nothing,
+and nothing hangs.
+"""
+
+import asyncio
+import contextlib
+import json
+from urllib.parse import quote, urlencode
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from transcription.engines import Capabilities
+from transcription.engines.echo import EchoEngine
+from transcription.protocol import KNOWN_PARAMETERS, ProtocolError, parse_params
+
+CAPS: Capabilities = EchoEngine.capabilities
+DOCUMENTED_CLOSES = {1000, 1008, 1009, 1011, 1013}
+
+values = st.one_of(
+    st.sampled_from(["en-US", "pcm", "16000", "8000", "true", "false", "", "48000"]),
+    st.text(max_size=12),
+)
+queries = st.dictionaries(
+    st.one_of(st.sampled_from(sorted(KNOWN_PARAMETERS)), st.text(max_size=6)),
+    values,
+    max_size=6,
+)
+
+
+@given(query=queries)
+@settings(max_examples=300, deadline=None)
+def test_parse_params_accepts_or_explains(query):
+    raw = urlencode(query).encode()
+    try:
+        params = parse_params(raw, CAPS)
+    except ProtocolError as exc:
+        message = str(exc)
+        # The message names a parameter and what is allowed.
+        assert any(name in message for name in KNOWN_PARAMETERS) or "UTF-8" in message
+        return
+    assert params.language in CAPS.languages
+    assert params.encoding in CAPS.encodings
+    assert CAPS.min_sample_rate <= params.sample_rate <= CAPS.max_sample_rate
+    assert isinstance(params.send_partials, bool)
+
+
+@given(raw=st.binary(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_parse_params_never_fails_otherwise_on_any_bytes(raw):
+    with contextlib.suppress(ProtocolError):
+        parse_params(raw, CAPS)
+
+
+frames = st.lists(
+    st.one_of(
+        st.binary(max_size=3000).map(lambda b: ("bytes", b)),
+        st.sampled_from(["END_OF_STREAM"]).map(lambda t: ("text", t)),
+        st.text(max_size=40).map(lambda t: ("text", t)),
+    ),
+    max_size=8,
+)
+headers = st.lists(
+    st.tuples(
+        st.sampled_from([b"origin", b"authorization", b"x-forwarded-for", b"cookie"]),
+        st.binary(max_size=40),
+    ),
+    max_size=3,
+)
+
+
+async def _session(query: str, header_list, frame_list) -> None:
+    from voiceproject.asgi import application
+
+    ws = WebsocketCommunicator(application, f"/?{query}", headers=header_list)
+    connected, _ = await ws.connect(timeout=10)
+    assert connected
+    for kind, data in frame_list:  # send_input: empty frames are frames too
+        await ws.send_input({"type": "websocket.receive", kind: data})
+    await ws.send_to(text_data="END_OF_STREAM")
+    messages = []
+    while True:
+        output = await ws.receive_output(timeout=10)
+        if output["type"] == "websocket.close":
+            break
+        messages.append(json.loads(output["text"]))
+    code = output.get("code", 1000)
+    assert code in DOCUMENTED_CLOSES
+    errors = [m for m in messages if "error" in m]
+    if code == 1000:
+        assert errors == []
+    else:
+        assert messages[-1:] == errors == errors[:1]  # exactly one, right before
+    await ws.send_input({"type": "websocket.disconnect", "code": code})
+    await ws.wait(timeout=10)  # the application ends, and raised nothing
+
+
+@pytest.mark.django_db(transaction=True)
+@given(
+    query=queries,
+    with_token=st.booleans(),
+    header_list=headers,
+    frame_list=frames,
+)
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+def test_consumer_fuzz_ends_with_a_documented_close(
+    api_token, echo_engine, settings, query, with_token, header_list, frame_list
+):
+    settings.MAX_FRAME_BYTES = 2048
+    settings.TRANSCRIPTION_IDLE_TIMEOUT = 1.0
+    settings.MAX_SESSIONS_PER_TOKEN = 1000
+    settings.MAX_SESSIONS_PER_USER = 1000
+    if with_token:
+        query = {**query, "token": api_token[1]}
+    query_string = "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items())
+    async_to_sync(asyncio.wait_for)(_session(query_string, header_list, frame_list), 30)
