@@ -18,6 +18,10 @@ from typing import Any
 
 from django.conf import settings
 
+from transcription.executors import run_blocking
+
+HTTP_POOL = "receiver-http"
+
 
 class ReceiverError(Exception):
     """One failed exchange; `retry` says whether trying again later may help."""
@@ -85,7 +89,7 @@ async def receiver_exchange(config: ReceiverConfig, payload: dict[str, Any]) -> 
     try:
         if config.url:
             raw = await asyncio.wait_for(
-                asyncio.to_thread(_http_post, config, body), config.timeout + 1
+                run_blocking(HTTP_POOL, _http_post, config, body), config.timeout + 1
             )
         else:
             raw = await asyncio.wait_for(_tcp_exchange(config, body), config.timeout)
@@ -146,7 +150,7 @@ def _too_big(config: ReceiverConfig) -> str:
 
 
 def _http_post(config: ReceiverConfig, body: bytes) -> bytes:
-    """Blocking POST (run in a thread); the scheme is checked before opening."""
+    """Blocking POST (run on the receiver-http pool); the scheme is checked first."""
     if not config.url.startswith(("http://", "https://")):
         raise ReceiverError(
             f"RECEIVER_URL must be an http:// or https:// URL, not {config.url!r}.",
