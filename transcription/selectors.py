@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
+from django.conf import settings
 from django.db import models
 from django.db.models import (
     Count,
@@ -416,11 +417,24 @@ def session_find(*, id_or_prefix: str) -> AudioSession | None:
     return found[0] if len(found) == 1 else None
 
 
-def _batches_waiting(now: dt.datetime) -> QuerySet[ReceiverBatch]:
+def batches_claimable(*, now: dt.datetime) -> QuerySet[ReceiverBatch]:
+    """Batches a worker may claim: due ones, and claims whose lease ran out (their
+    worker died), while attempts are left. The one home of that rule."""
     Status = ReceiverBatch.Status
     return ReceiverBatch.objects.filter(
         Q(status__in=[Status.OPEN, Status.PENDING], due_at__lte=now)
-        | Q(status=Status.CLAIMED, claimed_until__lt=now)
+        | Q(status=Status.CLAIMED, claimed_until__lt=now),
+        attempts__lt=settings.RECEIVER_MAX_ATTEMPTS,
+    )
+
+
+def batches_exhausted(*, now: dt.datetime) -> QuerySet[ReceiverBatch]:
+    """Batches no worker may claim again but none will finish: every attempt used,
+    the last one interrupted (its lease ran out), or RECEIVER_MAX_ATTEMPTS lowered."""
+    Status = ReceiverBatch.Status
+    return ReceiverBatch.objects.filter(
+        Q(status=Status.PENDING) | Q(status=Status.CLAIMED, claimed_until__lt=now),
+        attempts__gte=settings.RECEIVER_MAX_ATTEMPTS,
     )
 
 
@@ -428,7 +442,9 @@ def batches_due(*, limit: int) -> list[int]:
     """Primary keys of batches a worker may claim now, the oldest first."""
     now = timezone.now()
     return list(
-        _batches_waiting(now).order_by("due_at").values_list("pk", flat=True)[:limit]
+        batches_claimable(now=now)
+        .order_by("due_at")
+        .values_list("pk", flat=True)[:limit]
     )
 
 
