@@ -23,6 +23,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from transcription import exports
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 
 if TYPE_CHECKING:
@@ -50,12 +51,16 @@ def session_history(*, user) -> QuerySet[AudioSession]:
 
     Sessions refused at connect (bad parameters, capacity) have nothing to read, so
     they are left out. Reply speech is not loaded (`has_audio` says if there is some).
+    Batches that failed come with the replies; the voice loop's errors are not
+    loaded with the others: the conversation tells them in plain words.
     """
     has_audio = ExpressionWrapper(
         Q(reply_audio__isnull=False), output_field=models.BooleanField()
     )
     replies = (
-        ReceiverBatch.objects.exclude(reply_text="")
+        ReceiverBatch.objects.filter(
+            ~Q(reply_text="") | Q(status=ReceiverBatch.Status.FAILED)
+        )
         .defer("reply_audio")
         .annotate(has_audio=has_audio)
         .order_by("created_at", "pk")
@@ -68,7 +73,12 @@ def session_history(*, user) -> QuerySet[AudioSession]:
         .prefetch_related(
             Prefetch("transcripts", queryset=Transcript.objects.order_by("seq")),
             Prefetch("batches", queryset=replies, to_attr="replies"),
-            "errors",
+            Prefetch(
+                "errors",
+                queryset=SessionError.objects.exclude(
+                    kind__in=exports.VOICE_ERROR_KINDS
+                ),
+            ),
         )
     )
 
@@ -82,6 +92,7 @@ class Turn:
     start_seconds: float | None = None
     batch_pk: int | None = None
     has_audio: bool = False
+    problem: str = ""  # in plain words: no answer, or no speech
 
 
 def session_conversation(*, session: AudioSession) -> list[Turn]:
@@ -103,6 +114,7 @@ def session_conversation(*, session: AudioSession) -> list[Turn]:
                     batch.reply_text,
                     batch_pk=batch.pk,
                     has_audio=batch.has_audio,
+                    problem=exports.batch_problem_for_user(batch),
                 )
             )
     return turns
