@@ -123,7 +123,9 @@ def export_json(sessions: Iterable[AudioSession]) -> str:
 
 
 def srt_timestamp(seconds: float) -> str:
-    millis = max(0, round(seconds * 1000))
+    """HH:MM:SS,mmm (more hour digits past 99 h); a time before the start is 0."""
+    # Clamped before scaling: a huge negative time overflowed to -inf in round().
+    millis = round(max(0.0, seconds) * 1000)
     hours, millis = divmod(millis, 3_600_000)
     minutes, millis = divmod(millis, 60_000)
     secs, millis = divmod(millis, 1000)
