@@ -2,7 +2,9 @@
 
 Each function takes sessions whose `transcripts` are loaded (see
 selectors.sessions_for_export) and returns text. Nothing here touches a token's secret:
-a session names its token by name and public prefix only.
+a session names its token by name and public prefix only. What a user downloads says
+what went wrong in the voice loop in plain words (`for_user`); the admin's exports and
+`export_transcripts` keep the stored detail (addresses, exception names).
 """
 
 import csv
@@ -11,7 +13,7 @@ import io
 import json
 from collections.abc import Callable, Iterable, Sequence
 
-from transcription.models import AudioSession, Transcript
+from transcription.models import AudioSession, ReceiverBatch, Transcript
 
 FORMATS = ("txt", "json", "srt", "csv")
 CONTENT_TYPES = {
@@ -21,6 +23,21 @@ CONTENT_TYPES = {
     "csv": "text/csv; charset=utf-8",
 }
 MIN_CUE_SECONDS = 0.5
+
+# What an end user reads when the voice loop failed them; the stored errors say why,
+# for the admin, and may name the receiver's address.
+NO_ANSWER = "The assistant could not answer."
+NOT_SPOKEN = "The reply could not be spoken."
+VOICE_ERROR_KINDS = ("receiver", "tts")  # SessionError kinds told by the batches
+
+
+def batch_problem_for_user(batch: ReceiverBatch) -> str:
+    """A batch's failure in plain words ("" when there is none, or not yet one)."""
+    if batch.status == ReceiverBatch.Status.FAILED:
+        return NO_ANSWER
+    if batch.tts_status == ReceiverBatch.TtsStatus.FAILED:
+        return NOT_SPOKEN
+    return ""
 
 
 def _transcripts(session: AudioSession) -> list[Transcript]:
@@ -49,8 +66,9 @@ def export_txt(sessions: Iterable[AudioSession]) -> str:
     return "\n".join(blocks)
 
 
-def session_as_dict(session: AudioSession) -> dict:
-    """The JSON shape of one session (also what the browser app downloads)."""
+def session_as_dict(session: AudioSession, *, for_user: bool = False) -> dict:
+    """The JSON shape of one session (also what the browser app downloads, with
+    `for_user`: batch errors in plain words)."""
     token = session.token
     return {
         "id": str(session.pk),
@@ -76,11 +94,11 @@ def session_as_dict(session: AudioSession) -> dict:
             }
             for t in _transcripts(session)
         ],
-        **_replies(session),
+        **_replies(session, for_user=for_user),
     }
 
 
-def _replies(session: AudioSession) -> dict:
+def _replies(session: AudioSession, *, for_user: bool) -> dict:
     """The voice loop's batches and replies, when the project has them."""
     if not hasattr(session, "batches"):
         return {}
@@ -93,7 +111,7 @@ def _replies(session: AudioSession) -> dict:
                 "finals": sorted(t.seq for t in b.transcripts.all()),
                 "reply": b.reply_text,
                 "delivered_at": _iso(b.delivered_at),
-                "error": b.last_error,
+                "error": batch_problem_for_user(b) if for_user else b.last_error,
             }
             for b in sorted(session.batches.all(), key=lambda b: (b.created_at, b.pk))
         ]
@@ -105,7 +123,9 @@ def export_json(sessions: Iterable[AudioSession]) -> str:
 
 
 def srt_timestamp(seconds: float) -> str:
-    millis = max(0, round(seconds * 1000))
+    """HH:MM:SS,mmm (more hour digits past 99 h); a time before the start is 0."""
+    # Clamped before scaling: a huge negative time overflowed to -inf in round().
+    millis = round(max(0.0, seconds) * 1000)
     hours, millis = divmod(millis, 3_600_000)
     minutes, millis = divmod(millis, 60_000)
     secs, millis = divmod(millis, 1000)

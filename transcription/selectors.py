@@ -29,6 +29,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from accounts.models import ApiToken
+from transcription import exports
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 
 if TYPE_CHECKING:
@@ -166,12 +167,16 @@ def session_history(*, user) -> QuerySet[AudioSession]:
 
     Sessions refused at connect (bad parameters, capacity) have nothing to read, so
     they are left out. Reply speech is not loaded (`has_audio` says if there is some).
+    Batches that failed come with the replies; the voice loop's errors are not
+    loaded with the others: the conversation tells them in plain words.
     """
     has_audio = ExpressionWrapper(
         Q(reply_audio__isnull=False), output_field=models.BooleanField()
     )
     replies = (
-        ReceiverBatch.objects.exclude(reply_text="")
+        ReceiverBatch.objects.filter(
+            ~Q(reply_text="") | Q(status=ReceiverBatch.Status.FAILED)
+        )
         .defer("reply_audio")
         .annotate(has_audio=has_audio)
         .order_by("created_at", "pk")
@@ -184,7 +189,12 @@ def session_history(*, user) -> QuerySet[AudioSession]:
         .prefetch_related(
             Prefetch("transcripts", queryset=Transcript.objects.order_by("seq")),
             Prefetch("batches", queryset=replies, to_attr="replies"),
-            "errors",
+            Prefetch(
+                "errors",
+                queryset=SessionError.objects.exclude(
+                    kind__in=exports.VOICE_ERROR_KINDS
+                ),
+            ),
         )
     )
 
@@ -198,6 +208,7 @@ class Turn:
     start_seconds: float | None = None
     batch_pk: int | None = None
     has_audio: bool = False
+    problem: str = ""  # in plain words: no answer, or no speech
 
 
 def session_conversation(*, session: AudioSession) -> list[Turn]:
@@ -219,6 +230,7 @@ def session_conversation(*, session: AudioSession) -> list[Turn]:
                     batch.reply_text,
                     batch_pk=batch.pk,
                     has_audio=batch.has_audio,
+                    problem=exports.batch_problem_for_user(batch),
                 )
             )
     return turns
@@ -533,11 +545,24 @@ def session_find(*, id_or_prefix: str) -> AudioSession | None:
     return found[0] if len(found) == 1 else None
 
 
-def _batches_waiting(now: dt.datetime) -> QuerySet[ReceiverBatch]:
+def batches_claimable(*, now: dt.datetime) -> QuerySet[ReceiverBatch]:
+    """Batches a worker may claim: due ones, and claims whose lease ran out (their
+    worker died), while attempts are left. The one home of that rule."""
     Status = ReceiverBatch.Status
     return ReceiverBatch.objects.filter(
         Q(status__in=[Status.OPEN, Status.PENDING], due_at__lte=now)
-        | Q(status=Status.CLAIMED, claimed_until__lt=now)
+        | Q(status=Status.CLAIMED, claimed_until__lt=now),
+        attempts__lt=settings.RECEIVER_MAX_ATTEMPTS,
+    )
+
+
+def batches_exhausted(*, now: dt.datetime) -> QuerySet[ReceiverBatch]:
+    """Batches no worker may claim again but none will finish: every attempt used,
+    the last one interrupted (its lease ran out), or RECEIVER_MAX_ATTEMPTS lowered."""
+    Status = ReceiverBatch.Status
+    return ReceiverBatch.objects.filter(
+        Q(status=Status.PENDING) | Q(status=Status.CLAIMED, claimed_until__lt=now),
+        attempts__gte=settings.RECEIVER_MAX_ATTEMPTS,
     )
 
 
@@ -545,7 +570,9 @@ def batches_due(*, limit: int) -> list[int]:
     """Primary keys of batches a worker may claim now, the oldest first."""
     now = timezone.now()
     return list(
-        _batches_waiting(now).order_by("due_at").values_list("pk", flat=True)[:limit]
+        batches_claimable(now=now)
+        .order_by("due_at")
+        .values_list("pk", flat=True)[:limit]
     )
 
 

@@ -7,10 +7,11 @@ from collections import Counter
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
+from transcription import selectors
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 
@@ -261,14 +262,14 @@ def batch_claim(*, batch_pk: int, worker_id: str, lease_seconds: float) -> bool:
     """Take a due batch for one worker (one atomic UPDATE: no two workers at once).
 
     A claim whose lease ran out (its worker died) can be taken again: delivery is at
-    least once, and the stable batch_id lets the receiver de-duplicate.
+    least once, and the stable batch_id lets the receiver de-duplicate. Every claim
+    is an attempt; none is taken past RECEIVER_MAX_ATTEMPTS (batches_give_up_exhausted
+    fails those).
     """
     now = timezone.now()
-    Status = ReceiverBatch.Status
-    due = Q(status__in=[Status.OPEN, Status.PENDING], due_at__lte=now)
-    stale = Q(status=Status.CLAIMED, claimed_until__lt=now)
-    taken = ReceiverBatch.objects.filter(due | stale, pk=batch_pk).update(
-        status=Status.CLAIMED,
+    claimable = selectors.batches_claimable(now=now)
+    taken = claimable.filter(pk=batch_pk).update(
+        status=ReceiverBatch.Status.CLAIMED,
         claimed_by=worker_id[:100],
         claimed_until=now + dt.timedelta(seconds=lease_seconds),
         attempts=F("attempts") + 1,
@@ -316,6 +317,49 @@ def batch_record_failure(
                 f"({outcome}): {message}",
             )
     return batch
+
+
+def batches_give_up_exhausted() -> list[ReceiverBatch]:
+    """Fail the batches whose every attempt is used but which no attempt will finish.
+
+    A worker that dies mid-exchange leaves its claim to run out; the claim is taken
+    again (another attempt) until RECEIVER_MAX_ATTEMPTS, and then never: it is
+    failed here, with the error recorded on the session. Returns those failed now.
+    """
+    now = timezone.now()
+    failed = []
+    for pk in selectors.batches_exhausted(now=now).values_list("pk", flat=True)[:100]:
+        with transaction.atomic():
+            batch = (
+                selectors.batches_exhausted(now=now)
+                .select_for_update()
+                .filter(pk=pk)
+                .first()
+            )
+            if batch is None:
+                continue  # another worker got there first
+            if batch.status == ReceiverBatch.Status.CLAIMED:
+                message = (
+                    f"Gave up after {batch.attempts} attempts: the last one never "
+                    "finished (its worker stopped or its lease ran out)."
+                )
+            else:
+                message = f"Gave up after {batch.attempts} attempts."
+            if batch.last_error:
+                message += f" Last error: {batch.last_error}"
+            batch.status = ReceiverBatch.Status.FAILED
+            batch.claimed_until = None
+            batch.last_error = message
+            batch.save(update_fields=["status", "claimed_until", "last_error"])
+            session_error_add(
+                session_id=batch.session_id,
+                close_code=None,
+                kind="receiver",
+                message=f"Batch {batch.batch_id} attempt {batch.attempts} (gave up): "
+                f"{message}",
+            )
+            failed.append(batch)
+    return failed
 
 
 def batch_record_reply(

@@ -60,7 +60,8 @@ def session_download(request: HttpRequest, session_id, fmt: str) -> HttpResponse
         raise Http404("No such session.")
     session = own[0]
     if fmt == "json":
-        content = json.dumps(exports.session_as_dict(session), indent=2) + "\n"
+        as_dict = exports.session_as_dict(session, for_user=True)
+        content = json.dumps(as_dict, indent=2) + "\n"
     else:
         content = exports.export([session], fmt)
     response = HttpResponse(content, content_type=exports.CONTENT_TYPES[fmt])

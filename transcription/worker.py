@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from transcription import selectors, services
 from transcription.engines.tts import TtsError, get_tts
+from transcription.models import ReceiverBatch
 from transcription.receiver import ReceiverError, receiver_config, receiver_exchange
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class BatchWorker:
             logger.info("batch worker %s stopped", self.worker_id)
 
     async def claim_due(self) -> None:
+        for batch in await database_sync_to_async(services.batches_give_up_exhausted)():
+            await self._push(batch, DeliveryOutcome(error=batch.last_error))
         room = self.concurrency - len(self.tasks)
         if room <= 0:
             return
@@ -104,23 +107,44 @@ class BatchWorker:
         return min(max(delay, 0.02), POLL_SECONDS)
 
     async def deliver(self, batch_pk: int) -> None:
-        """One attempt: the exchange, then speech, each outcome stored, then pushed."""
+        """One attempt: the exchange, then speech, each outcome stored, then pushed.
+
+        Whatever goes wrong is a failed attempt, counted towards
+        RECEIVER_MAX_ATTEMPTS like a refused connection: a batch that always raises
+        ends failed, never claimed again and again.
+        """
+        session_id = "?"
         try:
             document = await database_sync_to_async(selectors.batch_document)(
                 batch_pk=batch_pk
             )
+            session_id = document["session_id"]
             outcome = await deliver_document(document)
-            await self._record(batch_pk, document, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception(
+                "session %s: batch %s: delivery failed unexpectedly",
+                session_id,
+                batch_pk,
+            )
+            # The class only: an exception's text may quote an address or a secret.
+            outcome = DeliveryOutcome(
+                error=f"Delivery failed unexpectedly ({exc.__class__.__name__}).",
+                retry=True,
+            )
+        try:
+            await self._record(batch_pk, outcome)
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The claim's lease runs out and another attempt follows.
-            logger.exception("batch %s: delivery failed unexpectedly", batch_pk)
+            # The database is away: the lease runs out and the next claim is the
+            # next attempt (batches_give_up_exhausted ends it past the maximum).
+            logger.exception(
+                "session %s: batch %s: the outcome was not stored", session_id, batch_pk
+            )
 
-    async def _record(
-        self, batch_pk: int, document: dict, outcome: DeliveryOutcome
-    ) -> None:
-        session_id = document["session_id"]
+    async def _record(self, batch_pk: int, outcome: DeliveryOutcome) -> None:
         if outcome.error:
             batch = await database_sync_to_async(services.batch_record_failure)(
                 batch_pk=batch_pk,
@@ -143,14 +167,26 @@ class BatchWorker:
                 return
             logger.info(
                 "session %s: batch %s answered (%d characters, audio %s)",
-                session_id,
-                document["batch_id"],
+                batch.session_id,
+                batch.batch_id,
                 len(outcome.reply),
                 "none" if outcome.audio is None else f"{len(outcome.audio)} bytes",
             )
-        await get_channel_layer().group_send(
-            session_group(session_id), outcome.event(document["batch_id"])
-        )
+        await self._push(batch, outcome)
+
+    async def _push(self, batch: ReceiverBatch, outcome: DeliveryOutcome) -> None:
+        """Tell the session's consumer, if it is still there (the outcome is stored:
+        a channel layer that fails here loses nothing)."""
+        try:
+            await get_channel_layer().group_send(
+                session_group(batch.session_id), outcome.event(str(batch.batch_id))
+            )
+        except Exception:
+            logger.exception(
+                "session %s: batch %s: could not push the outcome",
+                batch.session_id,
+                batch.batch_id,
+            )
 
 
 @dataclass(slots=True)

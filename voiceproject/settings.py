@@ -172,3 +172,10 @@ REPLY_AUDIO_STORE = env.bool("REPLY_AUDIO_STORE", default=True)
 # The batch worker runs inside the server process unless separate
 # `manage.py run_worker` processes do the work (the default with REDIS_URL).
 VOICE_WORKER_IN_PROCESS = env.bool("VOICE_WORKER_IN_PROCESS", default=not REDIS_URL)
+# Blocking calls run on thread pools of their own (transcription.executors), by
+# name: "tts" (espeak-ng, serialized by a lock anyway, and Polly requests) and
+# "receiver-http" (one thread per HTTP exchange: the worker's 8 deliveries at once).
+# Other code adds its pool here; a name missing from the dict gets 2 threads.
+TTS_THREADS = env.int("TTS_THREADS", default=2)
+RECEIVER_HTTP_THREADS = env.int("RECEIVER_HTTP_THREADS", default=8)
+BLOCKING_POOL_THREADS = {"tts": TTS_THREADS, "receiver-http": RECEIVER_HTTP_THREADS}

@@ -3,11 +3,15 @@
 import csv
 import io
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.transcription.sessions import record_session
 from transcription import exports, selectors
+from transcription.exports import srt_timestamp
 
 pytestmark = pytest.mark.django_db
 
@@ -150,3 +154,36 @@ def test_json_includes_batches_and_replies_with_the_voice_loop(user, settings):
     assert data["batches"][1]["error"] == "connection refused"
     rows = exports.export_csv(selectors.sessions_for_export(session_ids=[session.pk]))
     assert rows.splitlines()[1].endswith(",2,1,2")  # finals, errors, batches
+
+
+_SRT_TIME = re.compile(r"(\d{2,}):([0-5]\d):([0-5]\d),(\d{3})")
+_SECONDS = st.floats(min_value=0, max_value=400 * 3600, allow_nan=False)
+
+
+def _srt_seconds(stamp: str) -> float:
+    match = _SRT_TIME.fullmatch(stamp)
+    assert match, stamp
+    hours, minutes, secs, millis = map(int, match.groups())
+    return hours * 3600 + minutes * 60 + secs + millis / 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(_SECONDS)
+def test_srt_timestamp_shape_and_round_trip(seconds):
+    stamp = srt_timestamp(seconds)
+    if seconds < 99 * 3600:
+        assert len(stamp) == len("00:00:00,000")
+    assert abs(_srt_seconds(stamp) - seconds) <= 0.0005 + 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(_SECONDS, _SECONDS)
+def test_srt_timestamps_keep_the_order(a, b):
+    early, late = sorted((a, b))
+    assert _srt_seconds(srt_timestamp(early)) <= _srt_seconds(srt_timestamp(late))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(max_value=0, allow_nan=False, allow_infinity=False))
+def test_srt_timestamp_before_the_start_is_zero(seconds):
+    assert srt_timestamp(seconds) == "00:00:00,000"

@@ -4,6 +4,8 @@ import io
 
 import pytest
 import soundfile
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from moto.server import ThreadedMotoServer
 
 from transcription.engines import tts
@@ -94,3 +96,24 @@ async def test_polly_failure_is_a_tts_error(settings, monkeypatch):
     settings.AWS_POLLY_ENDPOINT = "http://127.0.0.1:9"  # nothing listens there
     with pytest.raises(tts.TtsError, match="Polly failed"):
         await PollySpeech().synthesize("Hello", language="en-US")
+
+
+_TEXT = st.text(alphabet=st.sampled_from("ab .!?\n\t"), max_size=400)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_TEXT, st.integers(min_value=1, max_value=60))
+def test_split_text_pieces_fit_and_lose_nothing(text, limit):
+    pieces = split_text(text, limit)
+    assert all(0 < len(piece) <= limit for piece in pieces)
+    assert all(piece == piece.strip() for piece in pieces)
+    # Every character but whitespace is kept, in order (a word longer than the limit
+    # has to be cut inside).
+    assert "".join("".join(pieces).split()) == "".join(text.split())
+
+
+@settings(max_examples=200, deadline=None)
+@given(_TEXT, st.integers(min_value=1, max_value=60))
+def test_split_text_cuts_between_words_when_they_fit(text, limit):
+    assume(all(len(word) <= limit for word in text.split()))
+    assert " ".join(split_text(text, limit)).split() == text.split()

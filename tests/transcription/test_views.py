@@ -2,14 +2,19 @@
 
 import datetime as dt
 import json
+import socket
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts.services import api_token_create
-from transcription.engines import Capabilities
+from transcription import exports, services
+from transcription.engines import Capabilities, TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+from transcription.receiver import ReceiverConfig, ReceiverError, receiver_exchange
 from transcription.templatetags.transcripts import clock
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("echo_engine")]
@@ -222,3 +227,79 @@ def test_reply_audio_only_for_its_owner(logged_in, user, bob):
     silent = add_reply(make_session(user, ["x"]), [1], "No speech.", audio=None)
     url = f"/history/{silent.session_id}/replies/{silent.pk}.mp3"
     assert logged_in.get(url).status_code == 404
+
+
+def _port_nobody_listens_on() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def voice_failures(user):
+    """A session whose first batch got no answer (the receiver was unreachable at a
+    URL with credentials) and whose second was answered but not spoken."""
+    port = _port_nobody_listens_on()
+    config = ReceiverConfig(
+        url=f"http://alice:s3cret@127.0.0.1:{port}/reply?token=abc123", timeout=2
+    )
+    with pytest.raises(ReceiverError) as refused:
+        async_to_sync(receiver_exchange)(config, {"batch_id": "b"})
+    session = make_session(user, ["what time is it", "and the weather"])
+    failed = services.transcript_add_final(
+        session_id=session.pk,
+        seq=3,
+        event=TranscriptEvent(text="hello?", is_partial=False),
+        audio_bytes=0,
+        bytes_per_second=None,
+        silence_seconds=0,
+    ).batch
+    assert services.batch_claim(batch_pk=failed.pk, worker_id="w", lease_seconds=60)
+    services.batch_record_failure(
+        batch_pk=failed.pk, worker_id="w", message=refused.value.message, retry=False
+    )
+    spoken = add_reply(session, [1, 2], "Sunny.", audio=None)
+    ReceiverBatch.objects.filter(pk=spoken.pk).update(
+        status=ReceiverBatch.Status.CLAIMED, claimed_by="w"
+    )
+    services.batch_record_reply(
+        batch_pk=spoken.pk,
+        worker_id="w",
+        reply="Sunny.",
+        audio=None,
+        tts_engine="polly",
+        tts_error="Polly failed: Could not connect to http://127.0.0.1:9/v1/speech",
+    )
+    return session, [f"127.0.0.1:{port}", "unreachable", "Polly failed", "127.0.0.1:9"]
+
+
+def test_history_and_downloads_tell_voice_failures_in_plain_words(
+    logged_in, voice_failures
+):
+    session, details = voice_failures
+    body = logged_in.get("/history/").content.decode()
+    assert exports.NO_ANSWER in body
+    assert exports.NOT_SPOKEN in body
+    assert body.index("Sunny.") < body.index(exports.NOT_SPOKEN)
+    assert body.index("hello?") < body.index(exports.NO_ANSWER)
+    downloads = {
+        fmt: logged_in.get(
+            reverse("transcription:session_download", args=[session.pk, fmt])
+        ).content.decode()
+        for fmt in ("txt", "srt", "json")
+    }
+    batches = json.loads(downloads["json"])["batches"]
+    assert [b["error"] for b in batches] == [exports.NO_ANSWER, exports.NOT_SPOKEN]
+    for page in [body, *downloads.values()]:
+        for detail in [*details, "s3cret", "abc123"]:
+            assert detail not in page
+
+
+def test_the_admin_keeps_the_detail_of_voice_failures(admin_client, voice_failures):
+    session, details = voice_failures
+    url = reverse("admin:transcription_audiosession_change", args=[session.pk])
+    body = admin_client.get(url).content.decode()
+    for detail in details:
+        assert detail in body
+    assert "s3cret" not in body
+    assert "abc123" not in body

@@ -88,11 +88,14 @@ class TcpReceiver:
 
 
 class HttpReceiver(TcpReceiver):
-    """The same, as a minimal HTTP/1.1 server answering each POST."""
+    """The same, as a minimal HTTP/1.1 server answering each POST (with `headers`
+    added to the answer); the request headers of each are kept in `requests`."""
 
-    def __init__(self, reply=message_reply, status: int = 200):
+    def __init__(self, reply=message_reply, status: int = 200, headers=None):
         super().__init__(reply)
         self.status = status
+        self.headers: dict[str, str] = headers or {}
+        self.requests: list[dict[str, str]] = []
 
     async def _handle(self, reader, writer) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -101,14 +104,16 @@ class HttpReceiver(TcpReceiver):
         headers = dict(
             line.lower().split(": ", 1) for line in lines[1:] if ": " in line
         )
+        self.requests.append(headers)
         assert headers["content-type"].startswith("application/json")
         body = await reader.readexactly(int(headers["content-length"]))
         document = json.loads(body)
         self.documents.append(document)
         payload = self.reply(document)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
         writer.write(
             f"HTTP/1.1 {self.status} X\r\nContent-Length: {len(payload)}\r\n"
-            "Connection: close\r\n\r\n".encode()
+            f"{extra}Connection: close\r\n\r\n".encode()
             + payload
         )
         await writer.drain()

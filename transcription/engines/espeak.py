@@ -2,12 +2,12 @@
 
 The wheel ships the shared library and its voice data, so no system package is
 needed. espeak-ng keeps global state and is not thread-safe: one lock serializes
-every synthesis, which runs in a thread so the event loop never waits on it.
+every synthesis, which runs on the "tts" thread pool so the event loop never waits
+on it (and never holds up the loop's default executor while it waits for the lock).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import threading
 
@@ -15,6 +15,7 @@ import espeakng_loader
 import lameenc
 
 from transcription.engines.tts import TtsError
+from transcription.executors import run_blocking
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
@@ -125,4 +126,4 @@ class EspeakSpeech:
     name = "offline"
 
     async def synthesize(self, text: str, *, language: str) -> bytes:
-        return await asyncio.to_thread(speak_mp3, text, language)
+        return await run_blocking("tts", speak_mp3, text, language)

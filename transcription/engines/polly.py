@@ -1,4 +1,4 @@
-"""Text-to-speech by AWS Polly (boto3 `synthesize_speech`, MP3), off the event loop.
+"""Text-to-speech by AWS Polly (boto3 `synthesize_speech`, MP3) on the "tts" pool.
 
 Polly takes at most 3000 characters per request: longer replies are split at
 sentence or word boundaries and the MP3 parts concatenated (MP3 frames join cleanly).
@@ -6,7 +6,6 @@ sentence or word boundaries and the MP3 parts concatenated (MP3 frames join clea
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import boto3
@@ -15,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
 from transcription.engines.tts import TtsError
+from transcription.executors import run_blocking
 
 POLLY_MAX_CHARS = 3000
 
@@ -77,4 +77,4 @@ class PollySpeech:
         return bytes(audio)
 
     async def synthesize(self, text: str, *, language: str) -> bytes:
-        return await asyncio.to_thread(self.speak_mp3, text)
+        return await run_blocking("tts", self.speak_mp3, text)
