@@ -54,12 +54,16 @@ def token_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = TokenCreateForm(request.POST)
         if form.is_valid():
-            created, raw = services.api_token_create(
-                user=request.user,
-                name=form.cleaned_data["name"].strip() or "default",
-                expires_at=form.expires_at(),
-            )
-            form = TokenCreateForm()
+            try:
+                created, raw = services.api_token_create(
+                    user=request.user,
+                    name=form.cleaned_data["name"].strip() or "default",
+                    expires_at=form.expires_at(),
+                )
+            except services.TokenLimitReached as error:
+                form.add_error(None, str(error))
+            else:
+                form = TokenCreateForm()
     else:
         form = TokenCreateForm()
     # The raw token is rendered in this response only (never stored or redirected

@@ -107,6 +107,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # Failed token authentications one client address may make per minute; beyond,
 # its token attempts are refused without a lookup (accounts.throttle).
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
+# Usable (not revoked, not expired) API tokens one user may hold.
+MAX_TOKENS_PER_USER = env.int("MAX_TOKENS_PER_USER", default=20)
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
