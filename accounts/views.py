@@ -1,8 +1,10 @@
 """Browser pages for a logged-in user's own API tokens (list, create, revoke)."""
 
 import datetime as dt
+import math
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -92,3 +94,16 @@ def token_revoke(request: AuthenticatedHttpRequest, token_id: int) -> HttpRespon
     services.api_token_revoke(token=token)
     messages.success(request, f"Token “{token.name}” ({token.prefix}…) is revoked.")
     return redirect("accounts:tokens")
+
+
+def login_locked_out(
+    request: HttpRequest, original_response=None, credentials=None
+) -> HttpResponse:
+    """django-axes' answer to a locked-out login (AXES_LOCKOUT_CALLABLE): status 429."""
+    minutes = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
+    return render(
+        request,
+        "registration/locked_out.html",
+        {"failure_limit": settings.AXES_FAILURE_LIMIT, "cooloff_minutes": minutes},
+        status=429,
+    )
