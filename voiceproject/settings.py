@@ -166,7 +166,9 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"daphne": {"level": "WARNING"}},
+    # axes: its failures and lockouts are warnings; its INFO lines are noise (and
+    # would print at the start of every manage.py command).
+    "loggers": {"daphne": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
 
 # --- Voice loop (issue 4): receiver, silence batching, text-to-speech, worker -----
