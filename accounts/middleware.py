@@ -1,5 +1,7 @@
 """WebSocket authentication: an API token (query or Bearer header) or a session cookie.
 
+(And, for HTTP, TokenOutOfUrlsMiddleware: no URL a browser is sent to carries a token.)
+
 The middleware only resolves who is calling; it never refuses. It sets, for the
 consumer:
 
@@ -16,19 +18,21 @@ and close 1008, as SPEC §3 requires.
 """
 
 import ipaddress
-from collections.abc import Iterable
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Callable, Iterable
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.request import split_domain_port, validate_host
+from django.utils.cache import add_never_cache_headers
 
 from accounts.services import api_token_authenticate
 from accounts.throttle import auth_failures
+from accounts.tokens import percent_decoded, text_holds_token
 
 AUTH_REFUSALS: dict[str | None, str] = {
     None: "Missing token: pass ?token=<API token> or an "
@@ -246,3 +250,65 @@ class ApiTokenAuthMiddleware:
 def ApiTokenAuthMiddlewareStack(inner):
     """Address and throttle first, then the cookie session, then API tokens."""
     return ApiTokenAuthMiddleware(inner)
+
+
+# --- HTTP: tokens out of URLs -----------------------------------------------------
+
+
+MAX_NESTED_URLS = 4
+
+
+def url_without_token(url: str, *, depth: int = 0) -> str | None:
+    """`url` without the query parameters that carry a token; None if it has none.
+
+    A `token` parameter (any case) goes; so does any other parameter whose value,
+    decoded, still holds one (`next=/?token=…`), after an attempt to keep it with the
+    token taken out of it.
+    """
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if key.lower() == "token" or text_holds_token(key):
+            continue
+        if text_holds_token(value):
+            # Keep what the value says without the token: `next=/?a=1&token=…`
+            # becomes `next=/?a=1` (the value decoded, however often it was encoded).
+            decoded = percent_decoded(value) or ""
+            nested = "?" in decoded and depth < MAX_NESTED_URLS
+            cleaned = url_without_token(decoded, depth=depth + 1) if nested else None
+            if cleaned is None or text_holds_token(cleaned):
+                continue
+            value = cleaned
+        kept.append((key, value))
+    if kept == pairs:
+        return None
+    return urlunsplit(parts._replace(query=urlencode(kept, safe="/")))
+
+
+class TokenOutOfUrlsMiddleware:
+    """Keeps API tokens out of browser URLs (address bar, history, Referer, the login
+    page's `next`): a request whose URL carries a token is redirected to the same URL
+    without it, and a redirect that would carry one has it taken out.
+
+    HTTP pages take no token in the URL: the browser has its session, programs send
+    `Authorization: Bearer`. (The request itself still reaches the access log, which
+    redacts it: voiceproject.daphne_access_log.)
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        clean = url_without_token(request.get_full_path())
+        if clean is not None:
+            response: HttpResponse = HttpResponseRedirect(clean)
+            if request.method not in ("GET", "HEAD"):
+                response.status_code = 307  # the same method and body, once more
+            add_never_cache_headers(response)
+            return response
+        response = self.get_response(request)
+        location = response.get("Location")
+        if location and (clean := url_without_token(location)) is not None:
+            response["Location"] = clean
+        return response
