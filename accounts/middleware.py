@@ -117,12 +117,17 @@ def client_address(scope: dict) -> str:
     return address_of(peer, _header(scope, b"x-forwarded-for"))
 
 
-def request_client_address(request: HttpRequest) -> str:
-    """The same rule for an HTTP request (django-axes' AXES_CLIENT_IP_CALLABLE)."""
-    return address_of(
+def request_client_address(request: HttpRequest) -> str | None:
+    """The same rule for an HTTP request (django-axes' AXES_CLIENT_IP_CALLABLE).
+
+    None rather than "unknown" (or any other non-address): axes stores it in an IP
+    address column, and PostgreSQL's inet refuses anything else.
+    """
+    address = address_of(
         request.META.get("REMOTE_ADDR") or None,
         request.META.get("HTTP_X_FORWARDED_FOR"),
     )
+    return _normalized_ip(address)
 
 
 # --- Origins ---------------------------------------------------------------------

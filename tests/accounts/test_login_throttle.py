@@ -75,3 +75,15 @@ def test_the_lockout_ends_15_minutes_after_the_last_attempt(user, time_machine):
     assert _login(client, "alice", "pw-alice-1").status_code == 429
     time_machine.shift(16 * 60)
     assert _login(client, "alice", "pw-alice-1").status_code == 302
+
+
+def test_a_request_without_an_address_is_recorded_without_one(user):
+    from django.test import RequestFactory
+
+    from accounts.middleware import request_client_address
+
+    request = RequestFactory().get("/")
+    del request.META["REMOTE_ADDR"]
+    assert request_client_address(request) is None
+    request.META["REMOTE_ADDR"] = "203.0.113.7"
+    assert request_client_address(request) == "203.0.113.7"
