@@ -1,8 +1,10 @@
 """No URL a browser is sent to carries a token (TokenOutOfUrlsMiddleware)."""
 
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from accounts.middleware import url_without_token
 from accounts.tokens import text_holds_token
@@ -101,3 +103,30 @@ def test_deeply_nested_urls_are_cleaned_without_recursing_deeply():
     assert cleaned is not None
     assert not text_holds_token(cleaned)
     assert len(cleaned) < 200
+
+
+PIECES = [
+    "/",
+    "?",
+    "&",
+    "=",
+    "next=",
+    "token=",
+    "Token",
+    "%3D",
+    "%3F",
+    "%26",
+    "%25",
+    "%2F",
+    "vp_abcdefghijk",
+    "a=1",
+    "x",
+]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=25).map("".join))
+def test_a_cleaned_url_is_clean_so_redirects_end(url):
+    cleaned = url_without_token(url)
+    if cleaned is not None:
+        assert url_without_token(cleaned) is None
+        assert not text_holds_token(urlsplit(cleaned).query)
