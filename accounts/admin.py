@@ -21,7 +21,13 @@ from django.utils.cache import add_never_cache_headers, patch_cache_control
 
 from accounts.models import ApiToken
 from accounts.selectors import api_token_list
-from accounts.services import api_token_create, api_token_revoke, api_token_rotate
+from accounts.services import (
+    TokenLimitReached,
+    api_token_check_limit,
+    api_token_create,
+    api_token_revoke,
+    api_token_rotate,
+)
 
 
 class ApiTokenAddForm(forms.ModelForm):
@@ -34,6 +40,15 @@ class ApiTokenAddForm(forms.ModelForm):
         if expires_at is not None and expires_at <= timezone.now():
             raise forms.ValidationError("The expiry must be in the future.")
         return expires_at
+
+    def clean(self):
+        cleaned = super().clean() or {}
+        if (user := cleaned.get("user")) is not None:
+            try:
+                api_token_check_limit(user=user)
+            except TokenLimitReached as error:
+                raise forms.ValidationError(str(error)) from None
+        return cleaned
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -117,15 +132,21 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if request.method == "POST" and self.has_add_permission(request):
             form = self.get_form(request)(request.POST)
             if form.is_valid():
-                token, raw = api_token_create(
-                    user=form.cleaned_data["user"],
-                    name=form.cleaned_data["name"],
-                    expires_at=form.cleaned_data["expires_at"],
-                )
-                # The stubs want a Form; Django passes its ModelForms here itself.
-                message = construct_change_message(form, [], add=True)  # type: ignore[arg-type]
-                self.log_addition(request, token, message)
-                return self._raw_token_response(request, token, raw, rotated=None)
+                try:
+                    token, raw = api_token_create(
+                        user=form.cleaned_data["user"],
+                        name=form.cleaned_data["name"],
+                        expires_at=form.cleaned_data["expires_at"],
+                    )
+                except TokenLimitReached:
+                    # Another request took the last place since clean(): the stock
+                    # page below validates again and shows the limit as a form error.
+                    pass
+                else:
+                    # The stubs want a Form; Django passes its ModelForms here.
+                    message = construct_change_message(form, [], add=True)  # type: ignore[arg-type]
+                    self.log_addition(request, token, message)
+                    return self._raw_token_response(request, token, raw, rotated=None)
         # GET, or a form with errors: the stock page renders it, with one button
         # (every save leads to the page that shows the raw token).
         extra = {
@@ -229,7 +250,14 @@ class ApiTokenAdmin(admin.ModelAdmin):
             )
         if request.method != "POST":
             return self._confirm(request, token, "rotate")
-        new, raw = api_token_rotate(token=token)
+        try:
+            new, raw = api_token_rotate(token=token)
+        except TokenLimitReached as error:
+            # An expired token frees no place when it is revoked.
+            self.message_user(request, str(error), messages.ERROR)
+            return HttpResponseRedirect(
+                reverse("admin:accounts_apitoken_change", args=[token.pk])
+            )
         self.log_change(request, token, f"Revoked: rotated to {new.prefix}.")
         self.log_addition(request, new, f"Rotated from {token.prefix}.")
         return self._raw_token_response(request, new, raw, rotated=token)

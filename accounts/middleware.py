@@ -1,18 +1,61 @@
 """WebSocket authentication: an API token (query or Bearer header) or a session cookie.
 
-The middleware only resolves who is calling; it never refuses. The consumer accepts the
-handshake and refuses with an `{"error"}` and close 1008, as SPEC §3 requires.
+(And, for HTTP, TokenOutOfUrlsMiddleware: no URL a browser is sent to carries a token.)
+
+The middleware only resolves who is calling; it never refuses. It sets, for the
+consumer:
+
+- scope["auth_method"]: "token" (a usable token), "session" (a logged-in cookie session
+  from an allowed Origin), or a refusal, the keys of AUTH_REFUSALS: None (no
+  credentials), "bad_token" (a token that is not usable), "bad_origin" (a cookie
+  session from another origin), "throttled" (a token from an address with too many
+  failures: refused without looking the token up).
+- scope["client_address"]: the client's address (see client_address).
+- scope["api_token"] and, when known, scope["user"].
+
+The consumer accepts the handshake and refuses with `{"error": AUTH_REFUSALS[method]}`
+and close 1008, as SPEC §3 requires.
 """
 
-from urllib.parse import parse_qs
+import ipaddress
+from collections.abc import Callable, Iterable
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.request import split_domain_port, validate_host
+from django.utils.cache import add_never_cache_headers
 
 from accounts.services import api_token_authenticate
+from accounts.throttle import auth_failures
+from accounts.tokens import percent_decoded, text_holds_token
+
+AUTH_REFUSALS: dict[str | None, str] = {
+    None: "Missing token: pass ?token=<API token> or an "
+    "'Authorization: Bearer <API token>' header.",
+    "bad_token": "Invalid token: it is unknown, revoked or expired.",
+    "bad_origin": "Origin not allowed: a logged-in browser session must come from a "
+    "page of this server (same scheme, host and port) or of a trusted origin.",
+    # Says nothing about the token: a throttled attempt is never looked up.
+    "throttled": "Too many failed authentications from your address: "
+    "try again in a minute.",
+}
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+UNKNOWN_ADDRESS = "unknown"
+
+Origin = tuple[str, str, int]
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 # What a client refused by authentication is told, by scope["auth_method"].
 AUTH_REFUSALS: dict[str | None, str] = {
@@ -26,48 +69,187 @@ AUTH_REFUSALS: dict[str | None, str] = {
 
 def raw_token_from_scope(scope: dict) -> str | None:
     """The token from `?token=` or `Authorization: Bearer …`, if any was sent."""
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            kind, _, credential = value.decode("latin-1").partition(" ")
-            if kind.lower() == "bearer" and credential.strip():
-                return credential.strip()
+    authorization = _header(scope, b"authorization")
+    if authorization is not None:
+        kind, _, credential = authorization.partition(" ")
+        if kind.lower() == "bearer" and credential.strip():
+            return credential.strip()
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     values = query.get("token")
     return values[0] if values else None
 
 
+# --- Client addresses ----------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _normalized_ip(value: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def address_of(peer: str | None, forwarded_for: str | None) -> str:
+    """The client's address from the socket peer and an X-Forwarded-For header.
+
+    X-Forwarded-For is believed only when the peer is a proxy on this host: loopback
+    (127.0.0.0/8, ::1) or a unix socket (no peer). Its last entry is then the address
+    that proxy saw (the earlier ones are whatever the client wrote). A server that
+    faces the network directly has a non-loopback peer, so a forged header is ignored.
+    """
+    if peer is None or _is_loopback(peer):
+        hops = [hop for hop in (forwarded_for or "").split(",") if hop.strip()]
+        if hops and (forwarded := _normalized_ip(hops[-1])):
+            return forwarded
+    if peer is None:
+        return UNKNOWN_ADDRESS
+    return _normalized_ip(peer) or peer
+
+
+def client_address(scope: dict) -> str:
+    """The address of a WebSocket client (see address_of); "unknown" without one."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else None
+    return address_of(peer, _header(scope, b"x-forwarded-for"))
+
+
+def request_client_address(request: HttpRequest) -> str | None:
+    """The same rule for an HTTP request (django-axes' AXES_CLIENT_IP_CALLABLE).
+
+    None rather than "unknown" (or any other non-address): axes stores it in an IP
+    address column, and PostgreSQL's inet refuses anything else.
+    """
+    address = address_of(
+        request.META.get("REMOTE_ADDR") or None,
+        request.META.get("HTTP_X_FORWARDED_FOR"),
+    )
+    return _normalized_ip(address)
+
+
+# --- Origins ---------------------------------------------------------------------
+
+
+def parse_origin(value: str) -> Origin | None:
+    """(scheme, host, port) of an exact `scheme://host[:port]`; None for anything else.
+
+    A default port is made explicit, so http://host equals http://host:80.
+    """
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if (
+        parts.scheme not in DEFAULT_PORTS
+        or not parts.hostname
+        or "*" in parts.netloc
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+
+
+def own_origin(scope: dict) -> Origin | None:
+    """This server's origin as the client reached it: its Host header, with https
+    behind a TLS proxy (or when daphne itself serves TLS), else http.
+
+    None when the Host header is missing or not one of ALLOWED_HOSTS (Django checks
+    Host for HTTP requests; nothing does for sockets unless we do).
+    """
+    host = _header(scope, b"host")
+    if not host:
+        return None
+    domain, _port = split_domain_port(host)
+    allowed_hosts = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed_hosts:
+        allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]  # as Django's get_host
+    if not domain or not validate_host(domain, allowed_hosts):
+        return None
+    secure = settings.DJANGO_BEHIND_TLS_PROXY or scope.get("scheme") == "wss"
+    return parse_origin(f"{'https' if secure else 'http'}://{host}")
+
+
+def trusted_origins(entries: Iterable[str]) -> set[Origin]:
+    """The exact origins of CSRF_TRUSTED_ORIGINS. Wildcard entries (https://*.x.com)
+    are left out: a socket that carries a session is accepted from named origins only.
+    """
+    return {origin for entry in entries if (origin := parse_origin(entry))}
+
+
 def origin_allowed(scope: dict) -> bool:
-    """True when the Origin header names one of ALLOWED_HOSTS (for cookie sessions)."""
-    for name, value in scope.get("headers", []):
-        if name == b"origin":
-            origin = value.decode("latin-1")
-            host = origin.split("://", 1)[-1]
-            domain, _port = split_domain_port(host)
-            return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
-    return False
+    """True when the Origin header is exactly this server's origin or a trusted one.
+
+    A missing Origin, `null`, or anything that is not `scheme://host[:port]` is refused.
+    """
+    header = _header(scope, b"origin")
+    origin = parse_origin(header) if header else None
+    if origin is None:
+        return False
+    return origin == own_origin(scope) or origin in trusted_origins(
+        settings.CSRF_TRUSTED_ORIGINS
+    )
+
+
+# --- The middleware -------------------------------------------------------------
 
 
 class ApiTokenAuthMiddleware:
-    """Sets scope["api_token"], scope["auth_method"] and, when known, scope["user"].
+    """Resolves scope["auth_method"], scope["client_address"], scope["api_token"] and
+    scope["user"] (see the module docstring); never refuses by itself.
 
-    auth_method is "token" (a usable token was given), "bad_token" (one was given and
-    it is not usable), "session" (a logged-in cookie session from an allowed Origin)
-    or None.
+    A token from an address over AUTH_FAILURES_PER_MINUTE is marked "throttled" before
+    any database work: no session lookup, no token lookup. Attempts without a token
+    (cookie sessions) are not throttled, so a browser behind the same NAT as a token
+    guesser keeps working.
     """
 
     def __init__(self, inner):
         self.inner = inner
+        self.with_session = CookieMiddleware(
+            SessionMiddleware(AuthMiddleware(self.resolve))
+        )
 
     async def __call__(self, scope, receive, send):
         scope = dict(scope)
-        raw = raw_token_from_scope(scope)
+        scope["client_address"] = address = client_address(scope)
         scope["api_token"] = None
+        if raw_token_from_scope(scope) is not None and auth_failures.refuses(
+            address, limit=settings.AUTH_FAILURES_PER_MINUTE
+        ):
+            scope["auth_method"] = "throttled"
+            scope["user"] = AnonymousUser()
+            return await self.inner(scope, receive, send)
+        return await self.with_session(scope, receive, send)
+
+    async def resolve(self, scope, receive, send):
+        scope = dict(scope)
+        raw = raw_token_from_scope(scope)
         if raw is not None:
             token = await database_sync_to_async(api_token_authenticate)(raw=raw)
             scope["api_token"] = token
-            scope["auth_method"] = "token" if token else "bad_token"
             if token:
+                scope["auth_method"] = "token"
                 scope["user"] = token.user
+            else:
+                scope["auth_method"] = "bad_token"
+                auth_failures.record_failure(scope["client_address"])
         else:
             user = scope.get("user")
             if user is None or not user.is_authenticated:
@@ -80,7 +262,67 @@ class ApiTokenAuthMiddleware:
 
 
 def ApiTokenAuthMiddlewareStack(inner):
-    """Cookie session first (so a token can override it), then API tokens."""
-    return CookieMiddleware(
-        SessionMiddleware(AuthMiddleware(ApiTokenAuthMiddleware(inner)))
-    )
+    """Address and throttle first, then the cookie session, then API tokens."""
+    return ApiTokenAuthMiddleware(inner)
+
+
+# --- HTTP: tokens out of URLs -----------------------------------------------------
+
+
+MAX_NESTED_URLS = 4
+
+
+def url_without_token(url: str, *, depth: int = 0) -> str | None:
+    """`url` without the query parameters that carry a token; None if it has none.
+
+    A `token` parameter (any case) goes; so does any other parameter whose value,
+    decoded, still holds one (`next=/?token=…`), after an attempt to keep it with the
+    token taken out of it.
+    """
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if key.lower() == "token" or text_holds_token(key):
+            continue
+        if text_holds_token(value):
+            # Keep what the value says without the token: `next=/?a=1&token=…`
+            # becomes `next=/?a=1` (the value decoded, however often it was encoded).
+            decoded = percent_decoded(value) or ""
+            nested = "?" in decoded and depth < MAX_NESTED_URLS
+            cleaned = url_without_token(decoded, depth=depth + 1) if nested else None
+            if cleaned is None or text_holds_token(cleaned):
+                continue
+            value = cleaned
+        kept.append((key, value))
+    if kept == pairs:
+        return None
+    return urlunsplit(parts._replace(query=urlencode(kept, safe="/")))
+
+
+class TokenOutOfUrlsMiddleware:
+    """Keeps API tokens out of browser URLs (address bar, history, Referer, the login
+    page's `next`): a request whose URL carries a token is redirected to the same URL
+    without it, and a redirect that would carry one has it taken out.
+
+    HTTP pages take no token in the URL: the browser has its session, programs send
+    `Authorization: Bearer`. (The request itself still reaches the access log, which
+    redacts it: voiceproject.daphne_access_log.)
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        clean = url_without_token(request.get_full_path())
+        if clean is not None:
+            response: HttpResponse = HttpResponseRedirect(clean)
+            if request.method not in ("GET", "HEAD"):
+                response.status_code = 307  # the same method and body, once more
+            add_never_cache_headers(response)
+            return response
+        response = self.get_response(request)
+        location = response.get("Location")
+        if location and (clean := url_without_token(location)) is not None:
+            response["Location"] = clean
+        return response

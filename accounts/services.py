@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -22,21 +23,47 @@ class TokenNotFound(Exception):
     """No token matches what was given."""
 
 
+class TokenLimitReached(Exception):
+    """The user already holds MAX_TOKENS_PER_USER usable tokens."""
+
+
+def api_token_check_limit(*, user: User) -> None:
+    """Raise TokenLimitReached when `user` may not hold one more token.
+
+    Only usable tokens count: revoked and expired ones no longer work, so revoking is
+    how a user makes room (and expired ones make room by themselves).
+    """
+    limit = settings.MAX_TOKENS_PER_USER
+    if ApiToken.objects.usable().filter(user=user).count() >= limit:
+        raise TokenLimitReached(
+            f"{user.get_username()} has reached the limit of {limit} usable API "
+            "tokens: revoke one before creating another."
+        )
+
+
 def api_token_create(
     *,
     user: User,
     name: str = "default",
     expires_at: dt.datetime | None = None,
 ) -> tuple[ApiToken, str]:
-    """Create a token; return it with the raw value, which exists nowhere else."""
+    """Create a token; return it with the raw value, which exists nowhere else.
+
+    Raises TokenLimitReached when the user holds MAX_TOKENS_PER_USER usable tokens.
+    """
     raw = token_generate()
-    token = ApiToken.objects.create(
-        user=user,
-        name=name,
-        prefix=token_prefix(raw),
-        digest=token_digest(raw),
-        expires_at=expires_at,
-    )
+    with transaction.atomic():
+        # Lock the user's row so that two creations at once cannot both pass the
+        # check (SQLite serializes writers anyway).
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        api_token_check_limit(user=user)
+        token = ApiToken.objects.create(
+            user=user,
+            name=name,
+            prefix=token_prefix(raw),
+            digest=token_digest(raw),
+            expires_at=expires_at,
+        )
     return token, raw
 
 

@@ -2,10 +2,21 @@
 
 import hashlib
 import hmac
+import re
 import secrets
+from urllib.parse import unquote
 
 TOKEN_TAG = "vp_"  # noqa: S105 (a public tag, not a secret)
 PREFIX_LENGTH = 12  # "vp_" and nine characters: enough to find a token, useless alone.
+REDACTED = "[redacted]"
+# What may be a raw token (or most of one) inside decoded text such as a URL or a log
+# line: the tag and at least eight token characters; or a `token=` with a value.
+# Case-insensitive, to err on the side of redacting.
+TOKEN_IN_TEXT = re.compile(re.escape(TOKEN_TAG) + r"[A-Za-z0-9_-]{8,}", re.IGNORECASE)
+TOKEN_PARAMETER_IN_TEXT = re.compile(
+    rf"token=(?!{re.escape(REDACTED)}|&|$)", re.IGNORECASE
+)
+MAX_DECODINGS = 8
 
 
 def token_generate() -> str:
@@ -28,3 +39,24 @@ def token_matches(raw: str, digest: str) -> bool:
 
 def token_looks_valid(raw: str) -> bool:
     return raw.startswith(TOKEN_TAG) and 20 <= len(raw) <= 200
+
+
+def percent_decoded(text: str) -> str | None:
+    """`text` percent-decoded until it no longer changes; None after MAX_DECODINGS."""
+    for _ in range(MAX_DECODINGS):
+        decoded = unquote(text)
+        if decoded == text:
+            return text
+        text = decoded
+    return None
+
+
+def text_holds_token(text: str) -> bool:
+    """True when `text`, percent-decoded as often as it was encoded, may hold a token.
+
+    Text still encoded after MAX_DECODINGS rounds counts as holding one.
+    """
+    decoded = percent_decoded(text)
+    return decoded is None or bool(
+        TOKEN_IN_TEXT.search(decoded) or TOKEN_PARAMETER_IN_TEXT.search(decoded)
+    )

@@ -1,8 +1,10 @@
 """Browser pages for a logged-in user's own API tokens (list, create, revoke)."""
 
 import datetime as dt
+import math
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -54,12 +56,16 @@ def token_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = TokenCreateForm(request.POST)
         if form.is_valid():
-            created, raw = services.api_token_create(
-                user=request.user,
-                name=form.cleaned_data["name"].strip() or "default",
-                expires_at=form.expires_at(),
-            )
-            form = TokenCreateForm()
+            try:
+                created, raw = services.api_token_create(
+                    user=request.user,
+                    name=form.cleaned_data["name"].strip() or "default",
+                    expires_at=form.expires_at(),
+                )
+            except services.TokenLimitReached as error:
+                form.add_error(None, str(error))
+            else:
+                form = TokenCreateForm()
     else:
         form = TokenCreateForm()
     # The raw token is rendered in this response only (never stored or redirected
@@ -88,3 +94,16 @@ def token_revoke(request: AuthenticatedHttpRequest, token_id: int) -> HttpRespon
     services.api_token_revoke(token=token)
     messages.success(request, f"Token “{token.name}” ({token.prefix}…) is revoked.")
     return redirect("accounts:tokens")
+
+
+def login_locked_out(
+    request: HttpRequest, original_response=None, credentials=None
+) -> HttpResponse:
+    """django-axes' answer to a locked-out login (AXES_LOCKOUT_CALLABLE): status 429."""
+    minutes = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds() / 60)
+    return render(
+        request,
+        "registration/locked_out.html",
+        {"failure_limit": settings.AXES_FAILURE_LIMIT, "cooloff_minutes": minutes},
+        status=429,
+    )

@@ -230,3 +230,25 @@ def test_user_page_lists_the_users_tokens(admin_client, user, api_token):
     assert token.prefix in html
     assert change_url(token) in html
     assert raw not in html
+
+
+def test_add_beyond_the_limit_is_a_form_error(admin_client, user, settings):
+    settings.MAX_TOKENS_PER_USER = 1
+    api_token_create(user=user, name="only")
+    response = admin_client.post(ADD, {"user": user.pk, "name": "second"})
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "alice has reached the limit of 1 usable API tokens" in body
+    assert ApiToken.objects.filter(user=user).count() == 1
+
+
+def test_rotating_an_expired_token_at_the_limit_says_why(admin_client, user, settings):
+    settings.MAX_TOKENS_PER_USER = 1
+    expired, _ = api_token_create(user=user, name="old")
+    ApiToken.objects.filter(pk=expired.pk).update(expires_at="2000-01-01T00:00Z")
+    api_token_create(user=user, name="current")
+    url = reverse("admin:accounts_apitoken_rotate", args=[expired.pk])
+    response = admin_client.post(url, follow=True)
+    assert "has reached the limit of 1 usable API tokens" in response.content.decode()
+    expired.refresh_from_db()
+    assert expired.revoked_at is None  # the rotation did not happen at all

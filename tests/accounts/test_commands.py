@@ -135,3 +135,15 @@ def test_help_text(command):
     cmd = load_command_class("accounts", command)
     assert len(cmd.help) > 40
     assert "usage" in cmd.create_parser("manage.py", command).format_help()
+
+
+def test_create_token_beyond_the_limit_fails_in_one_line(user, settings):
+    settings.MAX_TOKENS_PER_USER = 1
+    api_token_create(user=user)
+    with pytest.raises(CommandError) as info:
+        run("create_token", "alice")
+    assert str(info.value) == (
+        "alice has reached the limit of 1 usable API tokens: "
+        "revoke one before creating another."
+    )
+    assert ApiToken.objects.filter(user=user).count() == 1

@@ -1,12 +1,21 @@
-"""WebSocket authentication by a logged-in cookie session, checked against Origin."""
+"""WebSocket authentication: cookie sessions checked against Origin, client addresses,
+and the throttle on failed token authentications (WebsocketCommunicator on the app)."""
 
-import json
+import logging
 
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
+from accounts.middleware import (
+    AUTH_REFUSALS,
+    ApiTokenAuthMiddlewareStack,
+    address_of,
+    client_address,
+    parse_origin,
+)
+from accounts.throttle import auth_failures
 from tests.conftest import receive_until_close
 
 pytestmark = [
@@ -15,41 +24,305 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_failure_counts():
+    auth_failures.clear()
+    yield
+    auth_failures.clear()
+
+
 @pytest.fixture
 def session_cookie(user):
     client = Client()
-    assert client.login(username="alice", password="pw-alice-1")
+    client.force_login(user)
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
-async def _open(cookie: str, origin: str | None):
+def _app_from(client: tuple[str, int] | None):
+    """The real ASGI application, as if daphne's peer were `client`."""
     from voiceproject.asgi import application
 
-    headers = [(b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode())]
-    if origin:
+    async def app(scope, receive, send):
+        return await application({**scope, "client": client}, receive, send)
+
+    return app
+
+
+async def _open(
+    cookie: str | None = None,
+    origin: str | None = None,
+    host: str = "127.0.0.1:8765",
+    query: str = "sendPartials=false",
+    peer: tuple[str, int] | None = ("127.0.0.1", 50000),
+    extra: list[tuple[bytes, bytes]] | None = None,
+):
+    headers = [(b"host", host.encode()), *(extra or [])]
+    if cookie:
+        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
+    if origin is not None:
         headers.append((b"origin", origin.encode()))
-    ws = WebsocketCommunicator(application, "/?sendPartials=false", headers=headers)
+    ws = WebsocketCommunicator(_app_from(peer), f"/?{query}", headers=headers)
     connected, _ = await ws.connect()
     assert connected
     return ws
 
 
-async def test_logged_in_browser_from_allowed_origin_needs_no_token(session_cookie):
-    ws = await _open(session_cookie, "http://127.0.0.1:8765")
+async def _error(ws) -> str:
+    messages, close = await receive_until_close(ws)
+    assert close["code"] == 1008
+    assert len(messages) == 1
+    return messages[0]["error"]
+
+
+async def _refused_for_origin(ws) -> bool:
+    return (await _error(ws)).startswith("Origin not allowed")
+
+
+async def _streams(ws) -> bool:
     await ws.send_to(bytes_data=b"\0" * 64)
     await ws.send_to(text_data="END_OF_STREAM")
     messages, close = await receive_until_close(ws)
-    assert messages == [{"transcript": "received 64 bytes"}]
-    assert close["code"] == 1000
+    return messages == [{"transcript": "received 64 bytes"}] and close["code"] == 1000
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", None])
-async def test_cookie_session_from_other_or_no_origin_is_refused(
-    session_cookie, origin
-):
+# --- Origin rule for cookie sessions -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        ("127.0.0.1:8765", "http://127.0.0.1:8765"),
+        ("localhost:8765", "http://LOCALHOST:8765"),
+        ("localhost", "http://localhost:80"),  # default port made explicit
+        ("localhost:80", "http://localhost"),
+    ],
+)
+async def test_same_origin_cookie_session_needs_no_token(session_cookie, host, origin):
+    ws = await _open(session_cookie, origin, host=host)
+    assert await _streams(ws)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:3999",  # another port of the same host
+        "https://127.0.0.1:8765",  # https page, http server
+        "http://localhost:8765",  # another host name for the same server
+        "https://evil.example",
+        "null",
+        "",
+        "http://127.0.0.1:8765/",  # not an origin: has a path
+        "http://user@127.0.0.1:8765",
+        "ws://127.0.0.1:8765",
+        None,
+    ],
+)
+async def test_cookie_session_from_any_other_origin_is_refused(session_cookie, origin):
     ws = await _open(session_cookie, origin)
-    output = await ws.receive_output(5)
-    error = json.loads(output["text"])["error"]
-    assert "Origin" in error
-    close = await ws.receive_output(5)
-    assert close["code"] == 1008
+    assert await _refused_for_origin(ws)
+
+
+async def test_host_outside_allowed_hosts_is_no_origin_of_ours(session_cookie):
+    ws = await _open(
+        session_cookie, "http://evil.example:8765", host="evil.example:8765"
+    )
+    assert await _refused_for_origin(ws)
+
+
+async def test_behind_a_tls_proxy_the_own_origin_is_https(session_cookie, settings):
+    settings.DJANGO_BEHIND_TLS_PROXY = True
+    settings.ALLOWED_HOSTS = ["voice.example"]
+    ws = await _open(session_cookie, "http://voice.example", host="voice.example")
+    assert await _refused_for_origin(ws)
+    ws = await _open(session_cookie, "https://voice.example:443", host="voice.example")
+    assert await _streams(ws)
+
+
+async def test_listed_trusted_origin_is_accepted_wildcards_are_not(
+    session_cookie, settings
+):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://app.example", "https://*.example.org"]
+    ws = await _open(session_cookie, "https://app.example:443")
+    assert await _streams(ws)
+    for origin in (
+        "https://a.example.org",
+        "http://app.example",
+        "https://*.example.org",
+    ):
+        ws = await _open(session_cookie, origin)
+        assert await _refused_for_origin(ws)
+
+
+async def test_token_clients_need_no_origin(api_token):
+    _, raw = api_token
+    ws = await _open(
+        origin="https://evil.example", query=f"token={raw}&sendPartials=false"
+    )
+    assert await _streams(ws)
+
+
+def test_parse_origin_makes_default_ports_explicit():
+    assert parse_origin("http://Example.com") == ("http", "example.com", 80)
+    assert parse_origin("https://example.com:443") == ("https", "example.com", 443)
+    assert parse_origin("http://[::1]:8000") == ("http", "::1", 8000)
+    assert parse_origin("http://example.com:99999") is None
+    assert parse_origin("null") is None
+
+
+# --- Client addresses ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "expected"),
+    [
+        ("203.0.113.7", None, "203.0.113.7"),
+        # A peer on the network: its X-Forwarded-For is whatever it wrote.
+        ("203.0.113.7", "10.9.9.9", "203.0.113.7"),
+        # A local proxy: the last hop is the address it saw.
+        ("127.0.0.1", "10.9.9.9, 198.51.100.2", "198.51.100.2"),
+        ("::1", "2001:db8::5", "2001:db8::5"),
+        (None, "198.51.100.2", "198.51.100.2"),  # unix socket
+        ("127.0.0.1", "not-an-address", "127.0.0.1"),
+        ("127.0.0.1", None, "127.0.0.1"),
+        ("::ffff:198.51.100.2", None, "198.51.100.2"),
+        (None, None, "unknown"),
+    ],
+)
+def test_address_of(peer, forwarded_for, expected):
+    assert address_of(peer, forwarded_for) == expected
+
+
+def test_client_address_reads_the_scope():
+    scope = {
+        "client": ["127.0.0.1", 4000],
+        "headers": [(b"x-forwarded-for", b"198.51.100.2")],
+    }
+    assert client_address(scope) == "198.51.100.2"
+    assert client_address({"client": None, "headers": []}) == "unknown"
+
+
+async def test_scope_carries_client_address_and_auth_method():
+    seen = {}
+
+    async def inner(scope, receive, send):
+        seen.update(scope)
+
+    app = ApiTokenAuthMiddlewareStack(inner)
+    await app(
+        {"type": "websocket", "client": ["203.0.113.7", 1], "headers": []}, None, None
+    )
+    assert seen["client_address"] == "203.0.113.7"
+    assert seen["auth_method"] is None
+    assert seen["api_token"] is None
+
+
+# --- Throttle on failed token authentications ---------------------------------
+# At the middleware's boundary: what it tells the consumer in the scope (the consumer
+# turns auth_method into AUTH_REFUSALS[auth_method] and close 1008).
+
+
+class Recorder:
+    """An inner application that keeps each scope it is called with."""
+
+    def __init__(self) -> None:
+        self.scopes: list[dict] = []
+
+    async def __call__(self, scope, receive, send):
+        self.scopes.append(scope)
+
+
+@pytest.fixture
+def lookups(monkeypatch) -> list[str]:
+    """Calls of the token lookup (the database work a token attempt does)."""
+    from accounts import middleware
+
+    calls: list[str] = []
+    original = middleware.api_token_authenticate
+
+    def counting(*, raw):
+        calls.append(raw)
+        return original(raw=raw)
+
+    monkeypatch.setattr(middleware, "api_token_authenticate", counting)
+    return calls
+
+
+async def _attempt(app, peer, *, query: str = "", headers=()) -> dict:
+    scope = {
+        "type": "websocket",
+        "path": "/",
+        "client": [peer, 1],
+        "query_string": query.encode(),
+        "headers": list(headers),
+    }
+    await app(scope, None, None)
+    return app.inner.scopes[-1]
+
+
+async def test_too_many_bad_tokens_from_one_address_are_refused_without_lookup(
+    settings, api_token, lookups, caplog
+):
+    settings.AUTH_FAILURES_PER_MINUTE = 3
+    _, raw = api_token
+    app = ApiTokenAuthMiddlewareStack(Recorder())
+    for _ in range(3):
+        scope = await _attempt(app, "203.0.113.7", query="token=vp_guessedguessedxx")
+        assert scope["auth_method"] == "bad_token"
+    assert len(lookups) == 3
+
+    with caplog.at_level(logging.WARNING, logger="accounts.throttle"):
+        for query, headers in [
+            ("token=vp_guessedguessedxx", ()),
+            (f"token={raw}", ()),  # even the right token: it is not looked up
+            ("", [(b"authorization", f"Bearer {raw}".encode())]),
+        ]:
+            scope = await _attempt(app, "203.0.113.7", query=query, headers=headers)
+            assert scope["auth_method"] == "throttled"
+            assert scope["api_token"] is None
+            assert not scope["user"].is_authenticated
+            assert scope["client_address"] == "203.0.113.7"
+    assert len(lookups) == 3
+    warnings = [r for r in caplog.records if r.name == "accounts.throttle"]
+    assert len(warnings) == 1  # one line per address and window, not per attempt
+    assert "203.0.113.7" in warnings[0].getMessage()
+    assert raw not in caplog.text
+
+    # Another address is not locked out.
+    scope = await _attempt(app, "198.51.100.2", query=f"token={raw}")
+    assert scope["auth_method"] == "token"
+
+
+async def test_a_local_proxy_client_is_counted_by_its_forwarded_address(
+    settings, lookups
+):
+    settings.AUTH_FAILURES_PER_MINUTE = 1
+    app = ApiTokenAuthMiddlewareStack(Recorder())
+    first = [(b"x-forwarded-for", b"203.0.113.7")]
+    second = [(b"x-forwarded-for", b"198.51.100.2")]
+    bad = "token=vp_guessedguessedxx"
+    assert (await _attempt(app, "127.0.0.1", query=bad, headers=first))[
+        "auth_method"
+    ] == "bad_token"
+    assert (await _attempt(app, "127.0.0.1", query=bad, headers=first))[
+        "auth_method"
+    ] == "throttled"
+    assert (await _attempt(app, "127.0.0.1", query=bad, headers=second))[
+        "auth_method"
+    ] == "bad_token"
+
+
+async def test_throttled_address_keeps_its_cookie_sessions(settings, session_cookie):
+    settings.AUTH_FAILURES_PER_MINUTE = 1
+    peer = ("203.0.113.7", 1)
+    ws = await _open(query="token=vp_guessedguessedguessed", peer=peer)
+    assert "Invalid token" in await _error(ws)
+    ws = await _open(session_cookie, "http://127.0.0.1:8765", peer=peer)
+    assert await _streams(ws)
+
+
+def test_every_refusal_has_a_message_and_throttled_reveals_nothing():
+    assert set(AUTH_REFUSALS) == {None, "bad_token", "bad_origin", "throttled"}
+    message = AUTH_REFUSALS["throttled"].lower()
+    assert "invalid" not in message
+    assert "unknown" not in message
+    assert "minute" in message

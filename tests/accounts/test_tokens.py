@@ -7,11 +7,13 @@ from django.utils import timezone
 
 from accounts.models import ApiToken
 from accounts.services import (
+    TokenLimitReached,
     TokenNotFound,
     api_token_authenticate,
     api_token_create,
     api_token_find,
     api_token_revoke,
+    api_token_rotate,
 )
 from accounts.tokens import token_digest, token_generate, token_matches, token_prefix
 
@@ -83,3 +85,29 @@ def test_find_by_prefix_or_raw(user):
     assert api_token_find(prefix_or_raw=raw) == token
     with pytest.raises(TokenNotFound):
         api_token_find(prefix_or_raw="vp_nothing")
+
+
+def test_a_user_holds_at_most_max_tokens_usable_ones(user, settings, django_user_model):
+    settings.MAX_TOKENS_PER_USER = 3
+    tokens = [api_token_create(user=user, name=f"t{i}")[0] for i in range(3)]
+    with pytest.raises(TokenLimitReached, match="limit of 3 usable"):
+        api_token_create(user=user, name="one too many")
+    assert ApiToken.objects.filter(user=user).count() == 3
+    # Another user is not affected.
+    bob = django_user_model.objects.create_user(username="bob")
+    api_token_create(user=bob)
+    # Revoked and expired tokens make room; only usable ones count.
+    api_token_revoke(token=tokens[0])
+    api_token_create(user=user, name="after revoke")
+    ApiToken.objects.filter(pk=tokens[1].pk).update(
+        expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    api_token_create(user=user, name="after expiry")
+    assert ApiToken.objects.usable().filter(user=user).count() == 3
+
+
+def test_rotating_at_the_limit_works(user, settings):
+    settings.MAX_TOKENS_PER_USER = 1
+    token, _ = api_token_create(user=user)
+    new, raw = api_token_rotate(token=token)
+    assert api_token_authenticate(raw=raw) == new

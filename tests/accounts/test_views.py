@@ -129,3 +129,13 @@ def test_revoke_requires_login(client, user):
     assert response.status_code == 302
     token.refresh_from_db()
     assert token.revoked_at is None
+
+
+def test_create_beyond_the_limit_says_why(logged_in, user, settings):
+    settings.MAX_TOKENS_PER_USER = 1
+    api_token_create(user=user, name="only")
+    response = logged_in.post(TOKENS, {"name": "second", "expires_in_days": ""})
+    assert response.status_code == 200
+    assert response.context["raw_token"] is None
+    assert "has reached the limit of 1 usable API tokens" in response.content.decode()
+    assert ApiToken.objects.filter(user=user).count() == 1

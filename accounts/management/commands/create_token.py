@@ -6,7 +6,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from accounts.services import api_token_create, user_get_or_create
+from accounts.services import (
+    TokenLimitReached,
+    api_token_create,
+    user_get_or_create,
+)
 from voiceproject.commands import OneLineErrorCommand
 
 
@@ -50,7 +54,10 @@ class Command(OneLineErrorCommand):
                 f"no user named {options['username']!r} (add --create-user)"
             ) from None
         expires_at = timezone.now() + dt.timedelta(days=days) if days else None
-        token, raw = api_token_create(user=user, name=name, expires_at=expires_at)
+        try:
+            token, raw = api_token_create(user=user, name=name, expires_at=expires_at)
+        except TokenLimitReached as error:
+            raise CommandError(str(error)) from None
         expiry = (
             f"expires {expires_at:%Y-%m-%d %H:%M %Z}" if expires_at else "never expires"
         )
