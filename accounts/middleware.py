@@ -57,15 +57,6 @@ def _header(scope: dict, name: bytes) -> str | None:
             return value.decode("latin-1")
     return None
 
-# What a client refused by authentication is told, by scope["auth_method"].
-AUTH_REFUSALS: dict[str | None, str] = {
-    None: "Missing token: pass ?token=<API token> or an "
-    "'Authorization: Bearer <API token>' header.",
-    "bad_token": "Invalid token: it is unknown, revoked or expired.",
-    "bad_origin": "Origin not allowed: a logged-in browser session must come "
-    "from a page on one of this server's allowed hosts.",
-}
-
 
 def raw_token_from_scope(scope: dict) -> str | None:
     """The token from `?token=` or `Authorization: Bearer …`, if any was sent."""
