@@ -207,4 +207,9 @@ VOICE_WORKER_IN_PROCESS = env.bool("VOICE_WORKER_IN_PROCESS", default=not REDIS_
 # Other code adds its pool here; a name missing from the dict gets 2 threads.
 TTS_THREADS = env.int("TTS_THREADS", default=2)
 RECEIVER_HTTP_THREADS = env.int("RECEIVER_HTTP_THREADS", default=8)
-BLOCKING_POOL_THREADS = {"tts": TTS_THREADS, "receiver-http": RECEIVER_HTTP_THREADS}
+DECODER_START_THREADS = env.int("DECODER_START_THREADS", default=2)
+BLOCKING_POOL_THREADS = {
+    "tts": TTS_THREADS,
+    "receiver-http": RECEIVER_HTTP_THREADS,
+    "decoder-start": DECODER_START_THREADS,
+}

@@ -31,12 +31,16 @@ from transcription.engines import (
     audio_backlog_limit,
     offline_worker,
 )
+from transcription.executors import run_blocking
 
 logger = logging.getLogger(__name__)
 
 # One call decodes at most this much audio, so that sessions sharing a process take
 # turns even when one of them sends audio much faster than real time.
 MAX_SECONDS_PER_CALL = 2.0
+
+# Starting a decoding process blocks for a moment: a thread pool of its own.
+DECODER_START_POOL = "decoder-start"
 
 _END = object()
 _pools: list[DecoderPool] = []
@@ -234,7 +238,7 @@ class OfflineEngine:
         """Start the decoding processes before the first session needs them."""
         self.pool._ensure_workers()  # here, so the loop's acquire() never races it
         # Spawning processes blocks for a moment: not on the event loop.
-        started = await asyncio.to_thread(self.pool.start)
+        started = await run_blocking(DECODER_START_POOL, self.pool.start)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in started))
 
     async def open(self, params: StreamParams) -> OfflineStream:
@@ -271,8 +275,12 @@ class OfflineEngine:
         """Create the session in its worker; returns the worker's pid."""
         # The first submit to an executor spawns its process (a few ms): off the loop.
         submitted = asyncio.ensure_future(
-            asyncio.to_thread(
-                executor.submit, offline_worker.session_open, key, params.sample_rate
+            run_blocking(
+                DECODER_START_POOL,
+                executor.submit,
+                offline_worker.session_open,
+                key,
+                params.sample_rate,
             )
         )
         try:
