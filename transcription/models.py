@@ -65,6 +65,18 @@ class AudioSession(models.Model):
     close_reason = models.CharField(max_length=200, blank=True)
     audio_bytes = models.BigIntegerField(default=0)
     audio_seconds = models.FloatField(default=0.0)
+    # The server process that serves the session: a starting server closes at once the
+    # sessions of processes that are gone.
+    server_host = models.CharField(max_length=255, blank=True)
+    server_pid = models.PositiveIntegerField(null=True, blank=True)
+    server_started_at = models.DateTimeField(null=True, blank=True)
+    # Latencies, stored once per session (seconds): audio start → first partial; end of
+    # an utterance's audio → its final; last final of a batch → its reply sent.
+    first_partial_seconds = models.FloatField(null=True, blank=True)
+    final_latency_p50 = models.FloatField(null=True, blank=True)
+    final_latency_max = models.FloatField(null=True, blank=True)
+    reply_latency_p50 = models.FloatField(null=True, blank=True)
+    reply_latency_max = models.FloatField(null=True, blank=True)
 
     objects = AudioSessionQuerySet.as_manager()
 
