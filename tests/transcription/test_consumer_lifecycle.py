@@ -4,6 +4,11 @@ Each test names the protection it checks; removing that protection makes it fail
 """
 
 import asyncio
+import multiprocessing
+import os
+import signal
+import wave
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -18,6 +23,8 @@ from transcription.models import AudioSession, SessionError, Transcript
 from voiceproject.daphne_limits import FLOW_CONTROL
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 @pytest.fixture
@@ -249,3 +256,25 @@ async def test_a_client_leaving_during_the_final_flush_is_recorded(
     finally:
         await worker.stop_in_process()
         server.close()
+
+
+async def test_a_killed_decoder_ends_the_session_and_keeps_what_was_said(
+    connect, api_token, settings
+):
+    """Chaos: the decoding process dies mid-session."""
+    settings.TRANSCRIPTION_ENGINE = "transcription.engines.offline.OfflineEngine"
+    with wave.open(str(FIXTURES / "hello_world.wav")) as wav:
+        audio = wav.readframes(wav.getnframes())
+    silence = b"\0" * 32000  # ends the utterance: its final comes
+    ws = await connect(token=api_token[1], sendPartials="false")
+    for start in range(0, len(audio + silence), 4096):
+        await ws.send_to(bytes_data=(audio + silence)[start : start + 4096])
+    assert await ws.receive_json_from(timeout=60) == {"transcript": "hello world"}
+    for child in multiprocessing.active_children():  # the decoding processes
+        os.kill(child.pid, signal.SIGKILL)
+    await ws.send_to(bytes_data=audio[:4096])
+    messages, close = await receive_until_close(ws, wait=60)
+    assert close["code"] == 1011
+    assert messages == [{"error": "Transcription failed: the decoder process stopped."}]
+    texts = await sync_to_async(list)(Transcript.objects.values_list("text", flat=True))
+    assert texts == ["hello world"]  # what was sent before is kept
