@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
 from tests.e2e.servers import ROOT, drain, run_daphne, server_env
+from tests.transcription.voice_fakes import eventually
 from transcription.models import SessionError
 
 pytestmark = [
@@ -63,8 +64,9 @@ async def start_streaming(ws: ClientConnection) -> None:
 
 
 async def session_errors(token_pk: int) -> list[tuple[int | None, str]]:
+    """The errors recorded (right after the server closed the socket)."""
     rows = SessionError.objects.filter(session__token_id=token_pk)
-    return await sync_to_async(list)(rows.values_list("close_code", "message"))
+    return await eventually(lambda: list(rows.values_list("close_code", "message")))
 
 
 async def test_revoke_token_command_ends_the_running_session(echo_server, token):
@@ -125,4 +127,5 @@ async def test_logging_out_ends_the_browsers_running_session(cookie_server):
         assert ws.close_code == 1008
     assert "logged out" in messages[-1]["error"]
     errors = SessionError.objects.filter(session__user=user)
-    assert await errors.values_list("close_code", flat=True).afirst() == 1008
+    codes = await eventually(lambda: list(errors.values_list("close_code", flat=True)))
+    assert codes == [1008]
