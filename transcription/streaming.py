@@ -16,6 +16,12 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
+from voiceproject.patching import require_versions, tested
+
+# The dispatch below reimplements Channels' own loop (channels.consumer.AsyncConsumer
+# and channels.utils.await_many_dispatch): written for these versions.
+require_versions(__name__, tested("channels"))
+
 RECEIVE = "websocket.receive"
 
 

@@ -12,6 +12,9 @@ whole query (or the whole path) rather than risk it.
 import re
 
 from accounts.tokens import REDACTED, TOKEN_TAG, text_holds_token
+from voiceproject.patching import require_versions, tested
+
+TESTED_VERSIONS = tested("daphne")
 
 # "%" encoded 0 to 4 times over ("%", "%25", "%2525", …); deeper nesting is left to the
 # check on the decoded text. Bounded, so that no path makes the patterns slow.
@@ -61,6 +64,7 @@ def install() -> None:
         return
     if getattr(AccessLogGenerator, "_redacts_tokens", False):
         return
+    require_versions(__name__, TESTED_VERSIONS)
     original = AccessLogGenerator.__call__
 
     def __call__(self, protocol, action, details):

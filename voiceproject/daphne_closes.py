@@ -7,6 +7,9 @@ Daphne hands `websocket.close` to autobahn's `sendClose`, which accepts only 100
 `sendCloseFrame`, which any RFC 6455 code may use.
 """
 
+from voiceproject.patching import require_versions, tested
+
+TESTED_VERSIONS = tested("daphne", "autobahn")
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 for the code
 
 
@@ -25,6 +28,7 @@ def install() -> None:
         return
     if getattr(WebSocketProtocol, "_close_codes_patched", False):
         return
+    require_versions(__name__, TESTED_VERSIONS)
     original = WebSocketProtocol.handle_reply
 
     def handle_reply(self, message):

@@ -30,10 +30,10 @@ from typing import Any
 
 from django.conf import settings
 
-from voiceproject.patching import require_versions
+from voiceproject.patching import require_versions, tested
 
 FLOW_CONTROL = "voiceproject.flow_control"
-TESTED_VERSIONS = {"daphne": ">=4.2,<4.3", "autobahn": ">=26.11,<27"}
+TESTED_VERSIONS = tested("daphne", "autobahn")
 HIGH_WATER_BYTES = 256 * 1024
 
 

@@ -5,6 +5,14 @@ from importlib.metadata import PackageNotFoundError, version
 from django.core.exceptions import ImproperlyConfigured
 from packaging.specifiers import SpecifierSet
 
+# The versions the project's patches of these libraries were written and tested
+# against (pyproject.toml pins the same ranges).
+TESTED = {"daphne": ">=4.2,<4.3", "autobahn": ">=26.11,<27", "channels": ">=4.3,<4.4"}
+
+
+def tested(*names: str) -> dict[str, str]:
+    return {name: TESTED[name] for name in names}
+
 
 def versions_untested(tested: dict[str, str]) -> list[str]:
     """`name installed (tested: spec)` for each installed library outside its range."""

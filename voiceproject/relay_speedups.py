@@ -11,7 +11,14 @@ us and are skipped here, each only in the case where skipping it changes nothing
   passes, though it only acts on `http.response.start`; other messages go straight on.
 """
 
+import logging
+
 from channels.sessions import InstanceSessionWrapper
+
+from voiceproject.patching import tested, versions_untested
+
+logger = logging.getLogger(__name__)
+TESTED_VERSIONS = tested("daphne", "autobahn", "channels")
 
 
 def _debug_enabled(log) -> bool:
@@ -70,6 +77,13 @@ def install_autobahn_fast_path() -> None:
 
 
 def install() -> None:
-    """Install every shortcut once (each is a no-op when its library is missing)."""
+    """Install every shortcut once (each is a no-op when its library is missing).
+
+    They change no behaviour, so on library versions they were not written for the
+    unpatched paths stay, with a warning, instead of a refusal to start.
+    """
+    if untested := versions_untested(TESTED_VERSIONS):
+        logger.warning("relay speedups off (untested %s)", ", ".join(untested))
+        return
     install_session_fast_path()
     install_autobahn_fast_path()

@@ -76,6 +76,27 @@ def test_daphne_limits_against_daphne_as_it_is(app, close_code, received):
     assert (code, messages) == (close_code, received)
 
 
+@pytest.mark.parametrize(
+    ("app", "closed"),
+    [
+        # daphne as it is: autobahn refuses to send 1008 itself, the app's send
+        # raises and daphne closes 1011 (django/daphne#374), without the reason.
+        ("tests.voiceproject.frames_app:application", (1011, "")),
+        # With daphne_closes: the code and reason the app asked for.
+        ("tests.voiceproject.frames_app_limited:application", (1008, "bye")),
+    ],
+)
+def test_daphne_closes_against_daphne_as_it_is(app, closed):
+    async def ask_for_1008(url):
+        async with connect(url) as ws:
+            await ws.send("close:1008")
+            await drain(ws)
+            return ws.close_code, ws.close_reason
+
+    with run_daphne(app=app) as server:
+        assert asyncio.run(ask_for_1008(server.ws_url)) == closed
+
+
 def _rss_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):

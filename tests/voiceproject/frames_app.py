@@ -1,4 +1,5 @@
-"""A bare ASGI app under plain daphne: reports each WebSocket message it receives.
+"""A bare ASGI app under plain daphne: reports each WebSocket message it receives;
+the text `close:CODE` makes it close with that code and the reason "bye".
 
 With `frames_app_limited` (the same app with `daphne_limits` installed) it shows what
 the patch changes against daphne's original behaviour.
@@ -17,6 +18,10 @@ async def application(scope, receive, send):
             report = {"too_big": message["too_big"]}
             await send({"type": "websocket.send", "text": json.dumps(report)})
             await send({"type": "websocket.close", "code": 1009})
+            return
+        if (text := message.get("text") or "").startswith("close:"):
+            code = int(text.removeprefix("close:"))
+            await send({"type": "websocket.close", "code": code, "reason": "bye"})
             return
         size = len(message.get("bytes") or message.get("text") or "")
         await send({"type": "websocket.send", "text": json.dumps({"size": size})})

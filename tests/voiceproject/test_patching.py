@@ -3,12 +3,13 @@
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from voiceproject import daphne_limits
-from voiceproject.patching import require_versions, versions_untested
+from voiceproject.patching import TESTED, require_versions, versions_untested
 
 
 def test_the_installed_libraries_are_the_versions_the_patches_were_written_for():
-    assert versions_untested(daphne_limits.TESTED_VERSIONS) == []
+    # daphne_closes, daphne_access_log, daphne_limits, relay_speedups and the
+    # streaming dispatch all check their libraries against these ranges.
+    assert versions_untested(TESTED) == []
 
 
 def test_another_version_is_refused_with_a_clear_error():
@@ -24,3 +25,16 @@ def test_a_missing_library_is_refused():
     assert versions_untested({"no-such-library-here": ">=1"}) == [
         "no-such-library-here missing (tested: >=1)"
     ]
+
+
+def test_relay_speedups_fall_back_with_a_warning_on_other_versions(monkeypatch, caplog):
+    from voiceproject import relay_speedups
+
+    monkeypatch.setattr(relay_speedups, "TESTED_VERSIONS", {"channels": "<1"})
+    called = []
+    monkeypatch.setattr(
+        relay_speedups, "install_session_fast_path", lambda: called.append(1)
+    )
+    relay_speedups.install()
+    assert called == []
+    assert "relay speedups off (untested channels 4." in caplog.text
