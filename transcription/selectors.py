@@ -16,6 +16,7 @@ from django.db.models import (
     Count,
     ExpressionWrapper,
     IntegerField,
+    Max,
     Min,
     OuterRef,
     Prefetch,
@@ -30,7 +31,13 @@ from django.utils.crypto import constant_time_compare
 
 from accounts.models import ApiToken
 from transcription import exports
-from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+from transcription.models import (
+    AudioSession,
+    ReceiverBatch,
+    SessionError,
+    Transcript,
+    WorkerHeartbeat,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -574,6 +581,20 @@ def batches_due(*, limit: int) -> list[int]:
         .order_by("due_at")
         .values_list("pk", flat=True)[:limit]
     )
+
+
+def batches_due_summary(*, now: dt.datetime) -> tuple[int, float]:
+    """How many batches a worker may claim now, and how long (seconds) the oldest
+    of them has been due (0.0: none)."""
+    figures = batches_claimable(now=now).aggregate(n=Count("pk"), oldest=Min("due_at"))
+    oldest = figures["oldest"]
+    age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+    return figures["n"], age
+
+
+def worker_last_seen() -> dt.datetime | None:
+    """When a batch worker last recorded its heartbeat (None: never)."""
+    return WorkerHeartbeat.objects.aggregate(seen=Max("seen_at"))["seen"]
 
 
 def batch_next_due_at() -> dt.datetime | None:
