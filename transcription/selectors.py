@@ -25,7 +25,7 @@ from django.db.models import (
     Subquery,
     Sum,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
@@ -416,6 +416,48 @@ def dashboard() -> Dashboard:
         top_users=top_users_by_audio(since=week_ago),
         latest_errors=latest_errors(),
     )
+
+
+def sessions_per_hour(*, since: dt.datetime) -> dict[dt.datetime, int]:
+    """Sessions started since `since`, by the hour they started (hours with none
+    left out)."""
+    rows = (
+        AudioSession.objects.filter(started_at__gte=since)
+        .annotate(hour=TruncHour("started_at"))
+        .order_by()
+        .values("hour")
+        .annotate(n=Count("pk"))
+    )
+    return {row["hour"]: row["n"] for row in rows}
+
+
+def final_latencies_per_hour(*, since: dt.datetime) -> dict[dt.datetime, list[float]]:
+    """Each session's median final latency, by the hour it started."""
+    rows = (
+        AudioSession.objects.filter(
+            started_at__gte=since, final_latency_p50__isnull=False
+        )
+        .annotate(hour=TruncHour("started_at"))
+        .order_by()
+        .values_list("hour", "final_latency_p50")
+    )
+    by_hour: dict[dt.datetime, list[float]] = {}
+    for hour, latency in rows:
+        by_hour.setdefault(hour, []).append(latency)
+    return by_hour
+
+
+def session_latencies(*, since: dt.datetime) -> tuple[list[float], list[float]]:
+    """The median final and reply latencies of the sessions started since `since`
+    (sessions without one left out)."""
+    sessions = AudioSession.objects.filter(started_at__gte=since)
+    finals = sessions.filter(final_latency_p50__isnull=False).values_list(
+        "final_latency_p50", flat=True
+    )
+    replies = sessions.filter(reply_latency_p50__isnull=False).values_list(
+        "reply_latency_p50", flat=True
+    )
+    return list(finals), list(replies)
 
 
 @dataclass(frozen=True)
