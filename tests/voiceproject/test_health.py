@@ -9,7 +9,8 @@ from tests.transcription.sessions import record_session
 from transcription import services
 from transcription.models import ReceiverBatch, WorkerHeartbeat
 
-pytestmark = pytest.mark.django_db
+# Also on PostgreSQL and the Redis channel layer (`make test`'s second run).
+pytestmark = [pytest.mark.django_db, pytest.mark.services]
 
 
 @pytest.fixture(autouse=True)
