@@ -5,6 +5,9 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8765
 RECEIVER_PORT ?= 5001
+# Prometheus multiprocess files of this host's processes (daphne, the receiver's
+# helpers, workers): wiped once here, before the services start, never by a process.
+METRICS_DIR ?= run/metrics
 
 .PHONY: install run test lint migrate clean
 
@@ -28,8 +31,10 @@ migrate: install .env
 run: migrate
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_demo --url http://$(HOST):$(PORT)/
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
 	@# The demo receiver answers beside daphne unless a receiver is configured.
-	@if [ -z "$$RECEIVER_HOST$$RECEIVER_URL" ]; then \
+	@export PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/$(METRICS_DIR); \
+	if [ -z "$$RECEIVER_HOST$$RECEIVER_URL" ]; then \
 	  $(PY) manage.py run_receiver --host 127.0.0.1 --port $(RECEIVER_PORT) & \
 	  trap "kill $$! 2>/dev/null" EXIT; \
 	  export RECEIVER_HOST=127.0.0.1 RECEIVER_PORT=$(RECEIVER_PORT); \

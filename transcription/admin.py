@@ -114,6 +114,16 @@ def _minutes_seconds(seconds: float | None) -> str:
     return f"{minutes}:{secs:02d}"
 
 
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
+
+
+def _median_worst(median: float | None, worst: float | None) -> str:
+    if median is None:
+        return "—"
+    return f"{_seconds(median)} / {_seconds(worst)}"
+
+
 @admin.register(AudioSession)
 class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
@@ -177,8 +187,24 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 ]
             },
         ),
+        (
+            "Latency",
+            {
+                "fields": ["first_partial", "final_latency", "reply_latency"],
+                "description": "Seconds: first audio to first transcript event; "
+                "end of an utterance's audio (as received) to its final; last "
+                "final of a batch to its reply sent.",
+            },
+        ),
     ]
-    readonly_fields = ["token_link", "duration", "close_code_text"]
+    readonly_fields = [
+        "token_link",
+        "duration",
+        "close_code_text",
+        "first_partial",
+        "final_latency",
+        "reply_latency",
+    ]
 
     def get_queryset(self, request):
         return selectors.session_list_with_counts()
@@ -211,6 +237,18 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="close code")
     def close_code_text(self, obj: AudioSession) -> str:
         return selectors.close_code_label(obj.close_code)
+
+    @admin.display(description="first partial")
+    def first_partial(self, obj: AudioSession) -> str:
+        return _seconds(obj.first_partial_seconds)
+
+    @admin.display(description="final latency (median / worst)")
+    def final_latency(self, obj: AudioSession) -> str:
+        return _median_worst(obj.final_latency_p50, obj.final_latency_max)
+
+    @admin.display(description="reply latency (median / worst)")
+    def reply_latency(self, obj: AudioSession) -> str:
+        return _median_worst(obj.reply_latency_p50, obj.reply_latency_max)
 
     @admin.display(description="finals", ordering="finals_count")
     def finals(self, obj: "SessionWithCounts") -> int:

@@ -30,7 +30,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from accounts.middleware import AUTH_REFUSALS
-from transcription import protocol, selectors, services
+from transcription import metrics, protocol, selectors, services
 from transcription.access import Grant, Handle, access_watch
 from transcription.engines import (
     EngineError,
@@ -38,6 +38,7 @@ from transcription.engines import (
     audio_backlog_limit,
     get_engine,
 )
+from transcription.latency import SessionLatency
 from transcription.models import HEARTBEAT_SECONDS
 from transcription.protocol import ProtocolError, StreamParams
 from transcription.streaming import StreamingWebsocketConsumer
@@ -86,10 +87,12 @@ class ProcessCapacity:
         if self.open >= settings.MAX_SESSIONS_PER_PROCESS:
             return False
         self.open += 1
+        metrics.ACTIVE_SESSIONS.inc()
         return True
 
     def release(self) -> None:
         self.open -= 1
+        metrics.ACTIVE_SESSIONS.dec()
 
 
 capacity = ProcessCapacity()
@@ -109,6 +112,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
     supervisor: asyncio.Task | None = None
     access: Handle | None = None  # revocation, expiry, deactivation, logout
     bytes_per_second: int | None = None  # PCM's byte rate; None for other encodings
+    latency: SessionLatency  # set at connect; with the byte rate once streaming
     has_slot = False  # holds one of the process's MAX_SESSIONS_PER_PROCESS
     end_recorded = False
     socket_closed = False
@@ -126,6 +130,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         self.engine = get_engine()
         self.audio_bytes = 0
         self.finals = 0
+        self.latency = SessionLatency(None)
         self.waiting_for_room = False
         self.close_reason = ""
         self.conclusion: Close | None = None
@@ -137,6 +142,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         if auth_method == "throttled":
             # Counted in logs by the middleware, never stored per attempt: an
             # attacker guessing tokens cannot fill the database.
+            metrics.AUTH_THROTTLED.inc()
             await self._close_now(self._auth_refusal())
             return
         params: StreamParams | None = None
@@ -216,6 +222,12 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
     async def _refuse(self, refusal: Close) -> None:
         """CONNECTING → CLOSED: one {"error"}, the close, then the record."""
         await self._close_now(refusal)
+        metrics.session_ended(
+            close_code=refusal.code, engine=self.engine.name, audio_seconds=0.0
+        )
+        logger.info(
+            "session %s refused (%s): %s", self.session_id, refusal.code, refusal.kind
+        )
         await self._record(
             services.session_reject,
             session_id=self.session_id,
@@ -238,6 +250,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         self.bytes_per_second = (
             params.sample_rate * 2 if params.encoding == "pcm" else None
         )
+        self.latency = SessionLatency(self.bytes_per_second)
         assert self.session_id is not None  # noqa: S101 (recorded at connect)
         self.voice = await SessionVoice.join(
             session_id=self.session_id,
@@ -319,6 +332,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             await stream.send_audio(chunk)
         self.audio_bytes += len(chunk)
         self.last_audio = asyncio.get_running_loop().time()
+        self.latency.on_audio(self.audio_bytes, self.last_audio)
 
     async def _wait_for_room(self, stream: SpeechToText, chunk: bytes) -> None:
         """Flow control: while this waits, daphne stops reading the socket."""
@@ -400,6 +414,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                 if self.state is State.FLUSHING:
                     self.progress_at = asyncio.get_running_loop().time()
                 if event.is_partial:
+                    self.latency.on_event(asyncio.get_running_loop().time())
                     if self.params.send_partials:
                         await self.send(
                             text_data=protocol.event_message(
@@ -454,6 +469,12 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             self.voice.final_stored(transcript)
         message = protocol.event_message(event, detail=self.params.detail)
         await self.send(text_data=message)
+        batch = transcript.batch
+        self.latency.on_final(
+            event,
+            asyncio.get_running_loop().time(),
+            str(batch.batch_id) if batch is not None else None,
+        )
 
     async def _watch_time(self) -> None:
         """Idle timeout, longest session, and a bound on the final flush."""
@@ -531,6 +552,19 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
 
     async def _record_end(self, code: int | None, reason: str, **extra) -> None:
         self.end_recorded = True
+        rate = self.bytes_per_second
+        audio_seconds = self.audio_bytes / rate if rate else 0.0
+        metrics.session_ended(
+            close_code=code, engine=self.engine.name, audio_seconds=audio_seconds
+        )
+        logger.info(
+            "session %s ended (%s%s): %.1f s of audio, %d finals",
+            self.session_id,
+            code,
+            f", {extra['error_kind']}" if extra.get("error_kind") else "",
+            audio_seconds,
+            self.finals,
+        )
         await self._record(
             services.session_end,
             session_id=self.session_id,
@@ -538,6 +572,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             reason=reason,
             audio_bytes=self.audio_bytes,
             bytes_per_second=self.bytes_per_second,
+            latency=self.latency.summary(),
             **extra,
         )
 
@@ -558,6 +593,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         """A worker's reply to one of this session's batches (channel layer)."""
         if self.voice and (message := self.voice.reply_message(event)):
             await self.send(text_data=message)
+            self.latency.on_reply(event["batch_id"], asyncio.get_running_loop().time())
 
     async def disconnect(self, code: int) -> None:
         supervisor = self.supervisor

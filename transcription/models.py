@@ -11,6 +11,10 @@ from django.utils import timezone
 # touched for STALE_AFTER_SECONDS belongs to a server that stopped without closing it.
 HEARTBEAT_SECONDS = 60
 STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+# A batch worker records that it polls this often (at most); /readyz wants one seen
+# within WORKER_SEEN_SECONDS.
+WORKER_HEARTBEAT_SECONDS = 10
+WORKER_SEEN_SECONDS = 60
 
 
 class AudioSessionQuerySet(models.QuerySet):
@@ -199,3 +203,14 @@ class ReceiverBatch(models.Model):
 
     def __str__(self) -> str:
         return f"batch {self.batch_id} ({self.status})"
+
+
+class WorkerHeartbeat(models.Model):
+    """When each batch worker last polled for due batches (at most every
+    WORKER_HEARTBEAT_SECONDS): /readyz wants one seen within the last minute."""
+
+    worker_id = models.CharField(max_length=100, primary_key=True)
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.worker_id} at {self.seen_at:%Y-%m-%d %H:%M:%S}"

@@ -16,6 +16,7 @@ from django.db.models import (
     Count,
     ExpressionWrapper,
     IntegerField,
+    Max,
     Min,
     OuterRef,
     Prefetch,
@@ -24,13 +25,19 @@ from django.db.models import (
     Subquery,
     Sum,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from accounts.models import ApiToken
 from transcription import exports
-from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+from transcription.models import (
+    AudioSession,
+    ReceiverBatch,
+    SessionError,
+    Transcript,
+    WorkerHeartbeat,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -411,6 +418,48 @@ def dashboard() -> Dashboard:
     )
 
 
+def sessions_per_hour(*, since: dt.datetime) -> dict[dt.datetime, int]:
+    """Sessions started since `since`, by the hour they started (hours with none
+    left out)."""
+    rows = (
+        AudioSession.objects.filter(started_at__gte=since)
+        .annotate(hour=TruncHour("started_at"))
+        .order_by()
+        .values("hour")
+        .annotate(n=Count("pk"))
+    )
+    return {row["hour"]: row["n"] for row in rows}
+
+
+def final_latencies_per_hour(*, since: dt.datetime) -> dict[dt.datetime, list[float]]:
+    """Each session's median final latency, by the hour it started."""
+    rows = (
+        AudioSession.objects.filter(
+            started_at__gte=since, final_latency_p50__isnull=False
+        )
+        .annotate(hour=TruncHour("started_at"))
+        .order_by()
+        .values_list("hour", "final_latency_p50")
+    )
+    by_hour: dict[dt.datetime, list[float]] = {}
+    for hour, latency in rows:
+        by_hour.setdefault(hour, []).append(latency)
+    return by_hour
+
+
+def session_latencies(*, since: dt.datetime) -> tuple[list[float], list[float]]:
+    """The median final and reply latencies of the sessions started since `since`
+    (sessions without one left out)."""
+    sessions = AudioSession.objects.filter(started_at__gte=since)
+    finals = sessions.filter(final_latency_p50__isnull=False).values_list(
+        "final_latency_p50", flat=True
+    )
+    replies = sessions.filter(reply_latency_p50__isnull=False).values_list(
+        "reply_latency_p50", flat=True
+    )
+    return list(finals), list(replies)
+
+
 @dataclass(frozen=True)
 class TimelineEntry:
     """One thing that happened in a session, for the conversation view."""
@@ -574,6 +623,20 @@ def batches_due(*, limit: int) -> list[int]:
         .order_by("due_at")
         .values_list("pk", flat=True)[:limit]
     )
+
+
+def batches_due_summary(*, now: dt.datetime) -> tuple[int, float]:
+    """How many batches a worker may claim now, and how long (seconds) the oldest
+    of them has been due (0.0: none)."""
+    figures = batches_claimable(now=now).aggregate(n=Count("pk"), oldest=Min("due_at"))
+    oldest = figures["oldest"]
+    age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+    return figures["n"], age
+
+
+def worker_last_seen() -> dt.datetime | None:
+    """When a batch worker last recorded its heartbeat (None: never)."""
+    return WorkerHeartbeat.objects.aggregate(seen=Max("seen_at"))["seen"]
 
 
 def batch_next_due_at() -> dt.datetime | None:

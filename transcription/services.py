@@ -13,7 +13,14 @@ from django.utils import timezone
 
 from transcription import selectors
 from transcription.engines import StreamParams, TranscriptEvent
-from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+from transcription.latency import LatencySummary
+from transcription.models import (
+    AudioSession,
+    ReceiverBatch,
+    SessionError,
+    Transcript,
+    WorkerHeartbeat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +120,12 @@ def session_end(
     error_kind: str = "",
     audio_bytes: int,
     bytes_per_second: float | None,
+    latency: LatencySummary | None = None,
 ) -> None:
     """Close the record of a session (only once: a second call changes nothing).
 
     With `error_kind`, the session failed: the error (`reason`) is stored with it, in
-    the same transaction.
+    the same transaction. `latency` is the session's figures (SessionLatency).
     """
     failed = failed or bool(error_kind)
     status = AudioSession.Status.FAILED if failed else AudioSession.Status.COMPLETED
@@ -136,6 +144,7 @@ def session_end(
             close_code=close_code,
             close_reason=reason[:200],
             ended_at=timezone.now(),
+            **(latency.as_fields() if latency is not None else {}),
         )
         _session_update_audio(session_id, audio_bytes, bytes_per_second)
 
@@ -414,3 +423,16 @@ def _batch_owned(batch_pk: int, worker_id: str) -> ReceiverBatch | None:
     if batch is None:
         logger.warning("batch %s: lost the claim of worker %s", batch_pk, worker_id)
     return batch
+
+
+def worker_heartbeat(*, worker_id: str) -> None:
+    """A batch worker says it is alive (/readyz looks for a recent one).
+
+    Rows of workers silent for a day are deleted on the way: names with a pid in
+    them would otherwise pile up.
+    """
+    now = timezone.now()
+    WorkerHeartbeat.objects.update_or_create(
+        worker_id=worker_id[:100], defaults={"seen_at": now}
+    )
+    WorkerHeartbeat.objects.filter(seen_at__lt=now - dt.timedelta(days=1)).delete()

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -24,9 +25,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
-from transcription import selectors, services
+from transcription import metrics, selectors, services
 from transcription.engines.tts import TtsError, get_tts
-from transcription.models import ReceiverBatch
+from transcription.models import WORKER_HEARTBEAT_SECONDS, ReceiverBatch
 from transcription.receiver import ReceiverError, receiver_config, receiver_exchange
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class BatchWorker:
         self.concurrency = concurrency
         self.wake = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
+        self.beat_at = -float("inf")
 
     async def run(self) -> None:
         """Claim and deliver until cancelled."""
@@ -63,6 +65,7 @@ class BatchWorker:
             while True:
                 self.wake.clear()
                 try:
+                    await self._heartbeat()
                     await self.claim_due()
                     delay = await self._next_delay()
                 except Exception:
@@ -76,6 +79,15 @@ class BatchWorker:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
             logger.info("batch worker %s stopped", self.worker_id)
+
+    async def _heartbeat(self) -> None:
+        """Record that this worker polls (at most every WORKER_HEARTBEAT_SECONDS)."""
+        now = time.monotonic()
+        if now - self.beat_at >= WORKER_HEARTBEAT_SECONDS:
+            self.beat_at = now
+            await database_sync_to_async(services.worker_heartbeat)(
+                worker_id=self.worker_id
+            )
 
     async def claim_due(self) -> None:
         for batch in await database_sync_to_async(services.batches_give_up_exhausted)():
@@ -133,6 +145,10 @@ class BatchWorker:
                 error=f"Delivery failed unexpectedly ({exc.__class__.__name__}).",
                 retry=True,
             )
+        if outcome.error:
+            metrics.RECEIVER_FAILURES.inc()
+        if outcome.tts_error:
+            metrics.TTS_FAILURES.inc()
         try:
             await self._record(batch_pk, outcome)
         except asyncio.CancelledError:

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: /healthz, /readyz and /metrics, before host checks and redirects.
+    "voiceproject.operations.operations_endpoints",
     "django.middleware.security.SecurityMiddleware",
     # Before anything that redirects (login_required, LoginView): no token in a URL.
     "accounts.middleware.TokenOutOfUrlsMiddleware",
@@ -168,13 +170,28 @@ OFFLINE_DECODER_PROCESSES = env.int(
 AWS_REGION = env.str("AWS_REGION", default="eu-west-1")
 AWS_TRANSCRIBE_ENDPOINT = env.str("AWS_TRANSCRIBE_ENDPOINT", default="")
 
+# --- Operations (SPEC §11): health, metrics, logs ------------------------------
+# /readyz fails when a due receiver batch has waited longer than this (seconds).
+READY_MAX_BATCH_AGE = env.float("READY_MAX_BATCH_AGE", default=120.0)
+# /metrics is served to these socket peers (addresses or CIDRs) and to requests
+# with `Authorization: Bearer $METRICS_TOKEN`. PROMETHEUS_MULTIPROC_DIR is read by
+# prometheus-client itself (transcription.metrics), not here.
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "voiceproject.log_format.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # axes: its failures and lockouts are warnings; its INFO lines are noise (and
     # would print at the start of every manage.py command).

@@ -1,8 +1,8 @@
-"""`{% operations_dashboard as d %}`: the figures on the admin index."""
+"""`{% operations_dashboard %}` and `{% operations_charts %}`: the admin index."""
 
 from django import template
 
-from transcription import selectors
+from transcription import dashboard, selectors
 
 register = template.Library()
 
@@ -10,3 +10,8 @@ register = template.Library()
 @register.simple_tag
 def operations_dashboard() -> selectors.Dashboard:
     return selectors.dashboard()
+
+
+@register.simple_tag
+def operations_charts() -> dashboard.Charts:
+    return dashboard.charts()
