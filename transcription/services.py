@@ -7,11 +7,11 @@ from collections import Counter
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from transcription import selectors
+from transcription import selectors, server_process
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 
@@ -43,6 +43,7 @@ def session_start(
         auth_method=auth_method or "",
         engine=engine,
         client=client[:64],
+        **server_process.current(),
         **fields,
     )
 
@@ -153,15 +154,25 @@ def session_heartbeat(
 def sessions_close_abandoned() -> int:
     """Close the records of sessions whose server stopped without closing them.
 
-    Each becomes failed, ended at its last heartbeat, with an error saying why; what
-    was said (its finals and batches) stays. Returns how many were closed.
+    Those of this host's processes that are gone (`server_process.is_running`),
+    whatever their heartbeat says, and any whose heartbeat stopped (other hosts
+    cannot be asked). Each becomes failed, ended at its last heartbeat, with an
+    error saying why; what was said (its finals and batches) stays. Returns how
+    many were closed.
     """
     message = "The server stopped before the session ended."
+    gone = [
+        pk
+        for pk, pid, started in AudioSession.objects.filter(
+            status=AudioSession.Status.ACTIVE, server_host=server_process.HOST
+        ).values_list("pk", "server_pid", "server_started_at")
+        if not server_process.is_running(pid, started)
+    ]
     closed = 0
-    for session in AudioSession.objects.abandoned().only("pk", "heartbeat_at"):
+    for session in _abandoned(gone).only("pk", "heartbeat_at"):
         with transaction.atomic():
             updated = (
-                AudioSession.objects.abandoned()
+                _abandoned(gone)
                 .filter(pk=session.pk)
                 .update(
                     status=AudioSession.Status.FAILED,
@@ -177,6 +188,11 @@ def sessions_close_abandoned() -> int:
     if closed:
         logger.warning("closed %d sessions abandoned by a stopped server", closed)
     return closed
+
+
+def _abandoned(gone: list[uuid.UUID]) -> QuerySet[AudioSession]:
+    active = AudioSession.objects.filter(status=AudioSession.Status.ACTIVE)
+    return AudioSession.objects.abandoned() | active.filter(pk__in=gone)
 
 
 def _session_update_audio(
