@@ -110,17 +110,19 @@ def session_end(
     session_id: uuid.UUID,
     close_code: int | None,
     reason: str = "",
-    failed: bool = False,
+    failed: bool | None = None,
     error_kind: str = "",
     audio_bytes: int,
     bytes_per_second: float | None,
 ) -> None:
     """Close the record of a session (only once: a second call changes nothing).
 
-    With `error_kind`, the session failed: the error (`reason`) is stored with it, in
-    the same transaction.
+    With `error_kind`, the error (`reason`) is stored with it, in the same
+    transaction, and the session failed unless `failed=False` says otherwise (a
+    server shutting down ends sessions with an error entry, not as failures).
     """
-    failed = failed or bool(error_kind)
+    if failed is None:
+        failed = bool(error_kind)
     status = AudioSession.Status.FAILED if failed else AudioSession.Status.COMPLETED
     with transaction.atomic():
         if error_kind:
@@ -291,6 +293,21 @@ def batch_claim(*, batch_pk: int, worker_id: str, lease_seconds: float) -> bool:
         attempts=F("attempts") + 1,
     )
     return taken == 1
+
+
+def batch_release(*, batch_pk: int, worker_id: str) -> bool:
+    """A stopping worker gives back a claim it will not finish: pending, due now,
+    and the attempt not counted (it was interrupted, not failed)."""
+    released = ReceiverBatch.objects.filter(
+        pk=batch_pk, status=ReceiverBatch.Status.CLAIMED, claimed_by=worker_id[:100]
+    ).update(
+        status=ReceiverBatch.Status.PENDING,
+        due_at=timezone.now(),
+        claimed_by="",
+        claimed_until=None,
+        attempts=F("attempts") - 1,
+    )
+    return released == 1
 
 
 def batch_retry_delay(attempts: int) -> float:

@@ -174,6 +174,9 @@ MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=8)
 # encodings without a fixed byte rate. Beyond it the server stops reading the socket.
 MAX_AUDIO_BACKLOG_SECONDS = env.float("MAX_AUDIO_BACKLOG_SECONDS", default=60.0)
 MAX_AUDIO_BACKLOG_BYTES = env.int("MAX_AUDIO_BACKLOG_BYTES", default=4 * 1024 * 1024)
+# On SIGTERM or SIGINT, open sessions get this long to flush what they heard before
+# they close 1001 (voiceproject.daphne_shutdown, transcription.shutdown).
+DRAIN_SECONDS = env.float("DRAIN_SECONDS", default=10.0)
 # How often each server process checks that its running sessions' tokens, users and
 # browser logins still hold (one query per kind for all of them; SPEC §3).
 ACCESS_CHECK_SECONDS = env.float("ACCESS_CHECK_SECONDS", default=2.0)
