@@ -177,6 +177,10 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 ]
             },
         ),
+        (
+            "Served by",
+            {"fields": ["server_host", "server_pid", "server_started_at"]},
+        ),
     ]
     readonly_fields = ["token_link", "duration", "close_code_text"]
 
