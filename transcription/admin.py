@@ -188,6 +188,10 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             },
         ),
         (
+            "Served by",
+            {"fields": ["server_host", "server_pid", "server_started_at"]},
+        ),
+        (
             "Latency",
             {
                 "fields": ["first_partial", "final_latency", "reply_latency"],

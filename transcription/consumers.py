@@ -6,7 +6,8 @@ Server → client: `{"partialTranscript": "…"}` (when sendPartials=true),
 `{"transcript": "…"}` for each final, `{"error": "…"}` right before any close that is
 not a plain 1000. Closes: 1000 after END_OF_STREAM or a timeout, 1008 auth/parameters/
 quota/revoked access/audio backlog (where reading cannot be paused), 1009 frame too
-big, 1011 engine or server error, 1013 server at capacity.
+big, 1011 engine or server error, 1013 server at capacity or shutting down; 1001 when
+the server shuts down mid-session (`drain()`: the finals it heard first).
 With a receiver configured (SPEC §4), also `{"type": "server_response", "message":
 "…", "audio": "<base64 MP3>" | null, "batch_id": "…"}` for each non-empty reply; at
 END_OF_STREAM the last batch's reply comes before the 1000 close.
@@ -30,7 +31,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from accounts.middleware import AUTH_REFUSALS
-from transcription import metrics, protocol, selectors, services
+from transcription import metrics, protocol, selectors, services, shutdown
 from transcription.access import Grant, Handle, access_watch
 from transcription.engines import (
     EngineError,
@@ -71,6 +72,19 @@ class Close:
     @property
     def is_error(self) -> bool:
         return bool(self.kind)
+
+    @property
+    def is_failure(self) -> bool:
+        """Recorded as failed: an error other than the server shutting down."""
+        return self.is_error and self.kind != SHUTDOWN
+
+
+SHUTDOWN = "shutdown"
+GOING_AWAY = Close(
+    protocol.CLOSE_GOING_AWAY,
+    "The server is going away: it is shutting down. Reconnect to continue.",
+    SHUTDOWN,
+)
 
 
 class ProcessCapacity:
@@ -116,17 +130,20 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
     has_slot = False  # holds one of the process's MAX_SESSIONS_PER_PROCESS
     end_recorded = False
     socket_closed = False
+    drain_deadline: float | None = None  # loop time; set when the server shuts down
 
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         finally:
             self._release_slot()  # also when a handler raised
+            shutdown.session_gone(self)
 
     # --- CONNECTING -------------------------------------------------------------
 
     async def connect(self) -> None:
         self.has_slot = capacity.reserve()  # before any await (see ProcessCapacity)
+        shutdown.session_opened(self)
         self.engine = get_engine()
         self.audio_bytes = 0
         self.finals = 0
@@ -157,6 +174,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         refusal = (
             (self._auth_refusal() if auth_method not in ("token", "session") else None)
             or param_refusal
+            or self._shutdown_refusal()
             or self._capacity_refusal()
             or await self._quota_refusal()
         )
@@ -170,6 +188,16 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         method = self.scope.get("auth_method")
         message = AUTH_REFUSALS.get(method, AUTH_REFUSALS[None])
         return Close(protocol.CLOSE_POLICY, message, "auth")
+
+    @staticmethod
+    def _shutdown_refusal() -> Close | None:
+        if not shutdown.draining():
+            return None
+        return Close(
+            protocol.CLOSE_TRY_AGAIN,
+            "The server is shutting down: try again later.",
+            SHUTDOWN,
+        )
 
     def _capacity_refusal(self) -> Close | None:
         if self.has_slot:
@@ -370,6 +398,25 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         self.wake_watch.set()  # the flush bound starts now
         await self.stream.end_audio()
 
+    async def drain(self, deadline: float) -> None:
+        """The server shuts down: no more audio; what the engine still has is sent
+        until `deadline` (loop time), then {"error"} and 1001 (`GOING_AWAY`)."""
+        loop = asyncio.get_running_loop()
+        # Still starting (its engine opening): drained once it streams. A short
+        # poll, bounded by the deadline, rather than an event set on every way out
+        # of CONNECTING.
+        while self.state is State.CONNECTING and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self.drain_deadline = deadline
+        if self.state is State.STREAMING:
+            await self.end_audio()
+        self.wake_watch.set()  # the deadline joins the timers
+        if self.supervisor is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self.supervisor), deadline - loop.time() + 1.0
+                )
+
     # --- the session's tasks ------------------------------------------------------
 
     async def _access_ended(self, reason: str) -> None:
@@ -448,7 +495,10 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                 )
             )
             return
-        self.conclude(Close(protocol.CLOSE_NORMAL, self.close_reason))
+        if self.drain_deadline is not None:
+            self.conclude(GOING_AWAY)  # flushed: the finals it heard are sent
+        else:
+            self.conclude(Close(protocol.CLOSE_NORMAL, self.close_reason))
 
     async def _relay_final(self, event) -> None:
         """Stored first, then sent: a final the client has seen is never lost."""
@@ -483,6 +533,9 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         longest = settings.MAX_SESSION_SECONDS
         while True:
             now = loop.time()
+            if self.drain_deadline is not None and now >= self.drain_deadline:
+                self.conclude(GOING_AWAY)  # the engine did not finish in time
+                return
             if self.state is State.FLUSHING:
                 if now - self.progress_at > FLUSH_TIMEOUT_SECONDS:
                     self.conclude(
@@ -494,6 +547,8 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                     )
                     return
                 deadline = self.progress_at + FLUSH_TIMEOUT_SECONDS
+                if self.drain_deadline is not None:
+                    deadline = min(deadline, self.drain_deadline)
             else:
                 if self.waiting_for_room:  # reading is paused: not the client's idling
                     self.last_audio = now
@@ -538,6 +593,8 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             self.access.cancel()
         if self.stream is not None:
             await self.stream.aclose()  # also frees a sender waiting for room
+        if close.kind == SHUTDOWN and self.voice:
+            await self.voice.flush_and_wait(until=self.drain_deadline)
         if close.is_error:
             await self.send(text_data=protocol.error_message(close.message))
         elif self.voice:
@@ -548,7 +605,9 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         self.socket_closed = True
         self.state = State.CLOSED
         self._release_slot()
-        await self._record_end(close.code, close.message, error_kind=close.kind)
+        await self._record_end(
+            close.code, close.message, error_kind=close.kind, failed=close.is_failure
+        )
 
     async def _record_end(self, code: int | None, reason: str, **extra) -> None:
         self.end_recorded = True

@@ -9,6 +9,7 @@ from transcription.engines import Capabilities, StreamParams, TranscriptEvent
 END_OF_STREAM: Final = "END_OF_STREAM"
 
 CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_SERVER_ERROR: Final = 1011

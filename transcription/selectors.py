@@ -259,6 +259,7 @@ def reply_audio_get_own(*, user, session_id, batch_pk: int) -> bytes | None:
 
 CLOSE_CODE_MEANINGS = {
     1000: "normal",
+    1001: "going away (server shutdown)",
     1008: "policy (auth, parameters, quota)",
     1009: "frame too big",
     1011: "server or engine error",

@@ -7,11 +7,11 @@ from collections import Counter
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from transcription import selectors
+from transcription import selectors, server_process
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.latency import LatencySummary
 from transcription.models import (
@@ -50,6 +50,7 @@ def session_start(
         auth_method=auth_method or "",
         engine=engine,
         client=client[:64],
+        **server_process.current(),
         **fields,
     )
 
@@ -116,7 +117,7 @@ def session_end(
     session_id: uuid.UUID,
     close_code: int | None,
     reason: str = "",
-    failed: bool = False,
+    failed: bool | None = None,
     error_kind: str = "",
     audio_bytes: int,
     bytes_per_second: float | None,
@@ -124,10 +125,13 @@ def session_end(
 ) -> None:
     """Close the record of a session (only once: a second call changes nothing).
 
-    With `error_kind`, the session failed: the error (`reason`) is stored with it, in
-    the same transaction. `latency` is the session's figures (SessionLatency).
+    With `error_kind`, the error (`reason`) is stored with it, in the same
+    transaction, and the session failed unless `failed=False` says otherwise (a
+    server shutting down ends sessions with an error entry, not as failures).
+    `latency` is the session's figures (SessionLatency).
     """
-    failed = failed or bool(error_kind)
+    if failed is None:
+        failed = bool(error_kind)
     status = AudioSession.Status.FAILED if failed else AudioSession.Status.COMPLETED
     with transaction.atomic():
         if error_kind:
@@ -162,15 +166,25 @@ def session_heartbeat(
 def sessions_close_abandoned() -> int:
     """Close the records of sessions whose server stopped without closing them.
 
-    Each becomes failed, ended at its last heartbeat, with an error saying why; what
-    was said (its finals and batches) stays. Returns how many were closed.
+    Those of this host's processes that are gone (`server_process.is_running`),
+    whatever their heartbeat says, and any whose heartbeat stopped (other hosts
+    cannot be asked). Each becomes failed, ended at its last heartbeat, with an
+    error saying why; what was said (its finals and batches) stays. Returns how
+    many were closed.
     """
     message = "The server stopped before the session ended."
+    gone = [
+        pk
+        for pk, pid, started in AudioSession.objects.filter(
+            status=AudioSession.Status.ACTIVE, server_host=server_process.HOST
+        ).values_list("pk", "server_pid", "server_started_at")
+        if not server_process.is_running(pid, started)
+    ]
     closed = 0
-    for session in AudioSession.objects.abandoned().only("pk", "heartbeat_at"):
+    for session in _abandoned(gone).only("pk", "heartbeat_at"):
         with transaction.atomic():
             updated = (
-                AudioSession.objects.abandoned()
+                _abandoned(gone)
                 .filter(pk=session.pk)
                 .update(
                     status=AudioSession.Status.FAILED,
@@ -186,6 +200,11 @@ def sessions_close_abandoned() -> int:
     if closed:
         logger.warning("closed %d sessions abandoned by a stopped server", closed)
     return closed
+
+
+def _abandoned(gone: list[uuid.UUID]) -> QuerySet[AudioSession]:
+    active = AudioSession.objects.filter(status=AudioSession.Status.ACTIVE)
+    return AudioSession.objects.abandoned() | active.filter(pk__in=gone)
 
 
 def _session_update_audio(
@@ -284,6 +303,21 @@ def batch_claim(*, batch_pk: int, worker_id: str, lease_seconds: float) -> bool:
         attempts=F("attempts") + 1,
     )
     return taken == 1
+
+
+def batch_release(*, batch_pk: int, worker_id: str) -> bool:
+    """A stopping worker gives back a claim it will not finish: pending, due now,
+    and the attempt not counted (it was interrupted, not failed)."""
+    released = ReceiverBatch.objects.filter(
+        pk=batch_pk, status=ReceiverBatch.Status.CLAIMED, claimed_by=worker_id[:100]
+    ).update(
+        status=ReceiverBatch.Status.PENDING,
+        due_at=timezone.now(),
+        claimed_by="",
+        claimed_until=None,
+        attempts=F("attempts") - 1,
+    )
+    return released == 1
 
 
 def batch_retry_delay(attempts: int) -> float:

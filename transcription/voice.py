@@ -63,14 +63,17 @@ class SessionVoice:
             }
         )
 
-    async def flush_and_wait(self) -> None:
-        """Send the open batch now; wait for replies, at most one exchange + TTS."""
+    async def flush_and_wait(self, until: float | None = None) -> None:
+        """Send the open batch now; wait for replies, at most one exchange + TTS
+        (or until `until`, loop time, if sooner)."""
         if not self.waiting:
             return
         await database_sync_to_async(services.batch_flush)(session_id=self.session_id)
         worker.wake_in_process()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.RECEIVER_TIMEOUT + settings.TTS_TIMEOUT + 2.0
+        if until is not None:
+            deadline = min(deadline, until)
         while self.waiting and (left := deadline - loop.time()) > 0:
             self.answered.clear()
             with contextlib.suppress(TimeoutError):

@@ -47,7 +47,13 @@ def lease_seconds() -> float:
 
 
 class BatchWorker:
-    """Delivers due batches, at most `concurrency` at a time."""
+    """Delivers due batches, at most `concurrency` at a time.
+
+    `stop(grace)` ends `run()` in order: no new claims, deliveries under way get
+    `grace` seconds to finish, the rest are cancelled and their batches released
+    (due again at once, the attempt not counted). Cancelling `run()` releases at
+    once.
+    """
 
     def __init__(self, worker_id: str = "", *, concurrency: int = 8):
         self.worker_id = worker_id or (
@@ -55,14 +61,16 @@ class BatchWorker:
         )
         self.concurrency = concurrency
         self.wake = asyncio.Event()
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: dict[asyncio.Task, int] = {}  # delivery → its batch's pk
         self.beat_at = -float("inf")
+        self.stopping = False
+        self.grace = 0.0
 
     async def run(self) -> None:
         """Claim and deliver until cancelled."""
         logger.info("batch worker %s started", self.worker_id)
         try:
-            while True:
+            while not self.stopping:
                 self.wake.clear()
                 try:
                     await self._heartbeat()
@@ -72,12 +80,14 @@ class BatchWorker:
                     # A database hiccup must not end the worker: try again later.
                     logger.exception("batch worker %s: claiming failed", self.worker_id)
                     delay = POLL_SECONDS
+                if self.stopping:
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), delay)
+            if self.tasks and self.grace > 0:
+                await asyncio.wait(set(self.tasks), timeout=self.grace)
         finally:
-            for task in self.tasks:
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self._release_unfinished()
             logger.info("batch worker %s stopped", self.worker_id)
 
     async def _heartbeat(self) -> None:
@@ -88,6 +98,31 @@ class BatchWorker:
             await database_sync_to_async(services.worker_heartbeat)(
                 worker_id=self.worker_id
             )
+
+    def stop(self, grace: float) -> None:
+        """Claim nothing more; let deliveries finish for `grace` seconds."""
+        self.stopping = True
+        self.grace = grace
+        self.wake.set()
+
+    async def _release_unfinished(self) -> None:
+        unfinished = dict(self.tasks)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        for task, pk in unfinished.items():
+            if not task.cancelled():
+                continue  # it finished after all (its outcome is stored)
+            try:
+                released = await database_sync_to_async(services.batch_release)(
+                    batch_pk=pk, worker_id=self.worker_id
+                )
+            except Exception:
+                # Its lease runs out instead, and that attempt counts.
+                logger.exception("batch %s: not released", pk)
+            else:
+                if released:
+                    logger.info("batch %s released by %s", pk, self.worker_id)
 
     async def claim_due(self) -> None:
         for batch in await database_sync_to_async(services.batches_give_up_exhausted)():
@@ -101,11 +136,11 @@ class BatchWorker:
             )
             if claimed:
                 task = asyncio.create_task(self.deliver(pk))
-                self.tasks.add(task)
+                self.tasks[task] = pk
                 task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
+        self.tasks.pop(task, None)
         self.wake.set()
 
     async def _next_delay(self) -> float:
@@ -283,11 +318,12 @@ def wake_in_process() -> None:
         _runner.worker.wake.set()
 
 
-async def stop_in_process() -> None:
-    """Cancel and await this process's worker task (tests, shutdown)."""
+async def stop_in_process(grace: float = 0.0) -> None:
+    """Stop this process's worker task (shutdown, tests): deliveries under way get
+    `grace` seconds, the rest are released."""
     global _runner
     runner, _runner = _runner, None
     if runner is not None and runner.loop is asyncio.get_running_loop():
-        runner.task.cancel()
+        runner.worker.stop(grace)
         with contextlib.suppress(asyncio.CancelledError):
             await runner.task

@@ -24,8 +24,23 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
-# Behind a proxy that terminates TLS: this server's own origin is https://HOST.
+# Behind a proxy that terminates TLS (production): this server's own origin is
+# https://HOST, cookies are secure, HSTS is sent and plain http is redirected, except
+# the probes, which Prometheus and load balancers ask on the loopback side. The proxy
+# must set X-Forwarded-Proto itself (never pass on the client's), and daphne must be
+# reachable only through it (docs/deployment.md).
 DJANGO_BEHIND_TLS_PROXY = env.bool("DJANGO_BEHIND_TLS_PROXY", default=False)
+if DJANGO_BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz/?$", r"^readyz/?$", r"^metrics/?$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # A year, as hstspreload.org asks; DJANGO_HSTS_SECONDS=300 to try it out first.
+    # "preload" only consents: a domain joins browsers' lists when submitted there.
+    SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
 
 INSTALLED_APPS = [
     "daphne",
@@ -161,6 +176,9 @@ MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=8)
 # encodings without a fixed byte rate. Beyond it the server stops reading the socket.
 MAX_AUDIO_BACKLOG_SECONDS = env.float("MAX_AUDIO_BACKLOG_SECONDS", default=60.0)
 MAX_AUDIO_BACKLOG_BYTES = env.int("MAX_AUDIO_BACKLOG_BYTES", default=4 * 1024 * 1024)
+# On SIGTERM or SIGINT, open sessions get this long to flush what they heard before
+# they close 1001 (voiceproject.daphne_shutdown, transcription.shutdown).
+DRAIN_SECONDS = env.float("DRAIN_SECONDS", default=10.0)
 # How often each server process checks that its running sessions' tokens, users and
 # browser logins still hold (one query per kind for all of them; SPEC §3).
 ACCESS_CHECK_SECONDS = env.float("ACCESS_CHECK_SECONDS", default=2.0)

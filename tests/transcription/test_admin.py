@@ -1,12 +1,14 @@
 """The sessions admin and the dashboard: pages, facts on them, actions, refusals."""
 
 import json
+import os
 import re
 
 import pytest
 from django.urls import reverse
 
 from tests.transcription.sessions import record_session, record_voice_session
+from transcription import server_process
 from transcription.models import AudioSession
 
 pytestmark = pytest.mark.django_db
@@ -279,3 +281,12 @@ def test_reply_audio_refused_for_non_staff(client, user, voice_session):
         "admin:transcription_audiosession_reply_audio", args=[session.pk, batch_pks[0]]
     )
     assert client.get(url).status_code == 302
+
+
+def test_session_detail_shows_the_process_that_served_it(admin_client, history):
+    session = history["today"]
+    assert session.server_pid == os.getpid()
+    html = admin_client.get(session_url(session)).content.decode()
+    assert "Served by" in html
+    assert server_process.HOST in html
+    assert f">{os.getpid()}<" in html

@@ -2,12 +2,16 @@
 
 import asyncio
 import datetime as dt
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from transcription import startup, worker
+from transcription import server_process, startup, worker
 from transcription.engines import get_engine
 from transcription.engines.offline_worker import stats
 from transcription.models import AudioSession, SessionError
@@ -81,3 +85,78 @@ async def test_sessions_left_open_by_a_stopped_server_are_closed(settings):
         SessionError.objects.values_list("session_id", "kind")
     )
     assert kinds == [(stale.pk, "abandoned")]
+
+
+def _gone_pid() -> int:
+    """The pid of a process that has just exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+async def test_sessions_of_this_hosts_gone_processes_are_closed_whatever_the_heartbeat(
+    settings,
+):
+    """A fresh heartbeat does not save a session whose process is gone (its pid does
+    not run, or runs with another start time); other hosts keep the heartbeat rule."""
+    settings.TRANSCRIPTION_ENGINE = "echo"
+    here = server_process.HOST
+    parent = os.getppid()
+    parent_started = server_process.started_at(parent)
+    assert parent_started is not None
+
+    def make():
+        def session(**server):
+            return AudioSession.objects.create(engine="echo", **server)
+
+        return {
+            "dead pid": session(
+                server_host=here, server_pid=_gone_pid(), server_started_at=None
+            ),
+            "reused pid": session(
+                server_host=here,
+                server_pid=parent,
+                server_started_at=parent_started - dt.timedelta(hours=1),
+            ),
+            "alive": session(
+                server_host=here, server_pid=parent, server_started_at=parent_started
+            ),
+            "this process": session(**server_process.current()),
+            "other host": session(
+                server_host="elsewhere", server_pid=_gone_pid(), server_started_at=None
+            ),
+        }
+
+    sessions = await sync_to_async(make)()
+    await _first_connections(startup.StartOnFirstConnection(_app))
+
+    def statuses():
+        return {
+            name: AudioSession.objects.get(pk=s.pk).status
+            for name, s in sessions.items()
+        }
+
+    assert await sync_to_async(statuses)() == {
+        "dead pid": "failed",
+        "reused pid": "failed",
+        "alive": "active",
+        "this process": "active",
+        "other host": "active",
+    }
+
+
+async def test_a_session_records_the_process_that_serves_it(
+    connect, api_token, echo_engine
+):
+    communicator = await connect(token=api_token[1])
+    await communicator.send_to(text_data="END_OF_STREAM")
+    await communicator.receive_output(10)
+    session = await sync_to_async(AudioSession.objects.get)()
+    assert session.server_host == socket.gethostname()
+    assert session.server_pid == os.getpid()
+    started = server_process.started_at(os.getpid())
+    assert started is not None
+    assert abs((session.server_started_at - started).total_seconds()) < 2
+    # One value per process, and near enough to what `ps` would say.
+    assert session.server_started_at == server_process.STARTED_AT
+    assert session.server_started_at <= timezone.now()
