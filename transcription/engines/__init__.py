@@ -17,7 +17,8 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 ENGINE_ALIASES = {
-    "offline": "transcription.engines.offline.OfflineEngine",
+    "offline": "transcription.engines.offline.PocketsphinxEngine",
+    "pocketsphinx": "transcription.engines.offline.PocketsphinxEngine",
     "aws": "transcription.engines.aws_transcribe.AwsTranscribeEngine",
     "echo": "transcription.engines.echo.EchoEngine",
 }
