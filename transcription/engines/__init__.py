@@ -19,6 +19,7 @@ from django.utils.module_loading import import_string
 ENGINE_ALIASES = {
     "offline": "transcription.engines.offline.PocketsphinxEngine",
     "pocketsphinx": "transcription.engines.offline.PocketsphinxEngine",
+    "whisper": "transcription.engines.whisper.WhisperEngine",
     "aws": "transcription.engines.aws_transcribe.AwsTranscribeEngine",
     "echo": "transcription.engines.echo.EchoEngine",
 }
