@@ -17,7 +17,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 ENGINE_ALIASES = {
-    "offline": "transcription.engines.offline.PocketsphinxEngine",
+    "offline": "transcription.engines.whisper.WhisperEngine",
     "pocketsphinx": "transcription.engines.offline.PocketsphinxEngine",
     "whisper": "transcription.engines.whisper.WhisperEngine",
     "aws": "transcription.engines.aws_transcribe.AwsTranscribeEngine",

@@ -134,12 +134,12 @@ def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
     # Partials always forbid repeated trigrams (they are replaced anyway); a final
     # does only when its first pass looks like a loop.
     text, result = generate(0 if final else 3)
-    if final and _compression_ratio(text) > MAX_COMPRESSION_RATIO:
-        text, result = generate(3)
     tokens = len(result.sequences_ids[0])
     avg_logprob = result.scores[0] * tokens / (tokens + 1)
     if result.no_speech_prob > NO_SPEECH_PROBABILITY and avg_logprob < LOW_LOGPROB:
-        return ""
+        return ""  # judged on the unconstrained pass: the second one scores lower
+    if final and _compression_ratio(text) > MAX_COMPRESSION_RATIO:
+        text, _ = generate(3)
     return text
 
 
