@@ -39,7 +39,8 @@ MAX_WINDOW_SECONDS = 30.0  # Whisper's encoder takes no more
 # An utterance this long is cut at its next pause, or at the hard limit regardless.
 CUT_AT_PAUSE_BYTES = 25 * BYTES_PER_SECOND
 CUT_ANYWAY_BYTES = 29 * BYTES_PER_SECOND
-FIRST_PARTIAL_BYTES = BYTES_PER_SECOND // 2
+# The first partial soon after the onset (the endpointer confirms speech ~0.3 s in).
+FIRST_PARTIAL_BYTES = int(BYTES_PER_SECOND * 0.3) & ~1
 PARTIAL_EVERY_BYTES = BYTES_PER_SECOND
 # Repetition guards: text tokens allowed per second of audio (fast speech is ~5),
 # and the zlib ratio beyond which text is taken for a loop (Whisper's own rule).
