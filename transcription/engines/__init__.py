@@ -17,7 +17,9 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 ENGINE_ALIASES = {
-    "offline": "transcription.engines.offline.OfflineEngine",
+    "offline": "transcription.engines.whisper.WhisperEngine",
+    "pocketsphinx": "transcription.engines.offline.PocketsphinxEngine",
+    "whisper": "transcription.engines.whisper.WhisperEngine",
     "aws": "transcription.engines.aws_transcribe.AwsTranscribeEngine",
     "echo": "transcription.engines.echo.EchoEngine",
 }

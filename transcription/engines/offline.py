@@ -1,12 +1,17 @@
-"""The offline engine: pocketsphinx decoding in a pool of worker processes.
+"""Offline engines: decoding in a pool of worker processes (pocketsphinx here).
 
-pocketsphinx holds the GIL while it decodes, so decoding runs neither on the event
-loop nor in a thread: the engine keeps OFFLINE_DECODER_PROCESSES one-process
+Decoders hold the GIL or the cores while they decode, so decoding runs neither on the
+event loop nor in a thread: an engine keeps OFFLINE_DECODER_PROCESSES one-process
 executors ("spawn" context, started on first use). Each session is pinned to the
-least loaded process, where `offline_worker` keeps its decoder state; an asyncio task
-per session hands it the audio waiting (all of it in one call, up to a bound) and
-queues the events that come back. `send_audio()` only appends to a bounded backlog,
-and waits while it is full.
+least loaded process, where a worker module (`offline_worker` for pocketsphinx,
+`whisper_worker` for Whisper) keeps its decoder state; an asyncio task per session
+hands it the audio waiting (all of it in one call, up to a bound) and queues the
+events that come back. `send_audio()` only appends to a bounded backlog, and waits
+while it is full.
+
+A worker module provides `init_worker(*initargs)`, `session_open(key, sample_rate,
+language, partials) -> pid`, `feed(key, data, last, partials) -> events`,
+`session_close(key)` and `stats()`.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import contextlib
 import logging
 import multiprocessing
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from types import ModuleType
+from typing import Any
 
 from django.conf import settings
 
@@ -46,40 +53,48 @@ _END = object()
 _pools: list[DecoderPool] = []
 
 
-def _new_executor() -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=offline_worker.init_worker,
-    )
-
-
 class _Worker:
     """One decoding process (a one-process executor) and how many sessions use it."""
 
-    def __init__(self) -> None:
-        self.executor = _new_executor()
+    def __init__(self, executor: ProcessPoolExecutor) -> None:
+        self.executor = executor
         self.sessions = 0
 
 
 class DecoderPool:
     """A fixed number of decoding processes, started when first needed."""
 
-    def __init__(self, processes: int | None = None) -> None:
+    def __init__(
+        self,
+        processes: int | None = None,
+        *,
+        module: ModuleType = offline_worker,
+        initargs: Sequence[Any] = (),
+    ) -> None:
         self.processes = processes
+        self.module = module  # the worker module the processes run
+        self.initargs = tuple(initargs)
         self.workers: list[_Worker] = []
         _pools.append(self)
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=self.module.init_worker,
+            initargs=self.initargs,
+        )
 
     def _ensure_workers(self) -> list[_Worker]:
         if not self.workers:
             count = self.processes or settings.OFFLINE_DECODER_PROCESSES
-            self.workers = [_Worker() for _ in range(max(1, count))]
+            self.workers = [_Worker(self._new_executor()) for _ in range(max(1, count))]
         return self.workers
 
     def start(self) -> list[Future]:
         """Start every decoding process now; each builds a decoder as it starts."""
         return [
-            worker.executor.submit(offline_worker.stats)
+            worker.executor.submit(self.module.stats)
             for worker in self._ensure_workers()
         ]
 
@@ -97,7 +112,7 @@ class DecoderPool:
         if worker.executor is broken:
             logger.warning("offline decoder process died; starting a new one")
             broken.shutdown(wait=False, cancel_futures=True)
-            worker.executor = _new_executor()
+            worker.executor = self._new_executor()
 
     def shutdown(self, wait: bool = True) -> None:
         workers, self.workers = self.workers, []
@@ -123,11 +138,20 @@ class OfflineStream:
         key: str,
         worker_pid: int,
         params: StreamParams,
+        partials_behind_seconds: float | None = None,
     ) -> None:
         self.worker_pid = worker_pid
         self.session_id = params.session_id
         self._pool, self._worker, self._executor = pool, worker, executor
         self._key = key
+        self._send_partials = params.send_partials
+        # Partials are skipped, finals never, while a call carries more audio than
+        # this (the session is behind real time); None: never skipped.
+        self._behind_bytes = (
+            None
+            if partials_behind_seconds is None
+            else int(params.sample_rate * partials_behind_seconds) * 2
+        )
         self._max_call_bytes = int(params.sample_rate * MAX_SECONDS_PER_CALL) * 2
         self._backlog = AudioBacklog(audio_backlog_limit(params))
         self._closed = False
@@ -163,7 +187,7 @@ class OfflineStream:
         try:
             # Queued behind any decoding of ours already sent: the executor is FIFO.
             freed: Future | None = self._executor.submit(
-                offline_worker.session_close, self._key
+                self._pool.module.session_close, self._key
             )
         except (BrokenProcessPool, RuntimeError):
             freed = None
@@ -201,7 +225,12 @@ class OfflineStream:
             data = backlog.take(self._max_call_bytes)
             last = backlog.ended and not backlog
             events = await loop.run_in_executor(
-                self._executor, offline_worker.feed, self._key, data, last
+                self._executor,
+                self._pool.module.feed,
+                self._key,
+                data,
+                last,
+                self._partials_wanted(len(data)),
             )
             for text, is_partial, start, end, utterance in events:
                 self._events.put_nowait(
@@ -216,23 +245,25 @@ class OfflineStream:
             if last:
                 return
 
+    def _partials_wanted(self, call_bytes: int) -> bool:
+        if not self._send_partials:
+            return False
+        if self._behind_bytes is None:
+            return True
+        return call_bytes <= self._behind_bytes and not self._backlog
+
     def _fail(self, message: str) -> None:
         self._events.put_nowait(EngineError(message, close_code=1011))
 
 
-class OfflineEngine:
-    """pocketsphinx en-US, any PCM sample rate (resampled to 16 kHz in the worker)."""
+class PooledEngine:
+    """An engine whose sessions decode in a DecoderPool (subclasses say which)."""
 
-    name = "offline"
-    capabilities = Capabilities(
-        languages=("en-US",),
-        encodings=("pcm",),
-        min_sample_rate=8000,
-        max_sample_rate=192000,
-    )
-
-    def __init__(self, processes: int | None = None) -> None:
-        self.pool = DecoderPool(processes)
+    name = ""
+    capabilities: Capabilities
+    # See OfflineStream: None keeps every partial (cheap ones, as pocketsphinx's).
+    partials_behind_seconds: float | None = None
+    pool: DecoderPool
 
     async def warm_up(self) -> None:
         """Start the decoding processes before the first session needs them."""
@@ -262,15 +293,15 @@ class OfflineEngine:
                 key=key,
                 worker_pid=worker_pid,
                 params=params,
+                partials_behind_seconds=self.partials_behind_seconds,
             )
         raise EngineError(
             "Transcription is unavailable: the decoder process failed to start.",
             close_code=1011,
         )
 
-    @staticmethod
     async def _session_open(
-        executor: ProcessPoolExecutor, key: str, params: StreamParams
+        self, executor: ProcessPoolExecutor, key: str, params: StreamParams
     ) -> int:
         """Create the session in its worker; returns the worker's pid."""
         # The first submit to an executor spawns its process (a few ms): off the loop.
@@ -278,9 +309,10 @@ class OfflineEngine:
             run_blocking(
                 DECODER_START_POOL,
                 executor.submit,
-                offline_worker.session_open,
+                self.pool.module.session_open,
                 key,
                 params.sample_rate,
+                params.language,
             )
         )
         try:
@@ -288,10 +320,26 @@ class OfflineEngine:
             return await asyncio.shield(asyncio.wrap_future(opened))
         except asyncio.CancelledError:
             # Whatever got opened in the worker is freed after it (FIFO executor).
-            submitted.add_done_callback(lambda _: _forget(executor, key))
+            module = self.pool.module
+            submitted.add_done_callback(lambda _: _forget(executor, module, key))
             raise
 
 
-def _forget(executor: ProcessPoolExecutor, key: str) -> None:
+def _forget(executor: ProcessPoolExecutor, module: ModuleType, key: str) -> None:
     with contextlib.suppress(BrokenProcessPool, RuntimeError):
-        executor.submit(offline_worker.session_close, key)
+        executor.submit(module.session_close, key)
+
+
+class PocketsphinxEngine(PooledEngine):
+    """pocketsphinx en-US, any PCM sample rate (resampled to 16 kHz in the worker)."""
+
+    name = "pocketsphinx"
+    capabilities = Capabilities(
+        languages=("en-US",),
+        encodings=("pcm",),
+        min_sample_rate=8000,
+        max_sample_rate=192000,
+    )
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.pool = DecoderPool(processes, module=offline_worker)

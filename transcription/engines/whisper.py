@@ -1,0 +1,119 @@
+"""The Whisper engine: faster-whisper (CTranslate2) in a pool of worker processes.
+
+The pool, the sessions pinned to a process and the flow control are the offline
+engines' (`offline.PooledEngine`); `whisper_worker` decodes. The weights are
+WHISPER_MODEL: by default the bundled tiny.en, checked against its pinned SHA-256
+before any process loads it; a faster-whisper model name is downloaded once, here,
+before the processes start (deployments that may reach the model hub).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+
+from transcription.engines import (
+    Capabilities,
+    EngineError,
+    StreamParams,
+    whisper_worker,
+)
+from transcription.engines.offline import (
+    DECODER_START_POOL,
+    DecoderPool,
+    OfflineStream,
+    PooledEngine,
+)
+from transcription.engines.whisper_model import (
+    ModelError,
+    ModelSource,
+    client_languages,
+    model_source,
+    verify,
+)
+from transcription.executors import run_blocking
+
+logger = logging.getLogger(__name__)
+
+# A call that carries more audio than this means the session is behind real time:
+# its partials are skipped (each one re-decodes the utterance) until it catches up.
+PARTIALS_BEHIND_SECONDS = 0.75
+
+
+def compute_type(device: str, setting: str) -> str:
+    """WHISPER_COMPUTE_TYPE, or int8 on CPU and the model's own type elsewhere."""
+    return setting or ("int8" if device == "cpu" else "default")
+
+
+class WhisperEngine(PooledEngine):
+    """Whisper: English with the bundled tiny.en, the client's language with a
+    multilingual WHISPER_MODEL; any PCM sample rate (resampled to 16 kHz)."""
+
+    name = "whisper"
+    partials_behind_seconds = PARTIALS_BEHIND_SECONDS
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.pool = DecoderPool(processes, module=whisper_worker)
+        self._config: dict[str, Any] | None = None
+        try:
+            self.source: ModelSource | None = model_source(settings.WHISPER_MODEL)
+        except ModelError as error:
+            logger.error("Whisper engine unusable: %s", error)
+            self.source = None
+        english_only = self.source is None or self.source.english_only
+        self.capabilities = Capabilities(
+            languages=client_languages(english_only=english_only),
+            encodings=("pcm",),
+            min_sample_rate=8000,
+            max_sample_rate=192000,
+        )
+
+    async def warm_up(self) -> None:
+        await self._ready()
+        await super().warm_up()
+
+    async def open(self, params: StreamParams) -> OfflineStream:
+        await self._ready()
+        return await super().open(params)
+
+    async def _ready(self) -> None:
+        """Check (or fetch) the weights once, before any process loads them."""
+        if self._config is not None:
+            return
+        try:
+            config = await run_blocking(DECODER_START_POOL, self._prepare)
+        except ModelError as error:
+            logger.error("Whisper engine unusable: %s", error)
+            raise EngineError(
+                "Transcription is unavailable: the speech model cannot be loaded.",
+                close_code=1011,
+            ) from error
+        if self._config is None:
+            self._config = config
+            self.pool.initargs = (config,)
+
+    def _prepare(self) -> dict[str, Any]:
+        """The worker processes' configuration (blocking: hashing, downloading)."""
+        source = self.source or model_source(settings.WHISPER_MODEL)  # re-raises
+        location = source.location
+        if source.sha256:
+            verify(location, source.sha256)
+        elif not source.is_directory:
+            from faster_whisper.utils import download_model
+
+            try:
+                location = download_model(location)
+            except Exception as error:
+                raise ModelError(
+                    f"Whisper model {location!r} could not be downloaded: {error}"
+                ) from error
+        device = settings.WHISPER_DEVICE
+        return {
+            "location": location,
+            "sha256": source.sha256,
+            "device": device,
+            "compute_type": compute_type(device, settings.WHISPER_COMPUTE_TYPE),
+            "cpu_threads": settings.WHISPER_CPU_THREADS,
+        }

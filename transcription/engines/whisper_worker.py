@@ -1,0 +1,237 @@
+"""Whisper decoding inside a worker process: faster-whisper (CTranslate2) per utterance.
+
+Runs in the processes of the Whisper engine's pool, like `offline_worker`: no Django,
+plain tuples out. Each process loads one model at start-up; a session's audio is cut
+into utterances by the shared VAD endpointer (`endpointing`), and each utterance is
+decoded whole when it ends (its final). While it is spoken, the utterance so far is
+decoded again about once per second of new speech (a partial), when the caller asks
+for partials (it stops asking when the session falls behind real time).
+
+Whisper's encoder is trained on 30 s windows, but CTranslate2 accepts fewer mel frames:
+a window of max(10 s, utterance) costs a third of a 30 s one at nearly the same
+accuracy; shorter windows make Whisper repeat itself, hence the guards below (a
+token budget proportional to the audio, and a second pass that forbids repeated
+trigrams when the text compresses too well).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import zlib
+from typing import Any
+
+import numpy as np
+from pocketsphinx import Vad
+
+from transcription.engines.endpointing import (
+    BYTES_PER_SECOND,
+    SAMPLE_RATE,
+    EndpointedSession,
+    Event,
+    exit_with_parent,
+)
+from transcription.engines.whisper_model import verify, whisper_language
+
+MIN_WINDOW_SECONDS = 10.0
+MAX_WINDOW_SECONDS = 30.0  # Whisper's encoder takes no more
+# An utterance this long is cut at its next pause, or at the hard limit regardless.
+CUT_AT_PAUSE_BYTES = 25 * BYTES_PER_SECOND
+CUT_ANYWAY_BYTES = 29 * BYTES_PER_SECOND
+# The first partial soon after the onset (the endpointer confirms speech ~0.3 s in).
+FIRST_PARTIAL_BYTES = int(BYTES_PER_SECOND * 0.3) & ~1
+PARTIAL_EVERY_BYTES = BYTES_PER_SECOND
+# Repetition guards: text tokens allowed per second of audio (fast speech is ~5),
+# and the zlib ratio beyond which text is taken for a loop (Whisper's own rule).
+TOKENS_PER_SECOND = 7
+EXTRA_TOKENS = 8
+MAX_COMPRESSION_RATIO = 2.4
+# Whisper's rule for "nobody spoke": high no-speech probability and low confidence.
+NO_SPEECH_PROBABILITY = 0.6
+LOW_LOGPROB = -1.0
+
+_model: Any = None  # faster_whisper.WhisperModel, imported in the worker only
+_prompts: dict[str, list[int]] = {}
+_tokenizers: dict[str, Any] = {}
+_sessions: dict[str, Session] = {}
+
+
+def init_worker(config: dict[str, Any]) -> None:
+    """Process initializer: check the weights, load the model once, warm it up.
+
+    `config`: location (directory or name), sha256 ("" when not pinned), device,
+    compute_type, cpu_threads.
+    """
+    global _model
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
+    if config["sha256"]:
+        verify(config["location"], config["sha256"])
+    from faster_whisper import WhisperModel
+
+    _model = WhisperModel(
+        config["location"],
+        device=config["device"],
+        compute_type=config["compute_type"],
+        cpu_threads=config["cpu_threads"],
+        num_workers=1,
+    )
+    transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), "en", final=True)
+
+
+def _prompt(language: str) -> tuple[Any, list[int]]:
+    """(tokenizer, decoder prompt) for a Whisper language code, cached."""
+    if language not in _prompts:
+        from faster_whisper.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(
+            _model.hf_tokenizer,
+            _model.model.is_multilingual,
+            task="transcribe",
+            language=language,
+        )
+        _tokenizers[language] = tokenizer
+        _prompts[language] = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    return _tokenizers[language], _prompts[language]
+
+
+def _compression_ratio(text: str) -> float:
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
+    """The text of one utterance (float32 at 16 kHz), "" when nobody spoke."""
+    from faster_whisper.transcribe import get_ctranslate2_storage
+
+    tokenizer, prompt = _prompt(language)
+    seconds = len(samples) / SAMPLE_RATE
+    window = min(MAX_WINDOW_SECONDS, max(MIN_WINDOW_SECONDS, seconds))
+    frames_wanted = int(window * SAMPLE_RATE)
+    padded = np.zeros(frames_wanted, dtype=np.float32)
+    padded[: len(samples)] = samples[:frames_wanted]
+    hop = _model.feature_extractor.hop_length
+    features = _model.feature_extractor(padded, padding=0)[:, : frames_wanted // hop]
+    encoded = _model.model.encode(
+        get_ctranslate2_storage(np.expand_dims(features, 0)), to_cpu=False
+    )
+    budget = int(TOKENS_PER_SECOND * seconds) + EXTRA_TOKENS
+
+    def generate(no_repeat_ngram_size: int) -> tuple[str, Any]:
+        result = _model.model.generate(
+            encoded,
+            [prompt],
+            beam_size=1,
+            max_length=len(prompt) + budget,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )[0]
+        return tokenizer.decode(result.sequences_ids[0]).strip(), result
+
+    # Partials always forbid repeated trigrams (they are replaced anyway); a final
+    # does only when its first pass looks like a loop.
+    text, result = generate(0 if final else 3)
+    tokens = len(result.sequences_ids[0])
+    avg_logprob = result.scores[0] * tokens / (tokens + 1)
+    if result.no_speech_prob > NO_SPEECH_PROBABILITY and avg_logprob < LOW_LOGPROB:
+        return ""  # judged on the unconstrained pass: the second one scores lower
+    if final and _compression_ratio(text) > MAX_COMPRESSION_RATIO:
+        text, _ = generate(3)
+    return text
+
+
+class Session(EndpointedSession):
+    """One stream: the endpointer's utterances, decoded by Whisper."""
+
+    def __init__(self, sample_rate: int, language: str):
+        super().__init__(sample_rate)
+        self.language = whisper_language(language) or "en"
+        self.vad = Vad(sample_rate=SAMPLE_RATE)  # pauses inside long utterances
+        self.audio = bytearray()  # the utterance under way, 16 kHz
+        self.partial = ""
+        self.partial_due = FIRST_PARTIAL_BYTES
+
+    def _start_utterance(self) -> None:
+        super()._start_utterance()
+        self._reset_utterance()
+
+    def _reset_utterance(self) -> None:
+        self.audio.clear()
+        self.partial = ""
+        self.partial_due = FIRST_PARTIAL_BYTES
+
+    def _decode(self, speech: bytes) -> None:
+        super()._decode(speech)
+        self.audio += speech
+        if len(self.audio) >= CUT_ANYWAY_BYTES or (
+            len(self.audio) >= CUT_AT_PAUSE_BYTES
+            and len(speech) == self.frame_bytes
+            and not self.vad.is_speech(speech)
+        ):
+            self._cut()
+
+    def _cut(self) -> None:
+        """End the utterance here and go on with a new one (the speaker did not
+        stop, but Whisper's window is 30 s)."""
+        self._end_utterance()
+        self.utterances += 1
+        self.utterance_start += self.utterance_bytes / BYTES_PER_SECOND
+        self.utterance_bytes = 0
+        self._reset_utterance()
+
+    def _end_utterance(self) -> None:
+        if not self.audio:  # cut just before the endpointer's own end
+            return
+        text = self._transcribe(final=True)
+        if text:
+            self._emit(text, is_partial=False)
+        self.audio.clear()
+
+    def _after_feed(self) -> None:
+        if not (self.partials and self.endpointer.in_speech and self.audio):
+            return
+        if len(self.audio) < self.partial_due:
+            return
+        self.partial_due = len(self.audio) + PARTIAL_EVERY_BYTES
+        text = self._transcribe(final=False)
+        if text and text != self.partial:
+            self.partial = text
+            self._emit(text, is_partial=True)
+
+    def _transcribe(self, *, final: bool) -> str:
+        samples = np.frombuffer(bytes(self.audio), dtype="<i2").astype(np.float32)
+        return transcribe(samples / 32768.0, self.language, final=final)
+
+
+def session_open(key: str, sample_rate: int, language: str = "en-US") -> int:
+    """Start a session's state here; returns this worker's pid."""
+    _sessions[key] = Session(sample_rate, language)
+    return os.getpid()
+
+
+def feed(
+    key: str, data: bytes, last: bool = False, partials: bool = True
+) -> list[Event]:
+    """Decode more audio of a session; `last` flushes it and ends its last utterance."""
+    return _sessions[key].feed(data, last, partials)
+
+
+def session_close(key: str) -> None:
+    """Forget a session (it may be unknown: its open may have been cancelled)."""
+    _sessions.pop(key, None)
+
+
+def stats() -> dict[str, int]:
+    """What this worker holds and its memory, for tests and benchmarks."""
+    with open("/proc/self/statm") as statm:
+        rss_pages = int(statm.read().split()[1])
+    return {
+        "pid": os.getpid(),
+        "sessions": len(_sessions),
+        "rss_kib": rss_pages * os.sysconf("SC_PAGE_SIZE") // 1024,
+        "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
