@@ -262,7 +262,7 @@ async def test_a_killed_decoder_ends_the_session_and_keeps_what_was_said(
     connect, api_token, settings
 ):
     """Chaos: the decoding process dies mid-session."""
-    settings.TRANSCRIPTION_ENGINE = "transcription.engines.offline.OfflineEngine"
+    settings.TRANSCRIPTION_ENGINE = "pocketsphinx"
     with wave.open(str(FIXTURES / "hello_world.wav")) as wav:
         audio = wav.readframes(wav.getnframes())
     silence = b"\0" * 32000  # ends the utterance: its final comes
