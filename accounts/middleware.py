@@ -274,8 +274,13 @@ def url_without_token(url: str, *, depth: int = 0) -> str | None:
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     kept: list[tuple[str, str]] = []
     for key, value in pairs:
-        # `key=` as it will be written back: a key such as `/token` reads as one.
-        if key.lower() == "token" or text_holds_token(f"{key}="):
+        # The pair as it will be written back: `/token=/` reads as a token too.
+        written = urlencode([(key, value)], safe="/")
+        if (
+            key.lower() == "token"
+            or text_holds_token(key)
+            or (key.lower().endswith("token") and text_holds_token(written))
+        ):
             continue
         if text_holds_token(value):
             # Keep what the value says without the token: `next=/?a=1&token=…`

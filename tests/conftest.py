@@ -1,13 +1,21 @@
 """Shared fixtures: users, API tokens, a WebSocket client for the ASGI app."""
 
 import json
+import os
 from urllib.parse import urlencode
 
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from hypothesis import settings as hypothesis_settings
 
 from accounts.services import api_token_create
+
+# Property tests draw the same examples on every run (`make test` and CI agree);
+# HYPOTHESIS_PROFILE=explore draws new ones, to hunt for more.
+hypothesis_settings.register_profile("repeatable", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore", max_examples=1000)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture
