@@ -11,7 +11,7 @@ from django.db.models import F, QuerySet
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from transcription import selectors, server_process
+from transcription import server_process
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.latency import LatencySummary
 from transcription.models import (
@@ -295,7 +295,7 @@ def batch_claim(*, batch_pk: int, worker_id: str, lease_seconds: float) -> bool:
     fails those).
     """
     now = timezone.now()
-    claimable = selectors.batches_claimable(now=now)
+    claimable = ReceiverBatch.objects.claimable(now)
     taken = claimable.filter(pk=batch_pk).update(
         status=ReceiverBatch.Status.CLAIMED,
         claimed_by=worker_id[:100],
@@ -371,10 +371,10 @@ def batches_give_up_exhausted() -> list[ReceiverBatch]:
     """
     now = timezone.now()
     failed = []
-    for pk in selectors.batches_exhausted(now=now).values_list("pk", flat=True)[:100]:
+    for pk in ReceiverBatch.objects.exhausted(now).values_list("pk", flat=True)[:100]:
         with transaction.atomic():
             batch = (
-                selectors.batches_exhausted(now=now)
+                ReceiverBatch.objects.exhausted(now)
                 .select_for_update()
                 .filter(pk=pk)
                 .first()

@@ -46,6 +46,7 @@ from transcription.engines.aws_languages import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
 )
+from transcription.protocol import parse_flag
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,6 @@ BUSY_SECONDS = 0.001  # ... once it has sent nothing for this long
 MAX_EVENT_BYTES = 32 * 1024  # the service's largest audio event
 _NO_AUDIO = re.compile(r"no new audio was received", re.IGNORECASE)
 _NAME = re.compile(r"^[0-9A-Za-z._-]{1,200}$")
-
-
-def _flag(value: str) -> bool:
-    if value not in ("true", "false"):
-        raise ValueError("'true' or 'false'")
-    return value == "true"
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -87,10 +82,10 @@ def _names(value: str) -> list[str]:
 
 # Query parameter -> (SDK keyword, parser): what users ask AWS for, passed through.
 OPTIONS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "showSpeakerLabel": ("show_speaker_label", _flag),
+    "showSpeakerLabel": ("show_speaker_label", parse_flag),
     "enablePartialResultsStabilization": (
         "enable_partial_results_stabilization",
-        _flag,
+        parse_flag,
     ),
     "partialResultsStability": (
         "partial_results_stability",
