@@ -6,9 +6,8 @@ import uuid
 from collections import Counter
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import F, QuerySet
-from django.db.models.deletion import Collector
 from django.utils import timezone
 
 from transcription import server_process
@@ -250,15 +249,18 @@ def sessions_purge(
     return counts
 
 
-def _deletion_counts(queryset) -> Counter[str]:
-    """What `queryset.delete()` would remove, by model label, without deleting."""
-    collector = Collector(using=queryset.db, origin=queryset)
-    collector.collect(queryset)
-    counts: Counter[str] = Counter()
-    for model, objs in collector.data.items():
-        counts[model._meta.label] += len(objs)
-    for fast in collector.fast_deletes:
-        counts[fast.model._meta.label] += fast.count()
+def _deletion_counts(sessions: QuerySet[AudioSession]) -> Counter[str]:
+    """What deleting `sessions` would remove, by model label, without deleting: the
+    sessions and the rows that cascade from them (one level: nothing cascades from
+    those)."""
+    counts: Counter[str] = Counter({AudioSession._meta.label: sessions.count()})
+    for relation in AudioSession._meta.related_objects:
+        model = relation.related_model
+        if relation.on_delete is models.CASCADE and isinstance(model, type):
+            rows = model._default_manager.filter(
+                **{f"{relation.field.name}__in": sessions}
+            )
+            counts[model._meta.label] += rows.count()
     return +counts
 
 
