@@ -7,8 +7,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import wave
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -16,6 +14,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import OperationalError
 
 from accounts.services import api_token_create
+from tests.audio import fixture_pcm
 from tests.conftest import receive_until_close
 from tests.transcription.voice_fakes import eventually
 from transcription import consumers, services, worker
@@ -23,8 +22,6 @@ from transcription.models import AudioSession, SessionError, Transcript
 from voiceproject.daphne_limits import FLOW_CONTROL
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 @pytest.fixture
@@ -263,8 +260,7 @@ async def test_a_killed_decoder_ends_the_session_and_keeps_what_was_said(
 ):
     """Chaos: the decoding process dies mid-session."""
     settings.TRANSCRIPTION_ENGINE = "transcription.engines.offline.OfflineEngine"
-    with wave.open(str(FIXTURES / "hello_world.wav")) as wav:
-        audio = wav.readframes(wav.getnframes())
+    audio = fixture_pcm("hello_world.wav")
     silence = b"\0" * 32000  # ends the utterance: its final comes
     ws = await connect(token=api_token[1], sendPartials="false")
     for start in range(0, len(audio + silence), 4096):

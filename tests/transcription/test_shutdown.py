@@ -157,7 +157,7 @@ async def test_a_stopping_worker_releases_what_it_cannot_finish(settings):
 
 @pytest.mark.services
 async def test_a_stopping_worker_finishes_deliveries_within_its_grace(settings):
-    settings.TTS_ENGINE = "tests.transcription.test_voice_loop.BrokenSpeech"
+    settings.TTS_ENGINE = "tests.transcription.voice_fakes.BrokenSpeech"
     receiver = await TcpReceiver().start()
     settings.RECEIVER_HOST, settings.RECEIVER_PORT = "127.0.0.1", receiver.port
     batch = await sync_to_async(_due_batch)()

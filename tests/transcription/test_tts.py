@@ -1,24 +1,12 @@
 """Text-to-speech: espeak-ng to MP3 for real, Polly through a moto server."""
 
-import io
-
 import pytest
-import soundfile
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from moto.server import ThreadedMotoServer
 
+from tests.audio import mp3_seconds
 from transcription.engines import tts
 from transcription.engines.polly import POLLY_MAX_CHARS, PollySpeech, split_text
-
-
-def mp3_seconds(audio: bytes) -> float:
-    """Decode MP3 for real (libsndfile): the length of the audio in seconds."""
-    info = soundfile.info(io.BytesIO(audio))
-    assert info.format == "MP3"
-    data, rate = soundfile.read(io.BytesIO(audio))
-    assert abs(data).max() > 0.01  # not silence
-    return len(data) / rate
 
 
 @pytest.fixture
@@ -57,20 +45,6 @@ def test_split_text_respects_the_polly_limit(size):
 def test_split_text_cuts_after_a_sentence():
     text = "a" * 2000 + ". " + "b" * 1500
     assert split_text(text) == ["a" * 2000 + ".", "b" * 1500]
-
-
-@pytest.fixture
-def moto_polly(settings, monkeypatch):
-    """A moto server on a loopback port, named by AWS_POLLY_ENDPOINT."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    settings.AWS_POLLY_ENDPOINT = f"http://{host}:{port}"
-    settings.POLLY_VOICE = "Joanna"
-    yield
-    server.stop()
 
 
 @pytest.mark.usefixtures("moto_polly")

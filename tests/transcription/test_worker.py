@@ -115,7 +115,7 @@ def test_failures_back_off_then_give_up(settings):
 
 @pytest.mark.django_db(transaction=True)
 async def test_several_workers_deliver_each_batch_exactly_once(settings):
-    settings.TTS_ENGINE = "tests.transcription.test_voice_loop.BrokenSpeech"
+    settings.TTS_ENGINE = "tests.transcription.voice_fakes.BrokenSpeech"
     receiver = await TcpReceiver().start()
     settings.RECEIVER_HOST, settings.RECEIVER_PORT = "127.0.0.1", receiver.port
 
