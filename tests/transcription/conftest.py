@@ -1,5 +1,7 @@
 """Fixtures shared by the transcription tests."""
 
+import asyncio
+
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -16,3 +18,22 @@ def moto_polly(settings, monkeypatch):
     settings.POLLY_VOICE = "Joanna"
     yield
     server.stop()
+
+
+class LoopClock:
+    """Moves the running loop's clock on (asyncio's timers and the consumer's bounds
+    run on loop.time()): timers come due as if that time had passed, at once."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+async def loop_clock(monkeypatch) -> LoopClock:
+    loop = asyncio.get_running_loop()
+    clock, real = LoopClock(), loop.time
+    monkeypatch.setattr(loop, "time", lambda: real() + clock.offset)
+    return clock

@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from tests.audio import chunks, fixture_pcm
 from tests.conftest import receive_until_close
 from tests.transcription.fake_transcribe import Play, running_fake
+from tests.transcription.voice_fakes import until
 from transcription import protocol
 from transcription.engines import EngineError, StreamParams, _load, aws_transcribe
 from transcription.engines.aws_transcribe import AwsTranscribeEngine
@@ -40,13 +41,6 @@ def aws(fake, settings, monkeypatch):
     _load.cache_clear()
     yield fake
     _load.cache_clear()
-
-
-async def _until(condition, bound: float = 20.0) -> None:
-    """Wait for something the fake reports (bounded so a failure cannot hang)."""
-    async with asyncio.timeout(bound):
-        while not condition():  # noqa: ASYNC110 (set in the fake's thread)
-            await asyncio.sleep(0.02)
 
 
 async def _transcribe(stream, audio_frames) -> list:
@@ -335,9 +329,9 @@ async def test_client_leaving_mid_stream_ends_everything(
     ws = await connect(token=api_token[1])
     for frame in chunks(fixture_pcm("hello_world.wav"))[:20]:
         await ws.send_to(bytes_data=frame)
-    await _until(lambda: aws.received and aws.received[0].audio_events)
+    await until(lambda: aws.received and aws.received[0].audio_events)
     await ws.disconnect(timeout=20)  # bounded; the default 1 s is tight under load
-    await _until(lambda: aws.received[0].reset)  # the fake saw the connection go
+    await until(lambda: aws.received[0].reset)  # the fake saw the connection go
     mine = [
         task
         for task in asyncio.all_tasks()

@@ -16,8 +16,8 @@ from django.db import OperationalError
 from accounts.services import api_token_create
 from tests.audio import fixture_pcm
 from tests.conftest import receive_until_close
-from tests.transcription.voice_fakes import eventually
-from transcription import consumers, services, worker
+from tests.transcription.voice_fakes import eventually, until
+from transcription import consumers, services, shutdown, worker
 from transcription.models import AudioSession, SessionError, Transcript
 from voiceproject.daphne_limits import FLOW_CONTROL
 
@@ -91,7 +91,7 @@ async def test_a_sender_waiting_for_room_stops_waiting_when_the_client_leaves(
     ws, disconnected = await _with_flow_control(api_token[1], sendPartials="false")
     for _ in range(3):
         await ws.send_to(bytes_data=b"\0" * 8000)
-    await asyncio.sleep(0.05)  # the consumer is now waiting for room
+    await until(lambda: any(c.waiting_for_room for c in shutdown._sessions))
     disconnected.set()  # what daphne_limits does when the socket closes
     await ws.send_input({"type": "websocket.disconnect", "code": 1001})
     session = await eventually(

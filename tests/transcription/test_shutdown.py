@@ -6,7 +6,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from tests.conftest import receive_until_close
-from tests.transcription.voice_fakes import TcpReceiver, eventually
+from tests.transcription.voice_fakes import TcpReceiver, eventually, until
 from transcription import services, shutdown
 from transcription.consumers import State
 from transcription.engines import TranscriptEvent
@@ -35,11 +35,7 @@ def engine(settings):
 
 async def _streaming() -> None:
     """Until the one session has started (drained before that, it is refused)."""
-    for _ in range(100):
-        if [c.state for c in shutdown._sessions] == [State.STREAMING]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the session did not start")
+    await until(lambda: [c.state for c in shutdown._sessions] == [State.STREAMING])
 
 
 async def _errors() -> list[tuple[str, int | None]]:
