@@ -11,7 +11,6 @@ from django.contrib.admin.utils import construct_change_message
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -56,17 +55,11 @@ class StatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        return [("active", "active"), ("expired", "expired"), ("revoked", "revoked")]
+        return [(status, status) for status in ApiToken.STATUSES]
 
     def queryset(self, request, queryset):
-        now = timezone.now()
-        not_expired = Q(expires_at__isnull=True) | Q(expires_at__gt=now)
-        if self.value() == "active":
-            return queryset.filter(not_expired, revoked_at__isnull=True)
-        if self.value() == "expired":
-            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
-        if self.value() == "revoked":
-            return queryset.filter(revoked_at__isnull=False)
+        if self.value() in ApiToken.STATUSES:
+            return queryset.with_status(self.value())
         return queryset
 
 
@@ -76,7 +69,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "prefix",
         "name",
         "user",
-        "status_label",
+        "status",
         "created_at",
         "last_used_at",
         "expires_at",
@@ -95,7 +88,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "prefix",
         "name",
         "user",
-        "status_label",
+        "status",
         "created_at",
         "last_used_at",
         "expires_at",
@@ -113,10 +106,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         # Read-only after creation: a token is revoked or rotated, never edited.
         return [] if obj is None else self.change_fields
-
-    @admin.display(description="status")
-    def status_label(self, obj: ApiToken) -> str:
-        return obj.status
 
     @admin.display(description="sessions", ordering="session_count")
     def session_count(self, obj: ApiToken) -> int:
@@ -280,7 +269,7 @@ class ApiTokenInline(admin.TabularInline):
     readonly_fields = (
         "prefix",
         "name",
-        "status_label",
+        "status",
         "created_at",
         "last_used_at",
         "expires_at",
@@ -292,10 +281,6 @@ class ApiTokenInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False
-
-    @admin.display(description="status")
-    def status_label(self, obj: ApiToken) -> str:
-        return obj.status
 
 
 User = get_user_model()

@@ -11,8 +11,9 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from transcription import exports, selectors
+from transcription import exports, selectors, timeline
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+from transcription.protocol import close_code_label
 
 if TYPE_CHECKING:
     from transcription.selectors import SessionWithCounts
@@ -81,7 +82,7 @@ class CloseCodeFilter(admin.SimpleListFilter):
             .values_list("close_code", flat=True)
             .distinct()
         )
-        return [(str(code), selectors.close_code_label(code)) for code in codes]
+        return [(str(code), close_code_label(code)) for code in codes]
 
     def queryset(self, request, queryset):
         value = self.value()
@@ -93,7 +94,7 @@ class CloseCodeFilter(admin.SimpleListFilter):
 def _export_action(fmt: str):
     def action(modeladmin, request, queryset):
         ids = list(queryset.values_list("pk", flat=True))
-        sessions = selectors.sessions_for_export(session_ids=ids)
+        sessions = exports.sessions_for_export(session_ids=ids)
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response = HttpResponse(
             exports.export(sessions, fmt), content_type=exports.CONTENT_TYPES[fmt]
@@ -240,7 +241,7 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="close code")
     def close_code_text(self, obj: AudioSession) -> str:
-        return selectors.close_code_label(obj.close_code)
+        return close_code_label(obj.close_code)
 
     @admin.display(description="first partial")
     def first_partial(self, obj: AudioSession) -> str:
@@ -279,7 +280,7 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def reply_audio_view(self, request, session_id, batch_pk):
         """The stored speech of one reply (MP3), for the conversation's player."""
         session = AudioSession.objects.filter(pk=session_id).first()
-        if session is None or not hasattr(session, "batches"):
+        if session is None:
             raise Http404
         if not self.has_view_permission(request, session):
             raise PermissionDenied
@@ -294,7 +295,7 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         extra = dict(extra_context or {})
         session = self.get_object(request, object_id)
         if session is not None:
-            extra["timeline"] = selectors.session_timeline(session=session)
+            extra["timeline"] = timeline.session_timeline(session=session)
         return super().change_view(request, object_id, form_url, extra)
 
 

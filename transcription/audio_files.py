@@ -37,12 +37,9 @@ def _to_int16(frames: bytes, width: int) -> np.ndarray:
     raise AudioFileError(f"unsupported sample width: {width} bytes")
 
 
-def read_pcm(path: Path, *, raw_sample_rate: int | None = None) -> PcmAudio:
-    """The file as mono 16-bit PCM; raw files need their sample rate."""
-    if raw_sample_rate is not None or path.suffix.lower() in (".raw", ".pcm"):
-        if raw_sample_rate is None:
-            raise AudioFileError("raw PCM needs --sample-rate")
-        return PcmAudio(path.read_bytes(), raw_sample_rate)
+def read_wav(path: Path) -> PcmAudio:
+    """A PCM WAV file (8 to 32 bits, any rate, mono or more channels, averaged) as
+    mono 16-bit PCM; AudioFileError if it is not one."""
     try:
         with wave.open(str(path), "rb") as wav:
             channels, width = wav.getnchannels(), wav.getsampwidth()
@@ -54,3 +51,12 @@ def read_pcm(path: Path, *, raw_sample_rate: int | None = None) -> PcmAudio:
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1).astype("<i2")
     return PcmAudio(samples.astype("<i2").tobytes(), rate)
+
+
+def read_pcm(path: Path, *, raw_sample_rate: int | None = None) -> PcmAudio:
+    """The file as mono 16-bit PCM; raw files need their sample rate."""
+    if raw_sample_rate is not None or path.suffix.lower() in (".raw", ".pcm"):
+        if raw_sample_rate is None:
+            raise AudioFileError("raw PCM needs --sample-rate")
+        return PcmAudio(path.read_bytes(), raw_sample_rate)
+    return read_wav(path)

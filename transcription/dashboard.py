@@ -1,7 +1,8 @@
-"""The admin dashboard's latency figures and charts: inline SVG, drawn here.
+"""The admin dashboard: its figures, and latency charts drawn here as inline SVG.
 
 Reads come from selectors; this module only turns them into figures and shapes
-(bars in a fixed viewBox) that `admin/transcription/chart.svg` renders. Latency
+(bars in a fixed viewBox) that `admin/index.html` and `admin/transcription/chart.svg`
+render. Latency
 percentiles are over sessions: each session stores its median final and reply
 latency, so "p95" is the 95th percentile of those medians (Prometheus has the
 per-final histograms).
@@ -16,10 +17,91 @@ from dataclasses import dataclass, field
 from django.utils import timezone
 
 from transcription import selectors
+from transcription.models import SessionError
+from transcription.protocol import CLOSE_NORMAL, close_code_label
 
 WIDTH, HEIGHT = 480, 150
 LEFT, RIGHT, TOP, BOTTOM = 40, 8, 10, 20  # room for the axis labels
 HOURS = 24
+
+
+@dataclass(frozen=True)
+class Window:
+    sessions: int
+    audio_minutes: float
+
+
+@dataclass(frozen=True)
+class CloseCodeRate:
+    code: int | None
+    label: str
+    sessions: int
+    percent: float
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    username: str
+    sessions: int
+    audio_minutes: float
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    active_now: int
+    today: Window
+    last_7_days: Window
+    error_percent_7_days: float
+    close_codes: list[CloseCodeRate]
+    top_users: list[UserUsage]
+    latest_errors: list[SessionError]
+
+
+def _minutes(seconds: float) -> float:
+    return round(seconds / 60, 1)
+
+
+def _window(since: dt.datetime) -> Window:
+    sessions, seconds = selectors.session_totals(since=since)
+    return Window(sessions, _minutes(seconds))
+
+
+def close_code_rates(*, since: dt.datetime) -> list[CloseCodeRate]:
+    """Closed sessions since `since` by close code, with their share of all sessions."""
+    total, counts = selectors.close_code_counts(since=since)
+    return [
+        CloseCodeRate(
+            code=code,
+            label=close_code_label(code),
+            sessions=n,
+            percent=round(100 * n / total, 1) if total else 0.0,
+        )
+        for code, n in counts
+    ]
+
+
+def _midnight(now: dt.datetime) -> dt.datetime:
+    return timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def dashboard() -> Dashboard:
+    """Every figure on the admin index."""
+    now = timezone.now()
+    week_ago = now - dt.timedelta(days=7)
+    rates = close_code_rates(since=week_ago)
+    errors = sum(r.percent for r in rates if r.code not in (None, CLOSE_NORMAL))
+    return Dashboard(
+        active_now=selectors.sessions_active_now(),
+        today=_window(_midnight(now)),
+        last_7_days=_window(week_ago),
+        error_percent_7_days=round(errors, 1),
+        close_codes=rates,
+        top_users=[
+            UserUsage(name, n, _minutes(seconds))
+            for name, n, seconds in selectors.audio_by_user(since=week_ago)
+        ],
+        latest_errors=selectors.latest_errors(),
+    )
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -167,7 +249,7 @@ def latency_per_hour_chart(now: dt.datetime) -> Chart:
 
 def closes_by_code_chart(now: dt.datetime) -> Chart:
     """One horizontal bar per close code, last 24 hours."""
-    rates = selectors.close_code_rates(since=now - dt.timedelta(hours=HOURS))
+    rates = close_code_rates(since=now - dt.timedelta(hours=HOURS))
     row, label_width = 22, 190
     top = max((r.sessions for r in rates), default=0)
     bars, labels = [], []
@@ -175,7 +257,7 @@ def closes_by_code_chart(now: dt.datetime) -> Chart:
         y = TOP + i * row
         length = max((WIDTH - label_width - 50) * rate.sessions / top, 1.0)
         title = f"{rate.label}: {rate.sessions} ({rate.percent} %)"
-        css = "bar" if rate.code == 1000 else "bar error"
+        css = "bar" if rate.code == CLOSE_NORMAL else "bar error"
         bars.append(Bar(label_width, y, round(length, 1), row - 6, title, css))
         labels.append(Label(label_width - 6, y + row - 10, rate.label, "end"))
         labels.append(
@@ -192,10 +274,7 @@ def closes_by_code_chart(now: dt.datetime) -> Chart:
 
 
 def latency_today(now: dt.datetime) -> LatencyToday:
-    midnight = timezone.localtime(now).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
-    finals, replies = selectors.session_latencies(since=midnight)
+    finals, replies = selectors.session_latencies(since=_midnight(now))
     return LatencyToday(
         sessions=len(finals),
         final_p50=percentile(finals, 50),

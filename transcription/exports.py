@@ -1,7 +1,7 @@
-"""Exports of sessions and their transcripts: txt, json, srt, csv (pure functions).
+"""Exports of sessions and their transcripts: txt, json, srt, csv.
 
-Each function takes sessions whose `transcripts` are loaded (see
-selectors.sessions_for_export) and returns text. Nothing here touches a token's secret:
+`sessions_for_export` loads the sessions with all an export reads; each exporter is a
+pure function of such sessions that returns text. Nothing here touches a token's secret:
 a session names its token by name and public prefix only. What a user downloads says
 what went wrong in the voice loop in plain words (`for_user`); the admin's exports and
 `export_transcripts` keep the stored detail (addresses, exception names).
@@ -11,8 +11,12 @@ import csv
 import datetime as dt
 import io
 import json
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 
+from django.db.models import Prefetch
+
+from transcription import selectors
 from transcription.models import AudioSession, ReceiverBatch, Transcript
 
 FORMATS = ("txt", "json", "srt", "csv")
@@ -28,7 +32,29 @@ MIN_CUE_SECONDS = 0.5
 # for the admin, and may name the receiver's address.
 NO_ANSWER = "The assistant could not answer."
 NOT_SPOKEN = "The reply could not be spoken."
-VOICE_ERROR_KINDS = ("receiver", "tts")  # SessionError kinds told by the batches
+
+
+def sessions_for_export(
+    *,
+    username: str | None = None,
+    session_ids: Iterable[uuid.UUID] | None = None,
+    last: bool = False,
+) -> list[AudioSession]:
+    """Sessions (oldest first) with transcripts prefetched, for exports."""
+    sessions = selectors.session_list_with_counts().prefetch_related(
+        Prefetch("transcripts", queryset=Transcript.objects.order_by("seq"))
+    )
+    batches = ReceiverBatch.objects.defer("reply_audio")
+    sessions = sessions.prefetch_related(
+        Prefetch("batches", queryset=batches.prefetch_related("transcripts"))
+    )
+    if username:
+        sessions = sessions.filter(user__username=username)
+    if session_ids is not None:
+        sessions = sessions.filter(pk__in=list(session_ids))
+    if last:
+        return list(sessions.order_by("-started_at", "-pk")[:1])
+    return list(sessions.order_by("started_at", "pk"))
 
 
 def batch_problem_for_user(batch: ReceiverBatch) -> str:
@@ -99,9 +125,7 @@ def session_as_dict(session: AudioSession, *, for_user: bool = False) -> dict:
 
 
 def _replies(session: AudioSession, *, for_user: bool) -> dict:
-    """The voice loop's batches and replies, when the project has them."""
-    if not hasattr(session, "batches"):
-        return {}
+    """The voice loop's batches and replies."""
     return {
         "batches": [
             {

@@ -5,6 +5,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import ExpressionWrapper, Q
 from django.utils import timezone
 
 # A live session's consumer touches its record this often; a record that has not been
@@ -130,6 +131,10 @@ class Transcript(models.Model):
         return self.text[:80]
 
 
+# SessionError kinds of the voice loop: the batches tell them (in plain words to users).
+VOICE_ERROR_KINDS = ("receiver", "tts")
+
+
 class SessionError(models.Model):
     session = models.ForeignKey(
         AudioSession, on_delete=models.CASCADE, related_name="errors"
@@ -144,6 +149,36 @@ class SessionError(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message[:80]}"
+
+
+class ReceiverBatchQuerySet(models.QuerySet):
+    def claimable(self, now: dt.datetime) -> "ReceiverBatchQuerySet":
+        """Batches a worker may claim: due ones, and claims whose lease ran out (their
+        worker died), while attempts are left. The one home of that rule."""
+        Status = ReceiverBatch.Status
+        return self.filter(
+            Q(status__in=[Status.OPEN, Status.PENDING], due_at__lte=now)
+            | Q(status=Status.CLAIMED, claimed_until__lt=now),
+            attempts__lt=settings.RECEIVER_MAX_ATTEMPTS,
+        )
+
+    def exhausted(self, now: dt.datetime) -> "ReceiverBatchQuerySet":
+        """Batches no worker may claim again but none will finish: every attempt used,
+        the last one interrupted (its lease ran out), or RECEIVER_MAX_ATTEMPTS
+        lowered."""
+        Status = ReceiverBatch.Status
+        return self.filter(
+            Q(status=Status.PENDING) | Q(status=Status.CLAIMED, claimed_until__lt=now),
+            attempts__gte=settings.RECEIVER_MAX_ATTEMPTS,
+        )
+
+    def without_audio(self) -> "ReceiverBatchQuerySet":
+        """The reply speech left unloaded; `has_audio` says whether there is some."""
+        return self.defer("reply_audio").annotate(
+            has_audio=ExpressionWrapper(
+                Q(reply_audio__isnull=False), output_field=models.BooleanField()
+            )
+        )
 
 
 class ReceiverBatch(models.Model):
@@ -187,6 +222,8 @@ class ReceiverBatch(models.Model):
         max_length=8, choices=TtsStatus.choices, default=TtsStatus.NONE, blank=True
     )
     tts_error = models.TextField(blank=True)
+
+    objects = ReceiverBatchQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]

@@ -1,7 +1,8 @@
 """The seed-004 wire protocol: query parameters, close codes, messages (pure)."""
 
 import json
-from typing import Final
+from collections.abc import Mapping
+from typing import Final, NamedTuple
 from urllib.parse import parse_qs
 
 from transcription.engines import Capabilities, StreamParams, TranscriptEvent
@@ -15,6 +16,44 @@ CLOSE_TOO_BIG: Final = 1009
 CLOSE_SERVER_ERROR: Final = 1011
 CLOSE_TRY_AGAIN: Final = 1013
 
+
+class CloseMeaning(NamedTuple):
+    label: str  # for operators: the admin, its dashboard and timeline
+    text: str  # for users: what the Talk page says when a session closes so
+
+
+# What each close code means: the one home, served to the Talk page as JSON.
+CLOSE_MEANINGS: Final[Mapping[int, CloseMeaning]] = {
+    CLOSE_NORMAL: CloseMeaning("normal", "The session ended."),
+    CLOSE_GOING_AWAY: CloseMeaning(
+        "going away (server shutdown)", "The server is going away (restart or deploy)."
+    ),
+    # Never sent: a client sees it when the connection drops without a close frame.
+    1006: CloseMeaning("dropped (no close frame)", "The connection dropped."),
+    CLOSE_POLICY: CloseMeaning(
+        "policy (auth, parameters, quota)", "The server refused the session."
+    ),
+    CLOSE_TOO_BIG: CloseMeaning("frame too big", "An audio frame was too large."),
+    CLOSE_SERVER_ERROR: CloseMeaning(
+        "server or engine error", "The server hit an error while transcribing."
+    ),
+    CLOSE_TRY_AGAIN: CloseMeaning("try again later", "The server is busy."),
+}
+
+
+def close_code_label(code: int | None) -> str:
+    """A close code for operators: `1008 policy (auth, parameters, quota)`."""
+    if code is None:
+        return "none"
+    meaning = CLOSE_MEANINGS.get(code)
+    return f"{code} {meaning.label}" if meaning else str(code)
+
+
+def close_texts() -> dict[int, str]:
+    """What the Talk page tells a user for each close code."""
+    return {code: meaning.text for code, meaning in CLOSE_MEANINGS.items()}
+
+
 KNOWN_PARAMETERS: Final = frozenset(
     {"token", "language", "encoding", "sampleRate", "sendPartials", "detail"}
 )
@@ -24,16 +63,24 @@ class ProtocolError(Exception):
     """A client mistake: one {"error"} with this message, then close 1008."""
 
 
+def parse_flag(value: str) -> bool:
+    """A boolean query parameter: 'true' or 'false', nothing else (ValueError)."""
+    if value not in ("true", "false"):
+        raise ValueError("'true' or 'false'")
+    return value == "true"
+
+
 def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:
     values = query.get(name)
     if not values:
         return default
     value = values[-1]
-    if value not in ("true", "false"):
+    try:
+        return parse_flag(value)
+    except ValueError:
         raise ProtocolError(
             f"Invalid {name} {value!r}: allowed values are 'true' and 'false'."
-        )
-    return value == "true"
+        ) from None
 
 
 def _listed(allowed: tuple[str, ...], limit: int = 12) -> str:

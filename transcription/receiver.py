@@ -79,6 +79,11 @@ def receiver_config() -> ReceiverConfig | None:
     )
 
 
+def exchange_budget() -> float:
+    """The longest one batch may take: the receiver's answer, then its speech."""
+    return settings.RECEIVER_TIMEOUT + settings.TTS_TIMEOUT
+
+
 def reply_text(raw: bytes) -> str:
     """The reply's meaning: `{"message": …}` → the message, else the text itself."""
     try:

@@ -3,18 +3,15 @@
 import datetime as dt
 import enum
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from importlib import import_module
 from typing import TYPE_CHECKING, TypedDict
 
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.sessions.backends.db import SessionStore as DbSessionStore
-from django.db import models
 from django.db.models import (
     Count,
-    ExpressionWrapper,
     IntegerField,
     Max,
     Min,
@@ -30,8 +27,8 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from accounts.models import ApiToken
-from transcription import exports
 from transcription.models import (
+    VOICE_ERROR_KINDS,
     AudioSession,
     ReceiverBatch,
     SessionError,
@@ -158,17 +155,6 @@ def _session_holds(
     )
 
 
-def session_list(*, username: str | None = None) -> QuerySet[AudioSession]:
-    sessions = AudioSession.objects.select_related("user", "token")
-    if username:
-        sessions = sessions.filter(user__username=username)
-    return sessions
-
-
-def session_transcripts(*, session: AudioSession) -> QuerySet[Transcript]:
-    return session.transcripts.order_by("seq")
-
-
 def session_history(*, user) -> QuerySet[AudioSession]:
     """A user's own sessions, newest first, with finals, replies and errors loaded.
 
@@ -177,15 +163,11 @@ def session_history(*, user) -> QuerySet[AudioSession]:
     Batches that failed come with the replies; the voice loop's errors are not
     loaded with the others: the conversation tells them in plain words.
     """
-    has_audio = ExpressionWrapper(
-        Q(reply_audio__isnull=False), output_field=models.BooleanField()
-    )
     replies = (
         ReceiverBatch.objects.filter(
             ~Q(reply_text="") | Q(status=ReceiverBatch.Status.FAILED)
         )
-        .defer("reply_audio")
-        .annotate(has_audio=has_audio)
+        .without_audio()
         .order_by("created_at", "pk")
     )
     return (
@@ -198,49 +180,10 @@ def session_history(*, user) -> QuerySet[AudioSession]:
             Prefetch("batches", queryset=replies, to_attr="replies"),
             Prefetch(
                 "errors",
-                queryset=SessionError.objects.exclude(
-                    kind__in=exports.VOICE_ERROR_KINDS
-                ),
+                queryset=SessionError.objects.exclude(kind__in=VOICE_ERROR_KINDS),
             ),
         )
     )
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One line of a conversation: what the user said, or the receiver's reply."""
-
-    kind: str  # "final" or "reply"
-    text: str
-    start_seconds: float | None = None
-    batch_pk: int | None = None
-    has_audio: bool = False
-    problem: str = ""  # in plain words: no answer, or no speech
-
-
-def session_conversation(*, session: AudioSession) -> list[Turn]:
-    """Finals in order, each batch's reply right after the last final it answers.
-
-    Reads only what session_history() loaded.
-    """
-    replies = {b.pk: b for b in getattr(session, "replies", [])}
-    turns: list[Turn] = []
-    finals = list(session.transcripts.all())
-    for index, final in enumerate(finals):
-        turns.append(Turn("final", final.text, start_seconds=final.start_seconds))
-        following = finals[index + 1].batch_id if index + 1 < len(finals) else None
-        if final.batch_id in replies and following != final.batch_id:
-            batch = replies.pop(final.batch_id)
-            turns.append(
-                Turn(
-                    "reply",
-                    batch.reply_text,
-                    batch_pk=batch.pk,
-                    has_audio=batch.has_audio,
-                    problem=exports.batch_problem_for_user(batch),
-                )
-            )
-    return turns
 
 
 def reply_audio_get_own(*, user, session_id, batch_pk: int) -> bytes | None:
@@ -253,25 +196,6 @@ def reply_audio_get_own(*, user, session_id, batch_pk: int) -> bytes | None:
         .first()
     )
     return bytes(audio) if audio is not None else None
-
-
-# --- Operations: counts, dashboard figures, timeline, exports ----------------
-
-CLOSE_CODE_MEANINGS = {
-    1000: "normal",
-    1001: "going away (server shutdown)",
-    1008: "policy (auth, parameters, quota)",
-    1009: "frame too big",
-    1011: "server or engine error",
-    1013: "try again later",
-}
-
-
-def close_code_label(code: int | None) -> str:
-    if code is None:
-        return "none"
-    meaning = CLOSE_CODE_MEANINGS.get(code)
-    return f"{code} {meaning}" if meaning else str(code)
 
 
 def _related_count(model, field: str = "session") -> Coalesce:
@@ -311,54 +235,25 @@ def session_list_with_counts() -> QuerySet[AudioSession]:
     )
 
 
-@dataclass(frozen=True)
-class Window:
-    sessions: int
-    audio_minutes: float
-
-
-@dataclass(frozen=True)
-class CloseCodeRate:
-    code: int | None
-    label: str
-    sessions: int
-    percent: float
-
-
-@dataclass(frozen=True)
-class UserUsage:
-    username: str
-    sessions: int
-    audio_minutes: float
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    active_now: int
-    today: Window
-    last_7_days: Window
-    error_percent_7_days: float
-    close_codes: list[CloseCodeRate]
-    top_users: list[UserUsage]
-    latest_errors: list[SessionError]
-
-
-def _window(since: dt.datetime) -> Window:
-    figures = AudioSession.objects.filter(started_at__gte=since).aggregate(
-        n=Count("pk"), seconds=Sum("audio_seconds")
-    )
-    return Window(figures["n"], round((figures["seconds"] or 0.0) / 60, 1))
-
-
 def sessions_active_now() -> int:
     """Open sessions (those of a server that stopped do not count)."""
     return AudioSession.objects.live().count()
 
 
-def close_code_rates(*, since: dt.datetime) -> list[CloseCodeRate]:
-    """Closed sessions since `since` by close code, with their share of all sessions."""
+def session_totals(*, since: dt.datetime) -> tuple[int, float]:
+    """Sessions started since `since` and their seconds of audio."""
+    figures = AudioSession.objects.filter(started_at__gte=since).aggregate(
+        n=Count("pk"), seconds=Sum("audio_seconds")
+    )
+    return figures["n"], figures["seconds"] or 0.0
+
+
+def close_code_counts(
+    *, since: dt.datetime
+) -> tuple[int, list[tuple[int | None, int]]]:
+    """All sessions started since `since`, and the closed ones by close code (the
+    most common first)."""
     sessions = AudioSession.objects.filter(started_at__gte=since)
-    total = sessions.count()
     rows = (
         sessions.exclude(status=AudioSession.Status.ACTIVE)
         .order_by()
@@ -366,18 +261,13 @@ def close_code_rates(*, since: dt.datetime) -> list[CloseCodeRate]:
         .annotate(n=Count("pk"))
         .order_by("-n", "close_code")
     )
-    return [
-        CloseCodeRate(
-            code=row["close_code"],
-            label=close_code_label(row["close_code"]),
-            sessions=row["n"],
-            percent=round(100 * row["n"] / total, 1) if total else 0.0,
-        )
-        for row in rows
-    ]
+    return sessions.count(), [(row["close_code"], row["n"]) for row in rows]
 
 
-def top_users_by_audio(*, since: dt.datetime, limit: int = 10) -> list[UserUsage]:
+def audio_by_user(
+    *, since: dt.datetime, limit: int = 10
+) -> list[tuple[str, int, float]]:
+    """(username, sessions, seconds of audio) of the users with the most audio."""
     rows = (
         AudioSession.objects.filter(started_at__gte=since, user__isnull=False)
         .order_by()
@@ -385,10 +275,7 @@ def top_users_by_audio(*, since: dt.datetime, limit: int = 10) -> list[UserUsage
         .annotate(n=Count("pk"), seconds=Sum("audio_seconds"))
         .order_by("-seconds", "user__username")[:limit]
     )
-    return [
-        UserUsage(r["user__username"], r["n"], round((r["seconds"] or 0.0) / 60, 1))
-        for r in rows
-    ]
+    return [(r["user__username"], r["n"], r["seconds"] or 0.0) for r in rows]
 
 
 def latest_errors(*, limit: int = 10) -> list[SessionError]:
@@ -396,26 +283,6 @@ def latest_errors(*, limit: int = 10) -> list[SessionError]:
         SessionError.objects.select_related("session", "session__user").order_by(
             "-created_at", "-pk"
         )[:limit]
-    )
-
-
-def dashboard() -> Dashboard:
-    """Every figure on the admin index."""
-    now = timezone.now()
-    midnight = timezone.localtime(now).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
-    week_ago = now - dt.timedelta(days=7)
-    rates = close_code_rates(since=week_ago)
-    errors = sum(r.percent for r in rates if r.code not in (None, 1000))
-    return Dashboard(
-        active_now=sessions_active_now(),
-        today=_window(midnight),
-        last_7_days=_window(week_ago),
-        error_percent_7_days=round(errors, 1),
-        close_codes=rates,
-        top_users=top_users_by_audio(since=week_ago),
-        latest_errors=latest_errors(),
     )
 
 
@@ -461,127 +328,6 @@ def session_latencies(*, since: dt.datetime) -> tuple[list[float], list[float]]:
     return list(finals), list(replies)
 
 
-@dataclass(frozen=True)
-class TimelineEntry:
-    """One thing that happened in a session, for the conversation view."""
-
-    at: dt.datetime
-    kind: str  # "start", "final", "batch", "reply", "error", "end"
-    text: str
-    detail: str = ""
-    audio_batch_pk: int | None = None  # a reply whose speech was kept: a player
-    order: int = 0  # breaks ties between entries with the same time
-
-
-def _start_entries(session: AudioSession) -> Iterable[TimelineEntry]:
-    params = ", ".join(
-        f"{k}={v}"
-        for k, v in (
-            ("language", session.language),
-            ("encoding", session.encoding),
-            ("sampleRate", session.sample_rate),
-        )
-        if v
-    )
-    yield TimelineEntry(session.started_at, "start", "session started", params, order=0)
-    if session.ended_at:
-        reason = f" ({session.close_reason})" if session.close_reason else ""
-        yield TimelineEntry(
-            session.ended_at,
-            "end",
-            f"session {session.status}",
-            f"close {close_code_label(session.close_code)}{reason}",
-            order=9,
-        )
-
-
-def _final_entries(session: AudioSession) -> Iterable[TimelineEntry]:
-    for t in session.transcripts.order_by("seq"):
-        times = ""
-        if t.start_seconds is not None and t.end_seconds is not None:
-            times = f"{t.start_seconds:.2f} to {t.end_seconds:.2f} s of audio"
-        yield TimelineEntry(t.created_at, "final", t.text, times, order=2)
-
-
-def _error_entries(session: AudioSession) -> Iterable[TimelineEntry]:
-    for e in session.errors.order_by("created_at", "pk"):
-        yield TimelineEntry(
-            e.created_at, "error", e.message, f"{e.kind}, close {e.close_code}", order=5
-        )
-
-
-def _batch_entries(session: AudioSession) -> Iterable[TimelineEntry]:
-    """Batches sent to the receiver and their replies."""
-    with_audio = ExpressionWrapper(
-        Q(reply_audio__isnull=False), output_field=models.BooleanField()
-    )
-    for batch in (
-        session.batches.defer("reply_audio")
-        .annotate(has_audio=with_audio, finals=Count("transcripts"))
-        .order_by("created_at", "pk")
-    ):
-        detail = f"{batch.get_status_display()}, {batch.attempts} attempt(s)"
-        if batch.last_error:
-            detail += f": {batch.last_error}"
-        yield TimelineEntry(
-            batch.due_at if batch.delivered_at is None else batch.delivered_at,
-            "batch",
-            f"{batch.finals} final(s) sent to the receiver",
-            detail,
-            order=3,
-        )
-        if batch.delivered_at and batch.reply_text:
-            speech = f"speech {batch.tts_status or 'none'}"
-            if batch.tts_error:
-                speech += f": {batch.tts_error}"
-            yield TimelineEntry(
-                batch.delivered_at,
-                "reply",
-                batch.reply_text,
-                speech,
-                audio_batch_pk=batch.pk if batch.has_audio else None,
-                order=4,
-            )
-
-
-# Each source turns one kind of related record into timeline entries.
-TIMELINE_SOURCES: list[Callable[[AudioSession], Iterable[TimelineEntry]]] = [
-    _start_entries,
-    _final_entries,
-    _batch_entries,
-    _error_entries,
-]
-
-
-def session_timeline(*, session: AudioSession) -> list[TimelineEntry]:
-    """The whole conversation of a session, in the order it happened."""
-    entries = [entry for source in TIMELINE_SOURCES for entry in source(session)]
-    return sorted(entries, key=lambda e: (e.at, e.order))
-
-
-def sessions_for_export(
-    *,
-    username: str | None = None,
-    session_ids: Iterable[uuid.UUID] | None = None,
-    last: bool = False,
-) -> list[AudioSession]:
-    """Sessions (oldest first) with transcripts prefetched, for exports."""
-    sessions = session_list_with_counts().prefetch_related(
-        Prefetch("transcripts", queryset=Transcript.objects.order_by("seq"))
-    )
-    batches = ReceiverBatch.objects.defer("reply_audio")
-    sessions = sessions.prefetch_related(
-        Prefetch("batches", queryset=batches.prefetch_related("transcripts"))
-    )
-    if username:
-        sessions = sessions.filter(user__username=username)
-    if session_ids is not None:
-        sessions = sessions.filter(pk__in=list(session_ids))
-    if last:
-        return list(sessions.order_by("-started_at", "-pk")[:1])
-    return list(sessions.order_by("started_at", "pk"))
-
-
 def session_find(*, id_or_prefix: str) -> AudioSession | None:
     """A session by its id or a unique leading part of it (as the admin shows)."""
     value = id_or_prefix.strip().lower()
@@ -595,32 +341,11 @@ def session_find(*, id_or_prefix: str) -> AudioSession | None:
     return found[0] if len(found) == 1 else None
 
 
-def batches_claimable(*, now: dt.datetime) -> QuerySet[ReceiverBatch]:
-    """Batches a worker may claim: due ones, and claims whose lease ran out (their
-    worker died), while attempts are left. The one home of that rule."""
-    Status = ReceiverBatch.Status
-    return ReceiverBatch.objects.filter(
-        Q(status__in=[Status.OPEN, Status.PENDING], due_at__lte=now)
-        | Q(status=Status.CLAIMED, claimed_until__lt=now),
-        attempts__lt=settings.RECEIVER_MAX_ATTEMPTS,
-    )
-
-
-def batches_exhausted(*, now: dt.datetime) -> QuerySet[ReceiverBatch]:
-    """Batches no worker may claim again but none will finish: every attempt used,
-    the last one interrupted (its lease ran out), or RECEIVER_MAX_ATTEMPTS lowered."""
-    Status = ReceiverBatch.Status
-    return ReceiverBatch.objects.filter(
-        Q(status=Status.PENDING) | Q(status=Status.CLAIMED, claimed_until__lt=now),
-        attempts__gte=settings.RECEIVER_MAX_ATTEMPTS,
-    )
-
-
 def batches_due(*, limit: int) -> list[int]:
     """Primary keys of batches a worker may claim now, the oldest first."""
     now = timezone.now()
     return list(
-        batches_claimable(now=now)
+        ReceiverBatch.objects.claimable(now)
         .order_by("due_at")
         .values_list("pk", flat=True)[:limit]
     )
@@ -629,7 +354,9 @@ def batches_due(*, limit: int) -> list[int]:
 def batches_due_summary(*, now: dt.datetime) -> tuple[int, float]:
     """How many batches a worker may claim now, and how long (seconds) the oldest
     of them has been due (0.0: none)."""
-    figures = batches_claimable(now=now).aggregate(n=Count("pk"), oldest=Min("due_at"))
+    figures = ReceiverBatch.objects.claimable(now).aggregate(
+        n=Count("pk"), oldest=Min("due_at")
+    )
     oldest = figures["oldest"]
     age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
     return figures["n"], age

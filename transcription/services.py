@@ -6,12 +6,11 @@ import uuid
 from collections import Counter
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import F, QuerySet
-from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from transcription import selectors, server_process
+from transcription import server_process
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.latency import LatencySummary
 from transcription.models import (
@@ -250,15 +249,18 @@ def sessions_purge(
     return counts
 
 
-def _deletion_counts(queryset) -> Counter[str]:
-    """What `queryset.delete()` would remove, by model label, without deleting."""
-    collector = Collector(using=queryset.db, origin=queryset)
-    collector.collect(queryset)
-    counts: Counter[str] = Counter()
-    for model, objs in collector.data.items():
-        counts[model._meta.label] += len(objs)
-    for fast in collector.fast_deletes:
-        counts[fast.model._meta.label] += fast.count()
+def _deletion_counts(sessions: QuerySet[AudioSession]) -> Counter[str]:
+    """What deleting `sessions` would remove, by model label, without deleting: the
+    sessions and the rows that cascade from them (one level: nothing cascades from
+    those)."""
+    counts: Counter[str] = Counter({AudioSession._meta.label: sessions.count()})
+    for relation in AudioSession._meta.related_objects:
+        model = relation.related_model
+        if relation.on_delete is models.CASCADE and isinstance(model, type):
+            rows = model._default_manager.filter(
+                **{f"{relation.field.name}__in": sessions}
+            )
+            counts[model._meta.label] += rows.count()
     return +counts
 
 
@@ -295,7 +297,7 @@ def batch_claim(*, batch_pk: int, worker_id: str, lease_seconds: float) -> bool:
     fails those).
     """
     now = timezone.now()
-    claimable = selectors.batches_claimable(now=now)
+    claimable = ReceiverBatch.objects.claimable(now)
     taken = claimable.filter(pk=batch_pk).update(
         status=ReceiverBatch.Status.CLAIMED,
         claimed_by=worker_id[:100],
@@ -371,10 +373,10 @@ def batches_give_up_exhausted() -> list[ReceiverBatch]:
     """
     now = timezone.now()
     failed = []
-    for pk in selectors.batches_exhausted(now=now).values_list("pk", flat=True)[:100]:
+    for pk in ReceiverBatch.objects.exhausted(now).values_list("pk", flat=True)[:100]:
         with transaction.atomic():
             batch = (
-                selectors.batches_exhausted(now=now)
+                ReceiverBatch.objects.exhausted(now)
                 .select_for_update()
                 .filter(pk=pk)
                 .first()

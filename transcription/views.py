@@ -1,6 +1,7 @@
 """Browser pages for a logged-in user: Talk (the microphone), History, downloads."""
 
 import json
+from dataclasses import dataclass
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -10,6 +11,8 @@ from django.views.decorators.http import require_GET
 
 from transcription import exports, selectors
 from transcription.engines import get_engine
+from transcription.models import AudioSession
+from transcription.protocol import close_texts
 
 HISTORY_PAGE_SIZE = 20
 DOWNLOAD_FORMATS = ("txt", "srt", "json")
@@ -26,9 +29,47 @@ def talk(request: HttpRequest) -> HttpResponse:
         {
             "languages": caps.languages,
             "default_language": "en-US" if "en-US" in caps.languages else "",
+            "close_texts": close_texts(),
             "nav": "talk",
         },
     )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One line of a conversation: what the user said, or the receiver's reply."""
+
+    kind: str  # "final" or "reply"
+    text: str
+    start_seconds: float | None = None
+    batch_pk: int | None = None
+    has_audio: bool = False
+    problem: str = ""  # in plain words: no answer, or no speech
+
+
+def session_conversation(*, session: AudioSession) -> list[Turn]:
+    """Finals in order, each batch's reply right after the last final it answers.
+
+    Reads only what session_history() loaded.
+    """
+    replies = {b.pk: b for b in getattr(session, "replies", [])}
+    turns: list[Turn] = []
+    finals = list(session.transcripts.all())
+    for index, final in enumerate(finals):
+        turns.append(Turn("final", final.text, start_seconds=final.start_seconds))
+        following = finals[index + 1].batch_id if index + 1 < len(finals) else None
+        if final.batch_id in replies and following != final.batch_id:
+            batch = replies.pop(final.batch_id)
+            turns.append(
+                Turn(
+                    "reply",
+                    batch.reply_text,
+                    batch_pk=batch.pk,
+                    has_audio=batch.has_audio,
+                    problem=exports.batch_problem_for_user(batch),
+                )
+            )
+    return turns
 
 
 @login_required
@@ -37,9 +78,7 @@ def history(request: HttpRequest) -> HttpResponse:
     """The user's own sessions, newest first, each with its transcript."""
     sessions = selectors.session_history(user=request.user)
     page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = [
-        (session, selectors.session_conversation(session=session)) for session in page
-    ]
+    rows = [(session, session_conversation(session=session)) for session in page]
     return render(
         request,
         "transcription/history.html",
@@ -53,7 +92,7 @@ def session_download(request: HttpRequest, session_id, fmt: str) -> HttpResponse
     """One of the user's sessions as a txt, srt or json file."""
     if fmt not in DOWNLOAD_FORMATS:
         raise Http404("Unknown format.")
-    own = selectors.sessions_for_export(
+    own = exports.sessions_for_export(
         username=request.user.get_username(), session_ids=[session_id]
     )
     if not own:

@@ -12,7 +12,7 @@ from django.conf import settings
 
 from transcription import services, worker
 from transcription.models import Transcript
-from transcription.receiver import receiver_config
+from transcription.receiver import exchange_budget, receiver_config
 
 
 class SessionVoice:
@@ -71,7 +71,7 @@ class SessionVoice:
         await database_sync_to_async(services.batch_flush)(session_id=self.session_id)
         worker.wake_in_process()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.RECEIVER_TIMEOUT + settings.TTS_TIMEOUT + 2.0
+        deadline = loop.time() + exchange_budget() + 2.0
         if until is not None:
             deadline = min(deadline, until)
         while self.waiting and (left := deadline - loop.time()) > 0:

@@ -28,7 +28,12 @@ from django.utils import timezone
 from transcription import metrics, selectors, services
 from transcription.engines.tts import TtsError, get_tts
 from transcription.models import WORKER_HEARTBEAT_SECONDS, ReceiverBatch
-from transcription.receiver import ReceiverError, receiver_config, receiver_exchange
+from transcription.receiver import (
+    ReceiverError,
+    exchange_budget,
+    receiver_config,
+    receiver_exchange,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ def session_group(session_id: uuid.UUID | str) -> str:
 
 def lease_seconds() -> float:
     """How long a claim holds: one exchange, the speech, and some slack."""
-    return settings.RECEIVER_TIMEOUT + settings.TTS_TIMEOUT + 30
+    return exchange_budget() + 30
 
 
 class BatchWorker:

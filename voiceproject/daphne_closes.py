@@ -13,13 +13,6 @@ TESTED_VERSIONS = tested("daphne", "autobahn")
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 for the code
 
 
-def _close_reason(reason: str | None) -> bytes | None:
-    if not reason:
-        return None
-    encoded = reason.encode("utf-8")[:MAX_REASON_BYTES]
-    return encoded.decode("utf-8", "ignore").encode("utf-8")
-
-
 def install() -> None:
     """Patch daphne's WebSocket protocol once (no-op without daphne)."""
     try:
@@ -29,6 +22,8 @@ def install() -> None:
     if getattr(WebSocketProtocol, "_close_codes_patched", False):
         return
     require_versions(__name__, TESTED_VERSIONS)
+    from autobahn.util import encode_truncate
+
     original = WebSocketProtocol.handle_reply
 
     def handle_reply(self, message):
@@ -37,9 +32,9 @@ def install() -> None:
             and self.state != self.STATE_CONNECTING
         ):
             code = message.get("code") or 1000
-            self.sendCloseFrame(
-                code=code, reasonUtf8=_close_reason(message.get("reason"))
-            )
+            # UTF-8, cut to fit without splitting a character (autobahn's own rule).
+            reason = encode_truncate(message.get("reason") or None, MAX_REASON_BYTES)
+            self.sendCloseFrame(code=code, reasonUtf8=reason)
             return
         original(self, message)
 

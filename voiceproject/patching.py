@@ -7,7 +7,12 @@ from packaging.specifiers import SpecifierSet
 
 # The versions the project's patches of these libraries were written and tested
 # against (pyproject.toml pins the same ranges).
-TESTED = {"daphne": ">=4.2,<4.3", "autobahn": ">=26.11,<27", "channels": ">=4.3,<4.4"}
+TESTED = {
+    "daphne": ">=4.2,<4.3",
+    "autobahn": ">=26.11,<27",
+    "channels": ">=4.3,<4.4",
+    "amazon-transcribe": "==0.6.4",  # transcription/engines/aws_compat.py
+}
 
 
 def tested(*names: str) -> dict[str, str]:

@@ -25,14 +25,7 @@
   const SAMPLE_RATE = Number(root.dataset.sampleRate);
   const FRAME_BYTES = Number(root.dataset.frameBytes);
   const MAX_PENDING_FRAMES = 250; // ~8 s of audio captured before the socket opens
-  const CLOSE_TEXT = {
-    1001: "The server is going away (restart or deploy).",
-    1006: "The connection dropped.",
-    1008: "The server refused the session.",
-    1009: "An audio frame was too large.",
-    1011: "The server hit an error while transcribing.",
-    1013: "The server is busy.",
-  };
+  const CLOSE_TEXT = JSON.parse(byId("close-texts").textContent); // protocol.CLOSE_MEANINGS
 
   let state = "idle"; // idle | starting | live | finishing
   let socket = null;

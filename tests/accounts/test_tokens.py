@@ -111,3 +111,23 @@ def test_rotating_at_the_limit_works(user, settings):
     token, _ = api_token_create(user=user)
     new, raw = api_token_rotate(token=token)
     assert api_token_authenticate(raw=raw) == new
+
+
+def test_status_and_its_filters_are_one_rule(user):
+    past = timezone.now() - dt.timedelta(minutes=1)
+    future = timezone.now() + dt.timedelta(days=1)
+    made = {
+        "forever": api_token_create(user=user, name="forever")[0],
+        "later": api_token_create(user=user, name="later", expires_at=future)[0],
+        "gone": api_token_create(user=user, name="gone")[0],
+        "revoked": api_token_create(user=user, name="revoked")[0],
+    }
+    ApiToken.objects.filter(pk=made["gone"].pk).update(expires_at=past)
+    api_token_revoke(token=made["revoked"])
+    tokens = list(ApiToken.objects.all())
+    statuses = sorted(t.status for t in tokens)
+    assert statuses == ["active", "active", "expired", "revoked"]
+    for status in ApiToken.STATUSES:
+        chosen = ApiToken.objects.with_status(status)
+        assert {t.pk for t in chosen} == {t.pk for t in tokens if t.status == status}
+    assert set(ApiToken.objects.usable()) == set(ApiToken.objects.active())

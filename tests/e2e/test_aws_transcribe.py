@@ -1,21 +1,18 @@
 """daphne → AWS engine → the real SDK → the fake Transcribe service, end to end."""
 
 import asyncio
-import wave
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
 from websockets.asyncio.client import connect
 
 from accounts.services import api_token_create
+from tests.audio import fixture_pcm
 from tests.e2e.servers import drain, run_daphne
 from tests.transcription.fake_transcribe import Play, running_fake
 from transcription.models import AudioSession, SessionError, Transcript
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 @pytest.fixture
@@ -36,8 +33,7 @@ def aws_server(transactional_db, tmp_path):
 
 
 async def test_fixture_words_come_back_through_daphne(aws_server, raw_token):
-    with wave.open(str(FIXTURES / "two_utterances.wav")) as audio:
-        pcm = audio.readframes(audio.getnframes())
+    pcm = fixture_pcm("two_utterances.wav")
     async with connect(f"{aws_server.ws_url}/?token={raw_token}") as ws:
         for start in range(0, len(pcm), 4096):
             await ws.send(pcm[start : start + 4096])

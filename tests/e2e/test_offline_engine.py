@@ -10,8 +10,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
+from tests.audio import chunks, read_pcm
 from tests.e2e.servers import run_daphne
-from tests.transcription.test_offline_engine import chunks, read_pcm
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

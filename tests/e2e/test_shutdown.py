@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import time
-import wave
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
-from tests.e2e.servers import ROOT, drain, run_daphne
+from tests.audio import fixture_pcm
+from tests.e2e.servers import drain, run_daphne
 from transcription.models import AudioSession, SessionError
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
@@ -90,8 +90,7 @@ def test_a_signal_drains_a_live_offline_session_and_daphne_exits_cleanly(
     attempt, raw_token
 ):
     sig = signal.SIGTERM if attempt % 2 == 0 else signal.SIGINT
-    with wave.open(str(ROOT / "tests/fixtures/two_utterances.wav")) as wav:
-        audio = wav.readframes(wav.getnframes())
+    audio = fixture_pcm("two_utterances.wav")
     env = {"TRANSCRIPTION_ENGINE": "offline", "OFFLINE_DECODER_PROCESSES": "1"}
 
     async def session(server):

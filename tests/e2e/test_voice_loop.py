@@ -17,8 +17,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
+from tests.audio import mp3_seconds
 from tests.e2e.servers import free_port, run_daphne, run_process
-from tests.transcription.test_tts import mp3_seconds
 from tests.transcription.voice_fakes import HttpReceiver, TcpReceiver, eventually
 from transcription.models import ReceiverBatch, SessionError
 

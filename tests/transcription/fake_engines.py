@@ -58,6 +58,24 @@ class SlowFlushEngine:
         return _Stream(flush)
 
 
+class SteppedFlushEngine:
+    """After END_OF_STREAM: three finals, each when the test puts a step in `steps`."""
+
+    name = "stepped-flush"
+    capabilities = CAPS
+    steps: asyncio.Queue[None]  # set by the test
+
+    async def open(self, params: StreamParams):
+        steps = type(self).steps
+
+        async def flush():
+            for number in range(3):
+                await steps.get()
+                yield TranscriptEvent(text=f"final {number}", is_partial=False)
+
+        return _Stream(flush)
+
+
 class StuckEngine:
     """After END_OF_STREAM: nothing, ever."""
 

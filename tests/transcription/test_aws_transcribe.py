@@ -2,31 +2,21 @@
 
 import asyncio
 import logging
-import wave
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
 
+from tests.audio import chunks, fixture_pcm
 from tests.conftest import receive_until_close
 from tests.transcription.fake_transcribe import Play, running_fake
+from tests.transcription.voice_fakes import until
 from transcription import protocol
 from transcription.engines import EngineError, StreamParams, _load, aws_transcribe
 from transcription.engines.aws_transcribe import AwsTranscribeEngine
 from transcription.engines.echo import EchoEngine
 from transcription.models import AudioSession, SessionError, Transcript
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
 SESSION_ID = "0d6f0f5e-7a3c-4f7e-9d8e-2b1c3a4d5e6f"
-
-
-def pcm(name: str) -> bytes:
-    with wave.open(str(FIXTURES / name)) as audio:
-        return audio.readframes(audio.getnframes())
-
-
-def frames(audio: bytes, size: int = 1024) -> list[bytes]:
-    return [audio[i : i + size] for i in range(0, len(audio), size)]
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +43,6 @@ def aws(fake, settings, monkeypatch):
     _load.cache_clear()
 
 
-async def _until(condition, bound: float = 20.0) -> None:
-    """Wait for something the fake reports (bounded so a failure cannot hang)."""
-    async with asyncio.timeout(bound):
-        while not condition():  # noqa: ASYNC110 (set in the fake's thread)
-            await asyncio.sleep(0.02)
-
-
 async def _transcribe(stream, audio_frames) -> list:
     for frame in audio_frames:
         await stream.send_audio(frame)
@@ -76,8 +59,8 @@ async def _transcribe(stream, audio_frames) -> list:
 async def test_engine_streams_audio_and_returns_partials_and_finals(aws):
     engine = AwsTranscribeEngine()
     stream = await engine.open(StreamParams(session_id=SESSION_ID))
-    audio = pcm("two_utterances.wav")
-    events = await _transcribe(stream, frames(audio))
+    audio = fixture_pcm("two_utterances.wav")
+    events = await _transcribe(stream, chunks(audio))
     finals = [event.text for event in events if not event.is_partial]
     assert len(finals) == 2
     assert "weather is nice today" in finals[0]
@@ -94,7 +77,7 @@ async def test_engine_streams_audio_and_returns_partials_and_finals(aws):
     assert received.ended
     assert received.audio_bytes == len(audio)
     # Coalesced and split: fewer events than frames, none above 1 s of audio.
-    assert len(received.audio_events) < len(frames(audio))
+    assert len(received.audio_events) < len(chunks(audio))
     assert max(received.audio_events) <= 32000
     headers = received.headers
     assert headers["x-amzn-transcribe-language-code"] == "en-US"
@@ -204,7 +187,7 @@ def _errors():
 @pytestmark_db
 async def test_consumer_transcribes_through_aws(aws, connect, api_token):
     ws = await connect(token=api_token[1])
-    for frame in frames(pcm("hello_world.wav")):
+    for frame in chunks(fixture_pcm("hello_world.wav")):
         await ws.send_to(bytes_data=frame)
     await ws.send_to(text_data="END_OF_STREAM")
     messages, close = await receive_until_close(ws)
@@ -277,7 +260,7 @@ async def test_service_error_at_start(aws, connect, api_token, exception, code, 
 async def test_service_error_mid_stream(aws, connect, api_token, exception, code, kind):
     aws.play = Play(stream_error=exception, error_message="mid-stream trouble")
     ws = await connect(token=api_token[1], sendPartials="false")
-    await ws.send_to(bytes_data=pcm("hello_world.wav")[:8000])
+    await ws.send_to(bytes_data=fixture_pcm("hello_world.wav")[:8000])
     error = await _one_error_then_close(ws, code)
     assert exception in error
     assert "mid-stream trouble" in error
@@ -344,11 +327,11 @@ async def test_client_leaving_mid_stream_ends_everything(
     # communicator gives the consumer one second to disconnect.
     aws.play = Play(script=[])
     ws = await connect(token=api_token[1])
-    for frame in frames(pcm("hello_world.wav"))[:20]:
+    for frame in chunks(fixture_pcm("hello_world.wav"))[:20]:
         await ws.send_to(bytes_data=frame)
-    await _until(lambda: aws.received and aws.received[0].audio_events)
+    await until(lambda: aws.received and aws.received[0].audio_events)
     await ws.disconnect(timeout=20)  # bounded; the default 1 s is tight under load
-    await _until(lambda: aws.received[0].reset)  # the fake saw the connection go
+    await until(lambda: aws.received[0].reset)  # the fake saw the connection go
     mine = [
         task
         for task in asyncio.all_tasks()

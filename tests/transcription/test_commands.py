@@ -1,13 +1,15 @@
 """export_transcripts and purge_sessions: outputs and failures."""
 
+import datetime as dt
 import io
 import json
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 
-from tests.transcription.sessions import record_session
+from tests.transcription.sessions import record_session, record_voice_session
 from transcription import services
 from transcription.models import AudioSession, SessionError, Transcript
 
@@ -99,6 +101,17 @@ def test_purge_dry_run_counts_and_deletes_nothing(user):
         "  transcription.Transcript: 3",
     ]
     assert AudioSession.objects.count() == 3
+
+
+def test_purge_dry_run_counts_what_the_purge_deletes(user):
+    record_session(user=user, finals=["a", "b"], error=("engine", "x"), days_ago=3)
+    record_voice_session(user=user)
+    later = timezone.now() + dt.timedelta(minutes=1)
+    would = services.sessions_purge(older_than=later, dry_run=True)
+    assert would["transcription.AudioSession"] == 2
+    assert would["transcription.ReceiverBatch"] == 2
+    assert services.sessions_purge(older_than=later) == would
+    assert not AudioSession.objects.exists()
 
 
 def test_purge_deletes_old_sessions_in_batches(user):

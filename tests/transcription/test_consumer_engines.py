@@ -1,13 +1,17 @@
 """How the consumer handles engines that are slow, stuck, broken or refusing."""
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 
 from tests.conftest import receive_until_close
+from tests.transcription import fake_engines
 from transcription import consumers
 from transcription.models import AudioSession, SessionError
 
 pytestmark = pytest.mark.django_db(transaction=True)
+WAIT = 10  # a bound on each wait, never an assertion about speed
 
 
 @pytest.fixture
@@ -26,12 +30,24 @@ async def _end_and_collect(connect, raw):
 
 
 async def test_flush_bound_restarts_with_each_event(
-    connect, api_token, engine, monkeypatch
+    connect, api_token, engine, monkeypatch, loop_clock
 ):
-    engine("SlowFlushEngine")
-    monkeypatch.setattr(consumers, "FLUSH_TIMEOUT_SECONDS", 0.35)
-    messages, close = await _end_and_collect(connect, api_token[1])
-    assert messages == [{"transcript": f"final {n}"} for n in range(3)]
+    engine("SteppedFlushEngine")
+    steps: asyncio.Queue[None] = asyncio.Queue()
+    monkeypatch.setattr(fake_engines.SteppedFlushEngine, "steps", steps, raising=False)
+    bound = 10.0
+    monkeypatch.setattr(consumers, "FLUSH_TIMEOUT_SECONDS", bound)
+    ws = await connect(token=api_token[1], sendPartials="false")
+    await ws.send_to(bytes_data=b"\0" * 1024)
+    await ws.send_to(text_data="END_OF_STREAM")
+    for n in range(3):
+        # Past the bound since the flush began (from the second final on), never
+        # since the last final: only a bound that restarts lets the finals through.
+        loop_clock.advance(0.6 * bound)
+        steps.put_nowait(None)
+        assert await ws.receive_json_from(WAIT) == {"transcript": f"final {n}"}
+    messages, close = await receive_until_close(ws)
+    assert messages == []
     assert close["code"] == 1000
 
 

@@ -7,8 +7,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import wave
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -16,15 +14,14 @@ from channels.testing import WebsocketCommunicator
 from django.db import OperationalError
 
 from accounts.services import api_token_create
+from tests.audio import fixture_pcm
 from tests.conftest import receive_until_close
-from tests.transcription.voice_fakes import eventually
-from transcription import consumers, services, worker
+from tests.transcription.voice_fakes import eventually, until
+from transcription import consumers, services, shutdown, worker
 from transcription.models import AudioSession, SessionError, Transcript
 from voiceproject.daphne_limits import FLOW_CONTROL
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 @pytest.fixture
@@ -94,7 +91,7 @@ async def test_a_sender_waiting_for_room_stops_waiting_when_the_client_leaves(
     ws, disconnected = await _with_flow_control(api_token[1], sendPartials="false")
     for _ in range(3):
         await ws.send_to(bytes_data=b"\0" * 8000)
-    await asyncio.sleep(0.05)  # the consumer is now waiting for room
+    await until(lambda: any(c.waiting_for_room for c in shutdown._sessions))
     disconnected.set()  # what daphne_limits does when the socket closes
     await ws.send_input({"type": "websocket.disconnect", "code": 1001})
     session = await eventually(
@@ -263,8 +260,7 @@ async def test_a_killed_decoder_ends_the_session_and_keeps_what_was_said(
 ):
     """Chaos: the decoding process dies mid-session."""
     settings.TRANSCRIPTION_ENGINE = "pocketsphinx"
-    with wave.open(str(FIXTURES / "hello_world.wav")) as wav:
-        audio = wav.readframes(wav.getnframes())
+    audio = fixture_pcm("hello_world.wav")
     silence = b"\0" * 32000  # ends the utterance: its final comes
     ws = await connect(token=api_token[1], sendPartials="false")
     for start in range(0, len(audio + silence), 4096):

@@ -1,6 +1,5 @@
 """The consumer, branch by branch, through the real ASGI stack (echo engine)."""
 
-import asyncio
 import datetime as dt
 
 import pytest
@@ -9,6 +8,7 @@ from django.utils import timezone
 
 from accounts.services import api_token_revoke
 from tests.conftest import receive_until_close
+from tests.transcription.voice_fakes import eventually
 from transcription import consumers
 from transcription.models import AudioSession, SessionError, Transcript
 
@@ -178,11 +178,7 @@ async def test_heartbeat_stores_audio_while_the_session_runs(
     ws = await connect(token=api_token[1], sendPartials="false")
     await ws.send_to(bytes_data=b"\0" * 3200)
     before = await sync_to_async(_session)()
-    for _ in range(50):
-        session = await sync_to_async(_session)()
-        if session.audio_bytes == 3200:
-            break
-        await asyncio.sleep(0.05)
+    session = await eventually(lambda: (s := _session()).audio_bytes == 3200 and s)
     assert session.status == "active"
     assert session.audio_bytes == 3200  # stored before the session ends
     assert session.heartbeat_at > before.heartbeat_at

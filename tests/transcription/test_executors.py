@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.transcription.test_tts import moto_polly, mp3_seconds
+from tests.audio import mp3_seconds
 from tests.transcription.voice_fakes import HttpReceiver
 from transcription import executors
 from transcription.engines.espeak import EspeakSpeech
@@ -94,7 +94,7 @@ async def test_http_receiver_and_speech_do_not_need_the_default_executor():
     assert mp3_seconds(await asyncio.wait_for(speech, 10)) > 0.2
 
 
-@pytest.mark.usefixtures("default_executor_busy", "fresh_pools", moto_polly.__name__)
+@pytest.mark.usefixtures("default_executor_busy", "fresh_pools", "moto_polly")
 async def test_polly_does_not_need_the_default_executor():
     speech = PollySpeech().synthesize("Hello.", language="en-US")
     assert await asyncio.wait_for(speech, 10)

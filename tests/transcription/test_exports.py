@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.transcription.sessions import record_session
-from transcription import exports, selectors
+from transcription import exports
 from transcription.exports import srt_timestamp
 
 pytestmark = pytest.mark.django_db
@@ -35,7 +35,7 @@ def two_sessions(user, api_token):
         close_code=1011,
         error=("engine", "decoder died"),
     )
-    return selectors.sessions_for_export(session_ids=[first.pk, second.pk])
+    return exports.sessions_for_export(session_ids=[first.pk, second.pk])
 
 
 def test_txt_has_a_header_then_one_final_per_line(two_sessions):
@@ -73,7 +73,7 @@ def test_srt_cues_come_from_the_stored_times(user):
     session = record_session(
         user=user, finals=[("hello world", 0.31, 1.92), ("again", 61.5, 3723.25)]
     )
-    [loaded] = selectors.sessions_for_export(session_ids=[session.pk])
+    [loaded] = exports.sessions_for_export(session_ids=[session.pk])
     assert exports.export_srt([loaded]) == (
         "1\n00:00:00,310 --> 00:00:01,920\nhello world\n"
         "\n"
@@ -83,7 +83,7 @@ def test_srt_cues_come_from_the_stored_times(user):
 
 def test_srt_without_stored_times_uses_previous_end_and_a_minimum(user):
     session = record_session(user=user, finals=["one", "two"])
-    [loaded] = selectors.sessions_for_export(session_ids=[session.pk])
+    [loaded] = exports.sessions_for_export(session_ids=[session.pk])
     cues = exports.cue_times(loaded)
     assert cues[0][0] == 0.0
     assert cues[0][1] >= exports.MIN_CUE_SECONDS
@@ -145,14 +145,14 @@ def test_json_includes_batches_and_replies_with_the_voice_loop(user, settings):
     settings.REPLY_AUDIO_STORE = True
     session, _ = record_voice_session(user=user)
     [data] = json.loads(
-        exports.export_json(selectors.sessions_for_export(session_ids=[session.pk]))
+        exports.export_json(exports.sessions_for_export(session_ids=[session.pk]))
     )
     assert [(b["finals"], b["status"], b["reply"]) for b in data["batches"]] == [
         ([1], "delivered", "It is sunny."),
         ([2], "failed", ""),
     ]
     assert data["batches"][1]["error"] == "connection refused"
-    rows = exports.export_csv(selectors.sessions_for_export(session_ids=[session.pk]))
+    rows = exports.export_csv(exports.sessions_for_export(session_ids=[session.pk]))
     assert rows.splitlines()[1].endswith(",2,1,2")  # finals, errors, batches
 
 

@@ -3,34 +3,18 @@
 import asyncio
 import os
 import signal
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soxr
 
+from tests.audio import chunks, read_pcm
 from tests.conftest import receive_until_close
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import offline_worker as worker
 from transcription.engines.offline import OfflineStream, PocketsphinxEngine
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 WAIT = 60  # bound on any one recognition; the fixtures decode in about a second
-
-
-def read_pcm(name: str) -> tuple[bytes, int]:
-    """A fixture as 16-bit mono PCM (stereo downmixed) and its sample rate."""
-    with wave.open(str(FIXTURES / name)) as wav:
-        channels, rate = wav.getnchannels(), wav.getframerate()
-        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1).astype("<i2")
-    return samples.tobytes(), rate
-
-
-def chunks(audio: bytes, size: int = 1024):
-    return [audio[i : i + size] for i in range(0, len(audio), size)]
 
 
 def finals(events) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from tests.conftest import receive_until_close
-from tests.transcription.voice_fakes import TcpReceiver, eventually
+from tests.transcription.voice_fakes import TcpReceiver, eventually, until
 from transcription import services, shutdown
 from transcription.consumers import State
 from transcription.engines import TranscriptEvent
@@ -35,11 +35,7 @@ def engine(settings):
 
 async def _streaming() -> None:
     """Until the one session has started (drained before that, it is refused)."""
-    for _ in range(100):
-        if [c.state for c in shutdown._sessions] == [State.STREAMING]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the session did not start")
+    await until(lambda: [c.state for c in shutdown._sessions] == [State.STREAMING])
 
 
 async def _errors() -> list[tuple[str, int | None]]:
@@ -157,7 +153,7 @@ async def test_a_stopping_worker_releases_what_it_cannot_finish(settings):
 
 @pytest.mark.services
 async def test_a_stopping_worker_finishes_deliveries_within_its_grace(settings):
-    settings.TTS_ENGINE = "tests.transcription.test_voice_loop.BrokenSpeech"
+    settings.TTS_ENGINE = "tests.transcription.voice_fakes.BrokenSpeech"
     receiver = await TcpReceiver().start()
     settings.RECEIVER_HOST, settings.RECEIVER_PORT = "127.0.0.1", receiver.port
     batch = await sync_to_async(_due_batch)()

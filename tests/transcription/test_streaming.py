@@ -74,11 +74,22 @@ async def communicator(probe):
 
 
 def dispatch_tasks() -> list[asyncio.Task]:
+    """The running channel-layer dispatch tasks (each test first sees its own, so an
+    empty list later means they stopped, not that none was ever found)."""
+    assert hasattr(StreamingWebsocketConsumer, "_dispatch_layer")
     return [
         task
         for task in asyncio.all_tasks()
         if "_dispatch_layer" in repr(task.get_coro()) and not task.done()
     ]
+
+
+async def connected(probe) -> WebsocketCommunicator:
+    """A connected Probe whose layer dispatch task runs."""
+    communicator = WebsocketCommunicator(probe.as_asgi(), "/")
+    assert (await communicator.connect(WAIT))[0]
+    assert len(dispatch_tasks()) == 1
+    return communicator
 
 
 async def test_is_a_channels_websocket_consumer():
@@ -114,17 +125,23 @@ async def test_channel_send_to_the_consumer_channel(communicator, probe):
     assert await communicator.receive_from(WAIT) == "note:direct"
 
 
-async def test_handlers_run_one_at_a_time(communicator, probe):
-    consumer = probe.instances[0]
+async def test_handlers_run_one_at_a_time(probe, monkeypatch):
     layer = get_channel_layer()
+    taken = asyncio.Event()
+    receive = layer.receive
+
+    async def receive_and_tell(channel):
+        message = await receive(channel)
+        taken.set()
+        return message
+
+    monkeypatch.setattr(layer, "receive", receive_and_tell)  # before the consumer
+    communicator = await connected(probe)
+    consumer = probe.instances[0]
     await communicator.send_to(text_data="hold")
     await asyncio.wait_for(consumer.holding.wait(), WAIT)
     await layer.group_send("probe", {"type": "relay.note", "text": "x"})
-    for _ in range(WAIT * 100):  # until the consumer has taken the message
-        queue = layer.channels.get(consumer.channel_name)
-        if queue is None or queue.empty():
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(taken.wait(), WAIT)  # the dispatch task has the message
     # Any database-thread hop on its way to the handler is done after this one.
     await sync_to_async(lambda: None)()
     for _ in range(20):
@@ -134,12 +151,11 @@ async def test_handlers_run_one_at_a_time(communicator, probe):
     assert await communicator.receive_from(WAIT) == "held"
     assert await communicator.receive_from(WAIT) == "note:x"
     assert ("note", False) in consumer.events
+    await communicator.disconnect()
 
 
 async def test_disconnect_runs_handler_and_stops_tasks(probe):
-    communicator = WebsocketCommunicator(probe.as_asgi(), "/")
-    await communicator.connect(WAIT)
-    assert len(dispatch_tasks()) == 1
+    communicator = await connected(probe)
     await communicator.disconnect(code=4001)
     await communicator.wait(WAIT)
     assert probe.instances[0].events == [("disconnect", 4001)]
@@ -157,8 +173,7 @@ async def ended(communicator) -> asyncio.Future:
 
 
 async def test_layer_handler_error_ends_the_consumer(probe):
-    communicator = WebsocketCommunicator(probe.as_asgi(), "/")
-    await communicator.connect(WAIT)
+    communicator = await connected(probe)
     await get_channel_layer().group_send("probe", {"type": "relay.fail", "text": "x"})
     future = await ended(communicator)
     assert isinstance(future.exception(), ValueError)
@@ -166,8 +181,7 @@ async def test_layer_handler_error_ends_the_consumer(probe):
 
 
 async def test_layer_handler_stop_consumer_ends_it_cleanly(probe):
-    communicator = WebsocketCommunicator(probe.as_asgi(), "/")
-    await communicator.connect(WAIT)
+    communicator = await connected(probe)
     await get_channel_layer().group_send("probe", {"type": "relay.stop"})
     future = await ended(communicator)
     assert not future.cancelled()
@@ -176,8 +190,7 @@ async def test_layer_handler_stop_consumer_ends_it_cleanly(probe):
 
 
 async def test_client_handler_error_ends_the_consumer(probe):
-    communicator = WebsocketCommunicator(probe.as_asgi(), "/")
-    await communicator.connect(WAIT)
+    communicator = await connected(probe)
     await communicator.send_input(
         {"type": "websocket.receive"}
     )  # neither text nor bytes
@@ -187,14 +200,11 @@ async def test_client_handler_error_ends_the_consumer(probe):
 
 
 async def test_cancelled_from_outside_stops_tasks(probe):
-    communicator = WebsocketCommunicator(probe.as_asgi(), "/")
-    await communicator.connect(WAIT)
+    communicator = await connected(probe)
     communicator.future.cancel()
     with pytest.raises(asyncio.CancelledError):
         await communicator.future
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert dispatch_tasks() == []
+    assert dispatch_tasks() == []  # stopped before the consumer's task ended
 
 
 async def test_works_without_a_channel_layer(settings):

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import re
 import socket
 
 import pytest
@@ -14,6 +15,7 @@ from accounts.services import api_token_create
 from transcription import exports, services
 from transcription.engines import Capabilities, TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
+from transcription.protocol import CLOSE_MEANINGS
 from transcription.receiver import ReceiverConfig, ReceiverError, receiver_exchange
 from transcription.templatetags.transcripts import clock
 
@@ -75,6 +77,17 @@ def test_talk_page_has_the_controls_and_no_token(logged_in, user):
     assert "pcm-worklet" in body
     assert raw not in body
     assert "token=" not in body
+
+
+def test_talk_page_gets_the_close_code_texts_once(logged_in):
+    body = logged_in.get("/").content.decode()
+    served = re.search(
+        r'<script id="close-texts" type="application/json">(.*?)</script>', body
+    )
+    assert served is not None
+    texts = json.loads(served.group(1))
+    assert texts == {str(code): m.text for code, m in CLOSE_MEANINGS.items()}
+    assert texts["1013"] == "The server is busy."
 
 
 def test_talk_page_languages_come_from_the_engine(logged_in, settings):

@@ -5,8 +5,8 @@ import base64
 import pytest
 from asgiref.sync import sync_to_async
 
+from tests.audio import mp3_seconds
 from tests.conftest import receive_until_close
-from tests.transcription.test_tts import mp3_seconds
 from tests.transcription.voice_fakes import (
     HttpReceiver,
     TcpReceiver,
@@ -211,7 +211,7 @@ async def test_bad_reply_is_recorded_and_the_session_goes_on(
 
 async def test_speech_failure_still_sends_the_text(voice, connect, api_token, settings):
     await voice()
-    settings.TTS_ENGINE = "tests.transcription.test_voice_loop.BrokenSpeech"
+    settings.TTS_ENGINE = "tests.transcription.voice_fakes.BrokenSpeech"
     messages, _ = await say(connect, api_token, b"speak up")
     assert messages[1] == {
         "type": "server_response",
@@ -223,15 +223,6 @@ async def test_speech_failure_still_sends_the_text(voice, connect, api_token, se
     assert (batch.status, batch.tts_status) == ("delivered", "failed")
     assert "speaker unplugged" in batch.tts_error
     assert [kind for kind, _ in await sync_to_async(_errors)()] == ["tts"]
-
-
-class BrokenSpeech:
-    name = "broken"
-
-    async def synthesize(self, text: str, *, language: str) -> bytes:
-        from transcription.engines.tts import TtsError
-
-        raise TtsError("speaker unplugged")
 
 
 async def test_no_receiver_no_batches(settings, connect, api_token):

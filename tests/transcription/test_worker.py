@@ -15,7 +15,8 @@ from tests.transcription.voice_fakes import TcpReceiver, eventually
 from transcription import selectors, services
 from transcription.engines import TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError
-from transcription.worker import BatchWorker
+from transcription.receiver import exchange_budget
+from transcription.worker import BatchWorker, lease_seconds
 
 pytestmark = pytest.mark.services  # the claims matter most on PostgreSQL
 
@@ -114,7 +115,7 @@ def test_failures_back_off_then_give_up(settings):
 
 @pytest.mark.django_db(transaction=True)
 async def test_several_workers_deliver_each_batch_exactly_once(settings):
-    settings.TTS_ENGINE = "tests.transcription.test_voice_loop.BrokenSpeech"
+    settings.TTS_ENGINE = "tests.transcription.voice_fakes.BrokenSpeech"
     receiver = await TcpReceiver().start()
     settings.RECEIVER_HOST, settings.RECEIVER_PORT = "127.0.0.1", receiver.port
 
@@ -335,3 +336,9 @@ async def test_chaos_a_receiver_killed_mid_exchange_gets_the_batch_when_back(set
     assert error.kind == "receiver"
     assert "attempt 1 (retrying)" in error.message
     assert "dropped the connection" in error.message
+
+
+def test_a_claim_outlasts_one_exchange_and_the_consumer_waits_for_one(settings):
+    settings.RECEIVER_TIMEOUT, settings.TTS_TIMEOUT = 7.0, 11.0
+    assert exchange_budget() == 18.0
+    assert lease_seconds() == exchange_budget() + 30  # slack: the worker's own work

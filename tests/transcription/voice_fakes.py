@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 
 from transcription.engines import Capabilities, StreamParams, TranscriptEvent
+from transcription.engines.tts import TtsError
 
 _END = None
 
@@ -122,6 +123,23 @@ class HttpReceiver(TcpReceiver):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/reply"
+
+
+class BrokenSpeech:
+    """A TTS_ENGINE that always fails."""
+
+    name = "broken"
+
+    async def synthesize(self, text: str, *, language: str) -> bytes:
+        raise TtsError("speaker unplugged")
+
+
+async def until(condition: Callable[[], object], seconds: float = 10) -> None:
+    """Wait until `condition()` (something of this loop or another thread) holds,
+    bounded so that a failure cannot hang."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 (no event to wait on)
+            await asyncio.sleep(0.01)
 
 
 async def eventually(check: Callable[[], object], seconds: float = 10) -> object:

@@ -1,15 +1,27 @@
 """The rule for patches of libraries: they name the versions they were written for."""
 
+import tomllib
+from pathlib import Path
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from voiceproject.patching import TESTED, require_versions, versions_untested
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_the_installed_libraries_are_the_versions_the_patches_were_written_for():
-    # daphne_closes, daphne_access_log, daphne_limits, relay_speedups and the
-    # streaming dispatch all check their libraries against these ranges.
+    # daphne_closes, daphne_access_log, daphne_limits, relay_speedups, the
+    # streaming dispatch and aws_compat all check their libraries against these.
     assert versions_untested(TESTED) == []
+
+
+def test_the_aws_sdk_is_pinned_to_the_one_version_aws_compat_was_written_for():
+    spec = TESTED["amazon-transcribe"]
+    assert spec.startswith("==")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert f"amazon-transcribe{spec}" in pyproject["project"]["dependencies"]
 
 
 def test_another_version_is_refused_with_a_clear_error():

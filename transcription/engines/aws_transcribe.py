@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -24,11 +22,8 @@ from amazon_transcribe import exceptions as aws_errors
 from amazon_transcribe.auth import CredentialResolver
 from amazon_transcribe.client import TranscribeStreamingClient
 from amazon_transcribe.endpoints import StaticEndpointResolver
-from amazon_transcribe.httpsession import AwsCrtHttpSessionManager
 from amazon_transcribe.model import StartStreamTranscriptionEventStream
 from amazon_transcribe.model import TranscriptEvent as AwsTranscriptEvent
-from amazon_transcribe.serialize import TranscribeStreamingSerializer
-from amazon_transcribe.structures import BufferableByteStream
 from awscrt.exceptions import AwsCrtError
 from django.conf import settings
 
@@ -39,31 +34,25 @@ from transcription.engines import (
     StreamParams,
     TranscriptEvent,
     audio_backlog_limit,
+    aws_compat,
 )
+from transcription.engines.aws_compat import SessionHttp
 from transcription.engines.aws_languages import (
     ENCODINGS,
     LANGUAGES,
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
 )
+from transcription.protocol import parse_flag
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 10.0  # connect, TLS, credentials and the response headers
 CLOSE_TIMEOUT_SECONDS = 5.0
-CONNECT_TIMEOUT_MS = 5000
 COALESCE_SECONDS = 0.05  # tiny frames wait this long to travel together
-NAP_SECONDS = 0.004  # an idle CRT thread's pause between polls of empty bodies
-BUSY_SECONDS = 0.001  # ... once it has sent nothing for this long
 MAX_EVENT_BYTES = 32 * 1024  # the service's largest audio event
 _NO_AUDIO = re.compile(r"no new audio was received", re.IGNORECASE)
 _NAME = re.compile(r"^[0-9A-Za-z._-]{1,200}$")
-
-
-def _flag(value: str) -> bool:
-    if value not in ("true", "false"):
-        raise ValueError("'true' or 'false'")
-    return value == "true"
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -87,10 +76,10 @@ def _names(value: str) -> list[str]:
 
 # Query parameter -> (SDK keyword, parser): what users ask AWS for, passed through.
 OPTIONS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
-    "showSpeakerLabel": ("show_speaker_label", _flag),
+    "showSpeakerLabel": ("show_speaker_label", parse_flag),
     "enablePartialResultsStabilization": (
         "enable_partial_results_stabilization",
-        _flag,
+        parse_flag,
     ),
     "partialResultsStability": (
         "partial_results_stability",
@@ -184,67 +173,6 @@ def engine_error(exc: BaseException) -> EngineError:
     )
 
 
-class _CalmBody(BufferableByteStream):
-    """The SDK's request body (audio events), without the busy wait.
-
-    awscrt 0.26 (the SDK pins it) polls a streaming HTTP/2 body without pause while it
-    is empty, which keeps a CRT thread at 100 % of a core for as long as any stream is
-    open (awslabs/amazon-transcribe-streaming-sdk#25, #84, #109). When a CRT thread has
-    sent nothing for a moment, an empty poll naps a few milliseconds instead; a thread
-    that is moving audio never naps. Audio waits at most one nap.
-    """
-
-    _threads = threading.local()
-
-    def read(self, size=-1):
-        calm = self._threads
-        try:
-            data = super().read(size)
-        except BlockingIOError:
-            if time.monotonic() - getattr(calm, "last_data", 0.0) > BUSY_SECONDS:
-                time.sleep(NAP_SECONDS)
-            raise
-        calm.last_data = time.monotonic()
-        return data
-
-    def read1(self, size=-1):
-        return self.read(size)
-
-
-class _Serializer(TranscribeStreamingSerializer):
-    def serialize_start_stream_transcription_request(self, endpoint, request_shape):
-        request = super().serialize_start_stream_transcription_request(
-            endpoint=endpoint, request_shape=request_shape
-        )
-        request.body = _CalmBody()
-        return request
-
-
-class _SessionHttp(AwsCrtHttpSessionManager):
-    """The SDK's HTTP/2 session manager, keeping what it takes to end the session."""
-
-    def __init__(self, bootstrap):
-        super().__init__(bootstrap)
-        self._socket_options.connect_timeout_ms = CONNECT_TIMEOUT_MS
-        self.responses: list = []
-
-    async def make_request(self, *args, **kwargs):
-        response = await super().make_request(*args, **kwargs)
-        self.responses.append(response)
-        return response
-
-    def close(self) -> None:
-        """Close the connection: the CRT completes its streams, the reader ends."""
-        for connection in self._connections.values():
-            connection.close()
-        self._connections.clear()
-
-    async def check_completed(self) -> None:
-        """Raise the CRT's error if the HTTP/2 stream ended abnormally."""
-        for response in self.responses:
-            await response.done
-
-
 def _event_sizes(params: StreamParams) -> tuple[int, int]:
     """(smallest event worth sending at once, largest allowed) in bytes."""
     if params.encoding != "pcm":
@@ -260,7 +188,7 @@ class AwsTranscribeStream:
     def __init__(
         self,
         stream: StartStreamTranscriptionEventStream,
-        http: _SessionHttp,
+        http: SessionHttp,
         params: StreamParams,
     ):
         self._stream = stream
@@ -391,21 +319,14 @@ class AwsTranscribeEngine:
     def __init__(self) -> None:
         self._credentials: CredentialResolver | None = None
 
-    def client(self) -> tuple[TranscribeStreamingClient, _SessionHttp]:
+    def client(self) -> tuple[TranscribeStreamingClient, SessionHttp]:
         """A client on its own HTTP/2 connection (closing it ends only this session)."""
         endpoint = settings.AWS_TRANSCRIBE_ENDPOINT
-        client = TranscribeStreamingClient(
+        client, http, self._credentials = aws_compat.session_client(
             region=settings.AWS_REGION,
             endpoint_resolver=StaticEndpointResolver(endpoint) if endpoint else None,
-            credential_resolver=self._credentials,
+            credentials=self._credentials,
         )
-        # The default chain caches what it resolves: one for the whole process.
-        self._credentials = client._credential_resolver
-        # The SDK (pinned below 0.7) has no hooks for these two parts, so they are
-        # swapped in: an HTTP session this stream can close, a body that does not spin.
-        http = _SessionHttp(client._eventloop)
-        client._session_manager = http
-        client._serializer = _Serializer()
         return client, http
 
     async def open(self, params: StreamParams) -> AwsTranscribeStream:

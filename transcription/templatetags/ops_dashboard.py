@@ -2,14 +2,14 @@
 
 from django import template
 
-from transcription import dashboard, selectors
+from transcription import dashboard
 
 register = template.Library()
 
 
 @register.simple_tag
-def operations_dashboard() -> selectors.Dashboard:
-    return selectors.dashboard()
+def operations_dashboard() -> dashboard.Dashboard:
+    return dashboard.dashboard()
 
 
 @register.simple_tag

@@ -42,7 +42,7 @@ class Command(OneLineErrorCommand):
             if session is None:
                 raise CommandError(f"no single session matches {options['session']!r}")
             ids = [session.pk]
-        sessions = selectors.sessions_for_export(
+        sessions = exports.sessions_for_export(
             username=username, session_ids=ids, last=options["last"]
         )
         if not sessions:

@@ -1,0 +1,50 @@
+"""daphne_closes: the close frame carries the app's code and its reason, cut to fit."""
+
+import pytest
+from daphne.ws_protocol import WebSocketProtocol
+
+from voiceproject import daphne_closes
+
+
+class Socket:
+    """What the patched handle_reply uses of daphne's protocol: its state and
+    autobahn's sendCloseFrame."""
+
+    STATE_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+    state = WebSocketProtocol.STATE_OPEN
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes | None]] = []
+
+    def sendCloseFrame(self, code, reasonUtf8):  # autobahn's name
+        self.sent.append((code, reasonUtf8))
+
+
+def close(reason, code=1008) -> tuple[int, bytes | None]:
+    daphne_closes.install()
+    socket = Socket()
+    message = {"type": "websocket.close", "code": code, "reason": reason}
+    WebSocketProtocol.handle_reply(socket, message)
+    [sent] = socket.sent
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("reason", "sent"),
+    [
+        (None, None),
+        ("", None),
+        ("bye", b"bye"),
+        ("x" * 200, b"x" * 123),
+        # Two-byte characters: 61 of them fit (122 bytes), the 62nd would be split.
+        ("é" * 100, ("é" * 61).encode()),
+        # A four-byte character straddling the limit is left out whole.
+        ("a" * 121 + "😀", b"a" * 121),
+    ],
+)
+def test_the_reason_is_utf8_cut_at_a_character_within_123_bytes(reason, sent):
+    assert close(reason) == (1008, sent)
+
+
+def test_no_code_means_a_normal_close():
+    assert close("done", code=None) == (1000, b"done")
