@@ -199,6 +199,17 @@ def session_history(*, user) -> QuerySet[AudioSession]:
     )
 
 
+def session_latest_in_browser(*, user) -> AudioSession | None:
+    """A user's newest session from the browser app (History shows it; None if none)."""
+    return (
+        AudioSession.objects.filter(user=user, auth_method="session")
+        .exclude(status=AudioSession.Status.REJECTED)
+        .order_by("-started_at")
+        .only("pk")
+        .first()
+    )
+
+
 @dataclass(frozen=True)
 class Turn:
     """One line of a conversation: what the user said, or the receiver's reply."""
