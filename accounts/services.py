@@ -1,6 +1,7 @@
 """Writes for accounts: create, authenticate (records last use), revoke API tokens."""
 
 import datetime as dt
+import secrets
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -46,12 +47,15 @@ def api_token_create(
     user: User,
     name: str = "default",
     expires_at: dt.datetime | None = None,
+    raw: str | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token; return it with the raw value, which exists nowhere else.
 
-    Raises TokenLimitReached when the user holds MAX_TOKENS_PER_USER usable tokens.
+    `raw` registers a value made earlier (only the local demo does: its token is kept
+    in .env across a new database). Raises TokenLimitReached when the user holds
+    MAX_TOKENS_PER_USER usable tokens.
     """
-    raw = token_generate()
+    raw = raw or token_generate()
     with transaction.atomic():
         # Lock the user's row so that two creations at once cannot both pass the
         # check (SQLite serializes writers anyway).
@@ -125,3 +129,45 @@ def api_token_rotate(*, token: ApiToken) -> tuple[ApiToken, str]:
         return api_token_create(
             user=token.user, name=token.name, expires_at=token.expires_at
         )
+
+
+def demo_account_ensure(
+    *, username: str, password: str | None, raw_token: str | None, token_name: str
+) -> tuple[str, str]:
+    """The local demo account as `make run` prints it: a staff user and an API token.
+
+    A `password` or `raw_token` given (kept from an earlier run) is kept: a password
+    that still checks is not set again, so the user's browser sessions survive; a
+    token that is still usable stays, one that no record knows (a new database) is
+    registered again. Missing ones, or a token revoked or expired meanwhile, are made
+    anew. Other tokens named `token_name` are revoked. Returns (password, raw token).
+    """
+    with transaction.atomic():
+        user, _ = get_user_model().objects.get_or_create(username=username)
+        if password is None:
+            password = secrets.token_urlsafe(9)
+        if not user.check_password(password):
+            user.set_password(password)  # ends the user's sessions: a new password
+        user.is_staff = user.is_superuser = user.is_active = True
+        user.save()
+        token, raw = _demo_token_kept(
+            user=user, raw=raw_token, name=token_name
+        ) or api_token_create(user=user, name=token_name)
+        same_name = ApiToken.objects.filter(user=user, name=token_name)
+        for old in same_name.exclude(pk=token.pk):
+            api_token_revoke(token=old)
+    return password, raw
+
+
+def _demo_token_kept(
+    *, user: User, raw: str | None, name: str
+) -> tuple[ApiToken, str] | None:
+    """The kept demo token of `user` when it still works (registered again if no
+    record knows it); None when a new one is needed."""
+    if raw is None or not token_looks_valid(raw):
+        return None
+    found = ApiToken.objects.filter(digest=token_digest(raw)).first()
+    if found is None:
+        return api_token_create(user=user, name=name, raw=raw)
+    usable = ApiToken.objects.usable().filter(pk=found.pk, user=user).exists()
+    return (found, raw) if usable else None

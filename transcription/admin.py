@@ -58,6 +58,7 @@ class SessionErrorInline(ReadOnlyAdminMixin, admin.TabularInline):
 class ReceiverBatchInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = ReceiverBatch
     readonly_fields = (
+        "batch_link",
         "created_at",
         "status",
         "attempts",
@@ -69,6 +70,11 @@ class ReceiverBatchInline(ReadOnlyAdminMixin, admin.TabularInline):
     fields = readonly_fields
     extra = 0
     can_delete = False
+
+    @admin.display(description="batch")
+    def batch_link(self, obj: ReceiverBatch) -> str:
+        url = reverse("admin:transcription_receiverbatch_change", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, str(obj.batch_id)[:8])
 
 
 class CloseCodeFilter(admin.SimpleListFilter):
@@ -213,6 +219,12 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return selectors.session_list_with_counts()
+
+    def get_inlines(self, request, obj):
+        """Only the tables with rows: an empty one would be headers alone."""
+        if obj is None:
+            return self.inlines
+        return [i for i in self.inlines if i.model.objects.filter(session=obj).exists()]
 
     def get_search_results(self, request, queryset, search_term):
         queryset, duplicates = super().get_search_results(

@@ -186,6 +186,17 @@ def session_history(*, user) -> QuerySet[AudioSession]:
     )
 
 
+def session_latest_in_browser(*, user) -> AudioSession | None:
+    """A user's newest session from the browser app (History shows it; None if none)."""
+    return (
+        AudioSession.objects.filter(user=user, auth_method="session")
+        .exclude(status=AudioSession.Status.REJECTED)
+        .order_by("-started_at")
+        .only("pk")
+        .first()
+    )
+
+
 def reply_audio_get_own(*, user, session_id, batch_pk: int) -> bytes | None:
     """A reply's MP3 in one of the user's own sessions; None if none or not theirs."""
     audio = (

@@ -9,6 +9,7 @@ app_name = "transcription"
 urlpatterns = [
     path("", views.talk, name="talk"),
     path("history/", views.history, name="history"),
+    path("history/latest/", views.history_latest, name="history_latest"),
     path(
         "history/<uuid:session_id>/download/<str:fmt>/",
         views.session_download,

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from transcription import exports, selectors
@@ -84,6 +85,15 @@ def history(request: HttpRequest) -> HttpResponse:
         "transcription/history.html",
         {"page": page, "rows": rows, "formats": DOWNLOAD_FORMATS, "nav": "history"},
     )
+
+
+@login_required
+@require_GET
+def history_latest(request: HttpRequest) -> HttpResponse:
+    """History at the user's newest browser session (the one Talk just finished)."""
+    latest = selectors.session_latest_in_browser(user=request.user)
+    url = reverse("transcription:history")
+    return redirect(f"{url}#session-{latest.pk}" if latest else url)
 
 
 @login_required

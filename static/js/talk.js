@@ -26,6 +26,7 @@
   const FRAME_BYTES = Number(root.dataset.frameBytes);
   const MAX_PENDING_FRAMES = 250; // ~8 s of audio captured before the socket opens
   const CLOSE_TEXT = JSON.parse(byId("close-texts").textContent); // protocol.CLOSE_MEANINGS
+  const RETRY_MAX_SECONDS = 30; // an unreachable server is tried again after 1, 2, 4… s
 
   let state = "idle"; // idle | starting | live | finishing
   let socket = null;
@@ -35,6 +36,8 @@
   let serverError = "";
   let level = 0;
   let attempts = 0; // start() calls; a stale one backs out after its await
+  let retries = 0; // failed connections in a row (the server could not be reached)
+  let retryTimer = null;
 
   // ---- state and messages -------------------------------------------------------
 
@@ -50,8 +53,19 @@
     if (text) ui.statusText.textContent = text;
   }
 
-  function showProblem(text, kind = "error") {
+  function showDone() {
+    // The session that just ended is this user's newest browser session: History's
+    // "latest" link opens it (the socket never tells the page its session id).
+    const link = document.createElement("a");
+    link.href = root.dataset.historyLatest;
+    link.dataset.testid = "history-link";
+    link.textContent = "saved to your history";
+    ui.statusText.replaceChildren("Done — ", link, ". Press Start talking to go on.");
+  }
+
+  function showProblem(text, kind = "error", action = "Start again") {
     ui.problemText.textContent = text;
+    ui.restart.textContent = action;
     ui.problem.className = `alert alert-${kind} alert-action`;
     ui.problem.hidden = false;
   }
@@ -181,10 +195,14 @@
   }
 
   function openSocket() {
+    retryTimer = null;
     const ws = new WebSocket(socketUrl());
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       if (ws !== socket) return;
+      ws.opened = true;
+      retries = 0;
+      hideProblem();
       setState("live", "Listening — speak now. Press Stop when you are done.");
       for (const frame of pending) ws.send(frame);
       pending = [];
@@ -211,7 +229,43 @@
     }
   }
 
+  // The socket never opened (a refused connection gives 1006 at once): the server is
+  // down or restarting. Keep the microphone and try again, waiting longer each time.
+  function retryLater() {
+    socket = null;
+    pending = [];
+    const delay = Math.min(RETRY_MAX_SECONDS, 2 ** retries);
+    retries += 1;
+    let left = delay;
+    const tell = () => {
+      setState("starting", `Cannot reach the server — trying again in ${left} s…`);
+      showProblem(
+        `The server at ${location.host} cannot be reached: is it running? ` +
+          `Trying again in ${left} s (attempt ${retries + 1}); press Cancel to give up.`,
+        "info",
+        "Try now",
+      );
+    };
+    tell();
+    const tick = () => {
+      left -= 1;
+      if (left > 0) {
+        tell();
+        retryTimer = setTimeout(tick, 1000);
+      } else {
+        setState("starting", "Connecting…");
+        openSocket();
+      }
+    };
+    retryTimer = setTimeout(tick, 1000);
+  }
+
   function onClose(event) {
+    if (!event.target.opened && !stopRequested && event.code === 1006 && !serverError) {
+      retryLater();
+      return;
+    }
+    retries = 0;
     const stopped = stopRequested;
     const cancelled = stopped && state === "starting";
     socket = null;
@@ -225,7 +279,8 @@
       setState("idle", "Stopped.");
       showProblem(`${serverError} (code ${event.code})`);
     } else if (event.code === 1000 && stopped) {
-      setState("idle", "Done — saved to your history. Press Start talking to go on.");
+      setState("idle");
+      showDone();
     } else if (event.code === 1000) {
       setState("idle", "The session ended.");
       showProblem(`The server ended the session: ${event.reason || "no reason given"}.`, "info");
@@ -346,7 +401,14 @@
       setState("finishing", "Finishing — waiting for the last words and the answer…");
     } else if (state === "starting") {
       stopRequested = true;
-      if (socket) {
+      if (retryTimer) {
+        clearTimeout(retryTimer); // waiting to try the server again: give up
+        retryTimer = null;
+        retries = 0;
+        closeMicrophone();
+        hideProblem();
+        setState("idle", "Cancelled.");
+      } else if (socket) {
         socket.close(1000);
       } else {
         setState("idle", "Cancelled.");
@@ -371,7 +433,12 @@
   }
   ui.language.addEventListener("change", () => localStorage.setItem("talk.language", ui.language.value));
   ui.start.addEventListener("click", start);
-  ui.restart.addEventListener("click", start);
+  ui.restart.addEventListener("click", () => {
+    if (!retryTimer) return start();
+    clearTimeout(retryTimer); // "Try now" while waiting to try the server again
+    setState("starting", "Connecting…");
+    openSocket();
+  });
   ui.stop.addEventListener("click", stop);
   window.addEventListener("pagehide", () => {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send("END_OF_STREAM");

@@ -116,9 +116,11 @@ def run_daphne(
     *,
     ready_timeout: float = 60,
     app: str = "voiceproject.asgi:application",
+    port: int | None = None,
 ) -> Iterator[LiveServer]:
-    """daphne serving `app` (the project's) on a free loopback port, `env` added."""
-    port = free_port()
+    """daphne serving `app` (the project's) on a loopback port (`port`, or a free
+    one), `env` added."""
+    port = port or free_port()
     args = [
         sys.executable,
         "-m",

@@ -203,7 +203,7 @@ def test_talk_streams_speaks_back_and_history_keeps_it(page, person, receiver):
     assert session.audio_bytes % 1024 == 0  # whole 1024-byte frames only
     assert list(session.transcripts.values_list("text", flat=True)) == said
 
-    page.get_by_role("link", name="History").click()
+    page.get_by_role("link", name="History", exact=True).click()
     card = page.get_by_test_id("history-session")
     expect(card).to_have_count(1)
     for text in said:

@@ -290,3 +290,34 @@ def test_session_detail_shows_the_process_that_served_it(admin_client, history):
     assert "Served by" in html
     assert server_process.HOST in html
     assert f">{os.getpid()}<" in html
+
+
+def test_session_detail_shows_only_the_tables_with_rows(admin_client, history):
+    html = admin_client.get(session_url(history["today"])).content.decode()
+    assert 'id="transcripts-group"' in html
+    assert 'id="errors-group"' not in html  # no errors: no table of headers alone
+    assert 'id="batches-group"' not in html
+    # The inlines' title rows (each record's str, cut short) are hidden.
+    assert ".inline-group .tabular td.original p { display: none; }" in html
+    failed = admin_client.get(session_url(history["failed"])).content.decode()
+    assert 'id="errors-group"' in failed
+
+
+def test_a_reply_is_whole_with_its_player_beside_it(admin_client, voice_session):
+    session, _ = voice_session
+    html = admin_client.get(session_url(session)).content.decode()
+    reply = re.search(r'<li class="entry-reply">(.*?)</li>', html, re.S)[1]
+    body = re.search(r'<span class="body">(.*?)</span>\s*<audio', reply, re.S)
+    assert body, reply
+    assert "It is sunny." in body[1]
+    assert 'preload="metadata"' in reply
+
+
+def test_session_and_its_batches_link_to_each_other(admin_client, voice_session):
+    session, batch_pks = voice_session
+    html = admin_client.get(session_url(session)).content.decode()
+    for pk in batch_pks:
+        batch_url = reverse("admin:transcription_receiverbatch_change", args=[pk])
+        assert f'href="{batch_url}"' in html
+        batch_page = admin_client.get(batch_url).content.decode()
+        assert f'href="{session_url(session)}"' in batch_page

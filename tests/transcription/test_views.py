@@ -316,3 +316,27 @@ def test_the_admin_keeps_the_detail_of_voice_failures(admin_client, voice_failur
         assert detail in body
     assert "s3cret" not in body
     assert "abc123" not in body
+
+
+def test_history_has_an_anchor_per_session_and_players_load_their_duration(
+    logged_in, user
+):
+    session = make_session(user, ["hello"])
+    add_reply(session, [1], "Hi.")
+    body = logged_in.get("/history/").content.decode()
+    assert f'id="session-{session.pk}"' in body
+    assert '<audio controls preload="metadata"' in body
+
+
+def test_history_latest_opens_the_newest_browser_session(logged_in, user, bob):
+    assert logged_in.get("/history/latest/").url == "/history/"
+    browser = make_session(user, ["from the browser"], minutes_ago=5)
+    AudioSession.objects.filter(pk=browser.pk).update(auth_method="session")
+    make_session(user, ["a script, later"], minutes_ago=1)  # a token session
+    other = make_session(bob, ["bob's"])
+    AudioSession.objects.filter(pk=other.pk).update(auth_method="session")
+    response = logged_in.get("/history/latest/")
+    assert response.status_code == 302
+    assert response.url == f"/history/#session-{browser.pk}"
+    talk = logged_in.get("/").content.decode()
+    assert 'data-history-latest="/history/latest/"' in talk

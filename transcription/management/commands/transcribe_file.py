@@ -45,9 +45,12 @@ class Command(BaseCommand):
             audio = read_pcm(options["path"], raw_sample_rate=options["sample_rate"])
         except AudioFileError as exc:
             raise CommandError(str(exc)) from exc
+        self.server_error = ""
         code, reason = asyncio.run(self._stream(audio, options))
         if code != 1000:
-            raise CommandError(f"server closed the connection with {code} {reason}")
+            raise CommandError(close_message(code, reason, self.server_error))
+        if self.server_error:  # not expected: every error precedes a close != 1000
+            self.stderr.write(f"error: {self.server_error}")
 
     def _url(self, audio: PcmAudio, options) -> str:
         parts = urlsplit(options["url"])
@@ -99,6 +102,9 @@ class Command(BaseCommand):
             return
 
     async def _receive(self, ws, progress) -> None:
+        # On a terminal the partials live in the progress bar; in a pipe or a file,
+        # where there is no bar, they are lines of their own.
+        partial_lines = not self.stdout.isatty()
         try:
             async for message in ws:
                 data = json.loads(message)
@@ -107,11 +113,23 @@ class Command(BaseCommand):
                     self.stdout.write(data["transcript"])
                     progress.refresh()
                 elif "partialTranscript" in data:
+                    if partial_lines:
+                        self.stdout.write(f"partial: {data['partialTranscript']}")
                     progress.set_postfix_str(data["partialTranscript"][-40:])
                 elif "error" in data:
-                    self.stderr.write(f"error: {data['error']}")
+                    self.server_error = data["error"]  # said once, with the close
                 elif data.get("type") == "server_response":
                     progress.clear()
                     self.stdout.write(f"reply: {data.get('message', '')}")
         except ConnectionClosed:
             return
+
+
+def close_message(code: int, reason: str, error: str) -> str:
+    """One line for a close other than 1000: the server's own words first."""
+    if code == 1006:
+        what = "the connection dropped"
+    else:
+        what = f"the server closed the session with code {code}"
+    said = error or reason
+    return f"{said} ({what})" if said else what
