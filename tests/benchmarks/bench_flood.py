@@ -8,11 +8,12 @@ Run from the repository root (not collected by pytest):
 It serves the embedded default (offline engine, SQLite in a temporary directory) with
 daphne on a free loopback port, then:
 
-1. flood: one client sends 64 KiB frames of speech as fast as the server takes them
+1. file: `manage.py transcribe_file` streams a 2-minute WAV (the two-utterance
+   fixture repeated) at full speed; prints the wall time and the finals;
+2. flood: one client sends 64 KiB frames of speech as fast as the server takes them
    for --seconds, then END_OF_STREAM; prints what was sent and how much the daphne
-   process (and its decoder processes) grew at their peak;
-2. file: `manage.py transcribe_file` streams a 2-minute WAV (the two-utterance
-   fixture repeated) at full speed; prints the wall time and the finals.
+   process (and its decoder processes) grew at their peak (waiting at most 120 s for
+   the server to finish what it took).
 
 With --baseline, the same runs first against the server of another checkout (e.g. a
 `git worktree` of an earlier commit), so both appear side by side from one run.
@@ -36,6 +37,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "two_utterances.wav"
 FRAME = 64 * 1024
+DRAIN_BOUND_SECONDS = 120.0
 
 
 def free_port() -> int:
@@ -129,7 +131,7 @@ def speech(seconds: float) -> bytes:
     return (audio * repeats)[: int(seconds * 32000)]
 
 
-async def flood(url: str, seconds: float, audio: bytes) -> dict:
+async def flood(url: str, seconds: float, audio: bytes, pid: int) -> dict:
     sent = 0
     started = time.monotonic()
     async with connect(url + "&sendPartials=false", max_size=None) as ws:
@@ -138,12 +140,18 @@ async def flood(url: str, seconds: float, audio: bytes) -> dict:
             await ws.send(audio[offset : offset + FRAME])
             sent += FRAME
         ended = time.monotonic()
+        peak = family_rss_mib(pid, "VmHWM")[0]  # before the server drains the rest
         await ws.send("END_OF_STREAM")
         finals = 0
-        async for message in ws:
-            finals += '"transcript"' in message
+        try:
+            async with asyncio.timeout(DRAIN_BOUND_SECONDS):
+                async for message in ws:
+                    finals += '"transcript"' in message
+        except TimeoutError:
+            pass  # an unbounded backlog can take hours to decode: not waited for
         code = ws.close_code
     return {
+        "peak_mib": peak,
         "sent_mb": sent / 1e6,
         "audio_s": sent / 32000,
         "drain_s": time.monotonic() - ended,
@@ -165,17 +173,8 @@ def run(label: str, repo: Path, seconds: float, wav_path: Path) -> None:
         server = Server(repo, Path(workdir))
         try:
             asyncio.run(warm_up(server.url))
-            own, kids = family_rss_mib(server.process.pid)
-            result = asyncio.run(flood(server.url, seconds, speech(30)))
-            peak_own, _ = family_rss_mib(server.process.pid, "VmHWM")
-            _, kids_after = family_rss_mib(server.process.pid)
-            print(
-                f"{label:10} flood {seconds:g} s: sent {result['sent_mb']:.0f} MB "
-                f"({result['audio_s']:.0f} s of audio), close {result['close']}, "
-                f"{result['finals']} finals, drained in {result['drain_s']:.1f} s; "
-                f"daphne {own:.0f} -> peak {peak_own:.0f} MiB "
-                f"(+{peak_own - own:.0f}), decoders {kids:.0f} -> {kids_after:.0f} MiB"
-            )
+            # The file first: after a flood, a server without bounds may still be
+            # decoding what it queued.
             started = time.monotonic()
             out = server.manage(
                 "transcribe_file",
@@ -191,6 +190,24 @@ def run(label: str, repo: Path, seconds: float, wav_path: Path) -> None:
             print(
                 f"{label:10} 2-minute file at full speed: {wall:.1f} s wall "
                 f"({120 / wall:.1f}x real time), {finals} lines of finals"
+            )
+            own, kids = family_rss_mib(server.process.pid)
+            result = asyncio.run(
+                flood(server.url, seconds, speech(30), server.process.pid)
+            )
+            peak_own = result["peak_mib"]
+            _, kids_after = family_rss_mib(server.process.pid)
+            drained = (
+                f"drained in {result['drain_s']:.1f} s"
+                if result["close"]
+                else f"not drained within {DRAIN_BOUND_SECONDS:g} s"
+            )
+            print(
+                f"{label:10} flood {seconds:g} s: sent {result['sent_mb']:.0f} MB "
+                f"({result['audio_s']:.0f} s of audio), close {result['close']}, "
+                f"{result['finals']} finals, {drained}; daphne {own:.0f} -> peak "
+                f"{peak_own:.0f} MiB (+{peak_own - own:.0f}), decoders {kids:.0f} -> "
+                f"{kids_after:.0f} MiB"
             )
         finally:
             server.stop()
