@@ -226,6 +226,7 @@ def prepare_database(workdir: Path) -> tuple[dict[str, str], str]:
         "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
         "TRANSCRIPTION_ENGINE": "echo",
         "MAX_SESSIONS_PER_TOKEN": "100000",
+        "MAX_SESSIONS_PER_USER": "100000",
         "MAX_SESSIONS_PER_PROCESS": "100000",
         "TRANSCRIPTION_IDLE_TIMEOUT": "600",
         "LOG_LEVEL": "WARNING",
