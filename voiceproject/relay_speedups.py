@@ -9,16 +9,19 @@ us and are skipped here, each only in the case where skipping it changes nothing
   off, `dataReceived` and the plain path of `sendData` run without it.
 - Channels' session middleware looks into the (lazy) session on every message it
   passes, though it only acts on `http.response.start`; other messages go straight on.
+- Twisted's TCP write buffers every message and has the event loop watch the socket
+  for one write (`write_now`): with nothing buffered, the bytes go out at once.
 """
 
 import logging
 
 from channels.sessions import InstanceSessionWrapper
+from twisted.internet import tcp
 
 from voiceproject.patching import tested, versions_untested
 
 logger = logging.getLogger(__name__)
-TESTED_VERSIONS = tested("daphne", "autobahn", "channels")
+TESTED_VERSIONS = tested("daphne", "autobahn", "channels", "twisted")
 
 
 def _debug_enabled(log) -> bool:
@@ -38,6 +41,33 @@ def install_session_fast_path() -> None:
 
     InstanceSessionWrapper.send = send
     InstanceSessionWrapper._fast_path = True
+
+
+def write_now(transport, data: bytes) -> None:
+    """`transport.write(data)`, sent on the socket at once when nothing waits before it.
+
+    Twisted's TCP write only buffers, then registers the socket with the event loop
+    for one write and unregisters it after: two system calls and their Python around
+    every message. With nothing buffered there is no order to keep, so the bytes go
+    out now; what the socket does not take (its buffer is full) goes through Twisted's
+    buffer as usual. Other transports (TLS, tests) write as they always do.
+    """
+    if (
+        type(transport) is not tcp.Server
+        or transport._tempDataBuffer
+        or transport.offset != len(transport.dataBuffer)
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        sent = 0  # would block, or the connection is gone: Twisted finds out
+    if sent < len(data):
+        transport.write(data[sent:])
 
 
 def install_autobahn_fast_path() -> None:
@@ -67,7 +97,7 @@ def install_autobahn_fast_path() -> None:
             or _debug_enabled(self.log)
         ):
             return original_send(self, data, sync, chopsize)
-        self.transport.write(data)
+        write_now(self.transport, data)
         self.trafficStats.outgoingOctetsWireLevel += len(data)
         return None
 

@@ -1,6 +1,7 @@
 """The per-frame shortcuts change nothing that daphne, autobahn or Channels do."""
 
 from collections import deque
+from types import SimpleNamespace
 
 import pytest
 import txaio
@@ -104,3 +105,73 @@ async def test_session_middleware_still_sets_the_cookie_on_http(settings):
     start, passed = sent
     assert any(name == b"Set-Cookie" for name, _ in start["headers"])
     assert passed == {"type": "websocket.send", "text": "hi"}
+
+
+class _Reactor:
+    """What a Twisted TCP transport asks of its reactor, recorded."""
+
+    def __init__(self):
+        self.writers = set()
+
+    def addReader(self, reader):
+        pass
+
+    def addWriter(self, writer):
+        self.writers.add(writer)
+
+    def removeWriter(self, writer):
+        self.writers.discard(writer)
+
+    def removeReader(self, reader):
+        pass
+
+
+def _tcp_pair():
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    reactor = _Reactor()
+    port = SimpleNamespace(_realPortNumber=2)
+    transport = tcp.Server(ours, Protocol(), ("peer", 1), port, 1, reactor)
+    return transport, theirs, reactor
+
+
+def _read_all(sock) -> bytes:
+    sock.setblocking(False)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_write_now_sends_at_once_when_nothing_is_buffered():
+    transport, peer, reactor = _tcp_pair()
+    relay_speedups.write_now(transport, b"hello")
+    assert peer.recv(100) == b"hello"
+    assert reactor.writers == set()  # Twisted's buffer and the event loop untouched
+
+
+def test_write_now_buffers_the_rest_in_order_when_the_socket_is_full():
+    transport, peer, reactor = _tcp_pair()
+    sent = []
+    for n in range(20000):  # far more than a socket pair's buffers hold
+        chunk = f"{n:08d}".encode() * 16
+        sent.append(chunk)
+        relay_speedups.write_now(transport, chunk)
+    assert reactor.writers == {transport}  # the rest waits in Twisted's buffer
+    received = _read_all(peer)  # the socket has room again, Twisted's buffer not empty
+    relay_speedups.write_now(transport, b"LAST")  # must not overtake what waits
+    sent.append(b"LAST")
+    while transport in reactor.writers:  # the event loop's writes, as it would
+        transport.doWrite()
+        received += _read_all(peer)
+    assert received == b"".join(sent)
