@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import uuid
 
@@ -209,28 +210,23 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
     async def _quota_refusal(self) -> Close | None:
         # The counts include this session, which is already recorded: sessions that
         # connect at once may all be refused, never all admitted.
-        token = self.scope.get("api_token")
+        token, user = self.scope.get("api_token"), self.scope.get("user")
+        quotas = []
         if token is not None:
-            limit = settings.MAX_SESSIONS_PER_TOKEN
-            active = await database_sync_to_async(selectors.token_active_session_count)(
-                token_id=token.pk
+            count = functools.partial(
+                selectors.token_active_session_count, token_id=token.pk
             )
-            if active > limit:
-                return Close(
-                    protocol.CLOSE_POLICY,
-                    f"Too many concurrent sessions for this token (limit {limit}).",
-                    "quota",
-                )
-        user = self.scope.get("user")
+            quotas.append(("token", settings.MAX_SESSIONS_PER_TOKEN, count))
         if user is not None and user.is_authenticated:
-            limit = settings.MAX_SESSIONS_PER_USER
-            active = await database_sync_to_async(selectors.user_active_session_count)(
-                user_id=user.pk
+            count = functools.partial(
+                selectors.user_active_session_count, user_id=user.pk
             )
-            if active > limit:
+            quotas.append(("user", settings.MAX_SESSIONS_PER_USER, count))
+        for who, limit, count in quotas:
+            if await database_sync_to_async(count)() > limit:
                 return Close(
                     protocol.CLOSE_POLICY,
-                    f"Too many concurrent sessions for this user (limit {limit}).",
+                    f"Too many concurrent sessions for this {who} (limit {limit}).",
                     "quota",
                 )
         return None
