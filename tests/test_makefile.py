@@ -29,11 +29,10 @@ def free_port() -> int:
 
 
 def make(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"RECEIVER_HOST", "RECEIVER_URL"}
-    }
+    # Not make's own variables either: under `make test` they would make this a
+    # sub-make, whose messages read "make[2]: …".
+    dropped = {"RECEIVER_HOST", "RECEIVER_URL", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
+    clean = {k: v for k, v in os.environ.items() if k not in dropped}
     return subprocess.run(
         ["make", "--no-print-directory", *args, f"VENV={tmp_path / 'venv'}"],
         cwd=ROOT,
