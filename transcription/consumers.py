@@ -559,8 +559,11 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
                 deadline = min(self.last_audio + idle, self.started + longest)
             self.wake_watch.clear()
             pause = max(deadline - now, 0.05)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+            # cancellation that meets the event (the task group would wait forever).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake_watch.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await self.wake_watch.wait()
 
     async def _heartbeat(self) -> None:
         """The record says the session lives, with its audio so far."""

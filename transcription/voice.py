@@ -76,8 +76,9 @@ class SessionVoice:
             deadline = min(deadline, until)
         while self.waiting and (left := deadline - loop.time()) > 0:
             self.answered.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.answered.wait(), left)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: see consumers)
+                async with asyncio.timeout(left):
+                    await self.answered.wait()
 
     async def leave(self) -> None:
         await self.channel_layer.group_discard(self.group, self.channel_name)

@@ -87,8 +87,11 @@ class BatchWorker:
                     delay = POLL_SECONDS
                 if self.stopping:
                     break
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow
+                # a cancellation that meets the wake-up, and the worker ran on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self.wake.wait()
             if self.tasks and self.grace > 0:
                 await asyncio.wait(set(self.tasks), timeout=self.grace)
         finally:
