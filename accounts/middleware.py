@@ -73,24 +73,23 @@ def raw_token_from_scope(scope: dict) -> str | None:
 # --- Client addresses ----------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def _normalized_ip(value: str) -> str | None:
+def ip_of(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `value` names (IPv4-mapped IPv6 as IPv4), or None."""
     try:
         ip = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+        return ip.ipv4_mapped
+    return ip
+
+
+def _is_loopback(host: str) -> bool:
+    return (ip := ip_of(host)) is not None and ip.is_loopback
+
+
+def _normalized_ip(value: str) -> str | None:
+    return str(ip) if (ip := ip_of(value)) is not None else None
 
 
 def address_of(peer: str | None, forwarded_for: str | None) -> str:

@@ -27,11 +27,11 @@ from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 
-from voiceproject.patching import require_versions
+from voiceproject.patching import require_versions, tested
 
 logger = logging.getLogger(__name__)
 
-TESTED_VERSIONS = {"daphne": ">=4.2,<4.3"}
+TESTED_VERSIONS = tested("daphne")
 SETTLE_SECONDS = 2.0
 DRAIN_SLACK_SECONDS = 5.0
 

@@ -19,6 +19,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from accounts.middleware import ip_of
 from transcription import metrics
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -33,13 +34,8 @@ def peer_allowed(peer: str | None, allowed: tuple[str, ...]) -> bool:
     """Whether the socket peer `peer` is in `allowed` (addresses and CIDRs)."""
     if not peer:
         return False  # a unix socket: whoever is behind it, the token decides
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in _networks(allowed))
+    ip = ip_of(peer)
+    return ip is not None and any(ip in network for network in _networks(allowed))
 
 
 def token_matches(authorization: str, token: str) -> bool:
