@@ -11,6 +11,12 @@ us and are skipped here, each only in the case where skipping it changes nothing
   passes, though it only acts on `http.response.start`; other messages go straight on.
 - Twisted's TCP write buffers every message and has the event loop watch the socket
   for one write (`write_now`): with nothing buffered, the bytes go out at once.
+- autobahn parses every frame through a dozen calls (frame and message begin, data and
+  end hooks, a masker object, a Deferred for "message" listeners nobody registered).
+  A whole, masked, unfragmented binary frame within the size limits is taken in one
+  step (`processData`), and a message that fits one unmasked frame is written in one
+  (`sendMessage`); every other frame (text, control, fragmented, compressed, too big,
+  malformed) takes autobahn's own path.
 """
 
 import logging
@@ -70,6 +76,52 @@ def write_now(transport, data: bytes) -> None:
         transport.write(data[sent:])
 
 
+def unmask(mask: bytes, payload: bytes) -> bytes:
+    """RFC 6455 §5.3: payload XOR the 4-byte mask, repeated (one C-level XOR)."""
+    n = len(payload)
+    key = (mask * ((n + 3) >> 2))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        n, "little"
+    )
+
+
+def _whole_binary_frame(self) -> tuple[int, int] | None:
+    """(payload start, end) when `self.data` begins with a complete, masked, final
+    binary frame that autobahn would take as one message within the size limits
+    and with no hook to call but `onMessage`; else None."""
+    data = self.data
+    if (
+        len(data) < 7
+        or data[0] != 0x82  # FIN, no RSV bits, binary
+        or self.current_frame is not None
+        or self.inside_message
+        or self.failedByMe
+        or self.logFrames
+        or self.trackedTimings
+        or not self.applyMask
+        or self._listeners is not None
+        or not self.factory.isServer
+    ):
+        return None
+    length = data[1] ^ 0x80  # masked: the high bit set, the length below it
+    if length < 1 or length > 126:
+        return None
+    start = 6
+    if length == 126:
+        length = (data[2] << 8) | data[3]
+        if length < 126:  # not minimal: autobahn's protocol violation
+            return None
+        start = 8
+    end = start + length
+    if (
+        len(data) < end
+        or 0 < self.maxFramePayloadSize < length
+        or 0 < self.maxMessagePayloadSize < length
+    ):
+        return None
+    return start, end
+
+
 def install_autobahn_fast_path() -> None:
     try:
         from daphne.ws_protocol import WebSocketProtocol
@@ -79,7 +131,71 @@ def install_autobahn_fast_path() -> None:
         return
     original_received = WebSocketProtocol.dataReceived
     original_send = WebSocketProtocol.sendData
+    original_process = WebSocketProtocol.processData
+    original_message = WebSocketProtocol.sendMessage
     STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+    def processData(self):
+        # autobahn's consumeData calls this while it returns True and the socket is
+        # open (or closing: then the frame goes the long way, as it may be a close).
+        span = _whole_binary_frame(self) if self.state == STATE_OPEN else None
+        if span is None:
+            return original_process(self)
+        start, end = span
+        data = self.data
+        payload = unmask(data[start - 4 : start], data[start:end])
+        self.data = data[end:]
+        length = end - start
+        stats = self.trafficStats
+        stats.incomingOctetsWebSocketLevel += length
+        stats.incomingOctetsAppLevel += length
+        stats.incomingWebSocketFrames += 1
+        stats.incomingWebSocketMessages += 1
+        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+            self._cancelAutoPingTimeoutCall()
+        self.message_is_binary = True
+        self._onMessage(payload, True)
+        return len(self.data) > 0
+
+    def sendMessage(
+        self,
+        payload,
+        isBinary=False,
+        fragmentSize=None,
+        sync=False,
+        doNotCompress=False,
+    ):
+        length = len(payload)
+        if (
+            length > 0xFFFF
+            or type(payload) is not bytes
+            or type(isBinary) is not bool
+            or fragmentSize is not None
+            or sync
+            or self.state != STATE_OPEN
+            or self._perMessageCompress is not None
+            or self.trackedTimings
+            or self.logFrames
+            or 0 < self.autoFragmentSize < length
+            or 0 < self.maxMessagePayloadSize < length
+            or self.maskServerFrames
+            or not self.factory.isServer
+        ):
+            return original_message(
+                self, payload, isBinary, fragmentSize, sync, doNotCompress
+            )
+        stats = self.trafficStats
+        stats.outgoingWebSocketMessages += 1
+        stats.outgoingOctetsAppLevel += length
+        stats.outgoingOctetsWebSocketLevel += length
+        stats.outgoingWebSocketFrames += 1
+        opcode = 0x82 if isBinary else 0x81
+        if length <= 125:
+            header = bytes((opcode, length))
+        else:
+            header = bytes((opcode, 126, length >> 8, length & 0xFF))
+        self.sendData(header + payload)
+        return None
 
     def dataReceived(self, data):
         if _debug_enabled(self.log):
@@ -103,6 +219,8 @@ def install_autobahn_fast_path() -> None:
 
     WebSocketProtocol.dataReceived = dataReceived
     WebSocketProtocol.sendData = sendData
+    WebSocketProtocol.processData = processData
+    WebSocketProtocol.sendMessage = sendMessage
     WebSocketProtocol._fast_path = True
 
 

@@ -1,17 +1,24 @@
 """The per-frame shortcuts change nothing that daphne, autobahn or Channels do."""
 
+import itertools
 from collections import deque
 from types import SimpleNamespace
 
 import pytest
 import txaio
+from autobahn.exception import PayloadExceededError
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import TrafficStats
+from autobahn.websocket.xormasker import create_xor_masker
 from channels.sessions import (
     CookieMiddleware,
     InstanceSessionWrapper,
     SessionMiddleware,
 )
 from daphne.ws_protocol import WebSocketProtocol
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
 from voiceproject import relay_speedups
@@ -175,3 +182,149 @@ def test_write_now_buffers_the_rest_in_order_when_the_socket_is_full():
         transport.doWrite()
         received += _read_all(peer)
     assert received == b"".join(sent)
+
+
+# --- autobahn's frame parser and writer, fast path against autobahn's own ----------
+
+_AUTOBAHN = autobahn_protocol.WebSocketProtocol
+
+
+class _Original(WebSocketProtocol):
+    """daphne's protocol with autobahn's own parser and writer, as without the patch."""
+
+    dataReceived = WebSocketServerProtocol.dataReceived
+    processData = _AUTOBAHN.processData
+    sendMessage = _AUTOBAHN.sendMessage
+    sendData = _AUTOBAHN.sendData
+
+
+def _server_protocol(cls, *, limit: int = 4096):
+    factory = WebSocketServerFactory()
+    factory.log = txaio.make_logger()
+    protocol = cls()
+    protocol.log = txaio.make_logger()
+    protocol.factory = factory
+    protocol.transport = StringTransport()
+    protocol.transport.registerProducer(protocol, True)  # as autobahn's connectionMade
+    protocol._connectionMade()
+    protocol.state = protocol.STATE_OPEN  # as the end of the opening handshake sets
+    protocol.inside_message, protocol.current_frame = False, None
+    protocol.websocket_version = 18
+    protocol.maxFramePayloadSize = protocol.maxMessagePayloadSize = limit
+    protocol.closeHandshakeTimeout = protocol.serverConnectionDropTimeout = 0
+    protocol.client_addr = ("127.0.0.1", 1)
+    protocol.messages = []
+    protocol.onMessage = lambda payload, binary: protocol.messages.append(
+        (payload, binary)
+    )
+    return protocol
+
+
+def _observed(protocol) -> dict:
+    return {
+        "messages": protocol.messages,
+        "written": protocol.transport.value(),
+        "state": protocol.state,
+        "failed": protocol.failedByMe,
+        "too_big": protocol.wasMaxFramePayloadSizeExceeded
+        or protocol.wasMaxMessagePayloadSizeExceeded,
+        "left": protocol.data,
+        "stats": vars(protocol.trafficStats),
+    }
+
+
+def _frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin=True,
+    rsv=0,
+    mask=b"\x01\x02\x03\x04",
+    length_form: str = "minimal",
+) -> bytes:
+    n = len(payload)
+    masked = mask is not None
+    if length_form == "minimal" and n <= 125:
+        length = bytes((0x80 * masked | n,))
+    elif length_form != "long" and n <= 0xFFFF:
+        length = bytes((0x80 * masked | 126,)) + n.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 * masked | 127,)) + n.to_bytes(8, "big")
+    head = bytes((0x80 * fin | rsv << 4 | opcode,)) + length
+    if not masked:
+        return head + payload
+    return head + mask + relay_speedups.unmask(mask, payload)
+
+
+_frames = st.builds(
+    _frame,
+    opcode=st.sampled_from([2, 2, 2, 1, 0, 9, 10, 3]),
+    payload=st.one_of(
+        st.binary(max_size=200),
+        st.integers(0, 5000).map(
+            lambda n: bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+        ),
+        st.sampled_from([b"END_OF_STREAM", "héllo".encode(), b"\xff\xfe"]),
+    ),
+    fin=st.sampled_from([True, True, True, False]),
+    rsv=st.sampled_from([0, 0, 0, 0, 4]),
+    mask=st.one_of(st.binary(min_size=4, max_size=4), st.just(None)),
+    length_form=st.sampled_from(["minimal", "minimal", "medium", "long"]),
+)
+
+
+@given(
+    frames=st.lists(_frames, max_size=8),
+    cuts=st.lists(st.integers(0, 20_000), max_size=6),
+)
+def test_frames_are_parsed_as_autobahn_parses_them(frames, cuts):
+    """Any frames (text, control, fragmented, unmasked, oversized, non-minimal), cut
+    anywhere: the same messages, closes, counters and leftovers as autobahn's parser."""
+    stream = b"".join(frames)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    fast, original = _server_protocol(WebSocketProtocol), _server_protocol(_Original)
+    for protocol in (fast, original):
+        for a, b in itertools.pairwise(bounds):
+            if protocol.state != protocol.STATE_CLOSED:
+                protocol.dataReceived(stream[a:b])
+    assert _observed(fast) == _observed(original)
+
+
+def test_audio_frames_take_the_fast_path(monkeypatch):
+    protocol = _server_protocol(WebSocketProtocol)
+    monkeypatch.setattr(
+        _AUTOBAHN, "onFrameBegin", lambda self: pytest.fail("autobahn's path")
+    )
+    audio = [bytes([i]) * 1024 for i in range(3)]
+    protocol.dataReceived(
+        b"".join(_frame(2, chunk, mask=b"\x9a\x07\x00\xff") for chunk in audio)
+    )
+    assert protocol.messages == [(chunk, True) for chunk in audio]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 1024, 4096, 65535, 65536, 70000])
+@pytest.mark.parametrize("binary", [True, False])
+def test_messages_are_written_as_autobahn_writes_them(size, binary):
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    fast, original = (
+        _server_protocol(cls, limit=0) for cls in (WebSocketProtocol, _Original)
+    )
+    for protocol in (fast, original):
+        protocol.sendMessage(payload, binary)
+    assert fast.transport.value() == original.transport.value()
+    assert vars(fast.trafficStats) == vars(original.trafficStats)
+
+
+def test_a_message_over_the_limit_is_refused_as_autobahn_refuses_it():
+    fast = _server_protocol(WebSocketProtocol, limit=10)
+    with pytest.raises(PayloadExceededError):
+        fast.sendMessage(b"x" * 11, True)
+    assert fast.transport.value() == b""
+
+
+@given(mask=st.binary(min_size=4, max_size=4), payload=st.binary(max_size=3000))
+def test_unmask_is_autobahns_masker(mask, payload):
+    expected = (
+        create_xor_masker(mask, len(payload)).process(payload) if payload else b""
+    )
+    assert relay_speedups.unmask(mask, payload) == expected
