@@ -1,7 +1,7 @@
 """Relay benchmark (SPEC §9): concurrent real-time 16 kHz streams against one core.
 
     /work/main/.venv/bin/python tests/benchmarks/bench_relay.py [--streams 400]
-        [--seconds 20] [--servers websockets,channels,candidate]
+        [--seconds 20] [--servers websockets,channels,candidate,uvicorn]
 
 Each server runs pinned to one core (`taskset -c 1`), the load generators on the other
 (`taskset -c 0`). Every client sends a 1024-byte binary frame every 32 ms (real time
@@ -12,7 +12,9 @@ bytes"}` comes back. Servers, in the same run and under the same load:
 - channels: a plain Channels AsyncWebsocketConsumer under daphne doing the same
   (tests/benchmarks/plain_channels.py);
 - candidate: our daphne + voiceproject.asgi with TRANSCRIPTION_ENGINE=echo, token auth
-  and session records in a temporary, migrated SQLite database.
+  and session records in a temporary, migrated SQLite database;
+- uvicorn: the same application under `uvicorn --ws websockets` (a benchmark row only:
+  not a supported server, see the README).
 
 Printed per server and stream count: latency p50/p99/max, frames lost, sessions closed
 early or refused, the server's CPU % (from /proc/PID/stat) over the streaming window,
@@ -251,6 +253,13 @@ def server_command(kind: str, port: int) -> tuple[list[str], str]:
     if kind == "websockets":
         cmd = [python, __file__, "--role", "websockets-server", "--port", str(port)]
         return cmd, "/"
+    if kind == "uvicorn":
+        cmd = [
+            *(python, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port)),
+            *("--ws", "websockets", "--no-access-log", "--log-level", "warning"),
+            "voiceproject.asgi:application",
+        ]
+        return cmd, "/?sampleRate=16000"
     app = {
         "channels": "tests.benchmarks.plain_channels:application",
         "candidate": "voiceproject.asgi:application",
@@ -322,7 +331,7 @@ def profiling(pid: int, seconds: float, args, name: str):
     out.parent.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
     cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds))]
-    cmd += ["--format", "raw", "--nonblocking", "--output", str(out)]
+    cmd += ["--rate", "250", "--format", "raw", "--nonblocking", "--output", str(out)]
     process = subprocess.Popen(
         ["taskset", "-c", LOADGEN_CORE, *cmd],
         stdout=subprocess.DEVNULL,
@@ -351,7 +360,7 @@ def run_one(kind: str, streams: int, args, env: dict[str, str], token: str) -> R
         server_env.pop("DJANGO_SETTINGS_MODULE", None)
     url = f"ws://127.0.0.1:{port}{path}"
     # The token goes to the clients by environment, never on a command line.
-    token_query = f"&token={token}" if kind == "candidate" else ""
+    token_query = f"&token={token}" if kind in {"candidate", "uvicorn"} else ""
     with log.open("wb") as out:
         server = subprocess.Popen(
             [*priority(args), "taskset", "-c", SERVER_CORE, *cmd],
@@ -509,7 +518,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", default="400", help="count, or a list: 100,200")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--servers", default="websockets,channels,candidate")
+    parser.add_argument("--servers", default="websockets,channels,candidate,uvicorn")
     parser.add_argument(
         "--nice", type=int, default=-10, help="niceness of servers and load; 0: as is"
     )
