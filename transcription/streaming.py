@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 
-from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -98,6 +97,6 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message):
         if message.get("type") == RECEIVE:
             # The per-frame path: no thread hop (see the class docstring).
-            await getattr(self, get_handler_name(message))(message)
+            await self.websocket_receive(message)
             return
         await super().dispatch(message)

@@ -197,6 +197,9 @@ class _Original(WebSocketProtocol):
     sendMessage = _AUTOBAHN.sendMessage
     sendData = _AUTOBAHN.sendData
 
+    def handle_reply(self, message):
+        relay_speedups.ORIGINALS["handle_reply"](self, message)
+
 
 def _server_protocol(cls, *, limit: int = 4096):
     factory = WebSocketServerFactory()
@@ -328,3 +331,34 @@ def test_unmask_is_autobahns_masker(mask, payload):
         create_xor_masker(mask, len(payload)).process(payload) if payload else b""
     )
     assert relay_speedups.unmask(mask, payload) == expected
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "websocket.send", "text": "hi ✓"},
+        {"type": "websocket.send", "bytes": b"\x00\x01"},
+        {"type": "websocket.send", "text": "a", "bytes": b"b"},
+        {"type": "websocket.send", "text": "", "bytes": None},
+        {"type": "websocket.send", "text": None, "bytes": b"only bytes"},
+        {"type": "websocket.send"},
+        {"type": "websocket.close", "code": 1000},
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("state", ["open", "connecting"])
+def test_replies_are_sent_as_daphne_sends_them(message, state):
+    fast = _server_protocol(WebSocketProtocol)
+    original = _server_protocol(_Original)
+    outcomes = []
+    for protocol in (fast, original):
+        if state == "connecting":
+            protocol.state = protocol.STATE_CONNECTING
+        protocol.serverReject = lambda: None  # (the handshake is not simulated)
+        try:
+            protocol.handle_reply(dict(message))
+            raised = None
+        except ValueError as exc:
+            raised = str(exc)
+        outcomes.append((raised, protocol.transport.value(), protocol.state))
+    assert outcomes[0] == outcomes[1]
