@@ -33,6 +33,7 @@ import math
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -486,21 +487,32 @@ def label(kind: str) -> str:
 def orchestrate(args) -> None:
     counts = [int(x) for x in args.streams.split(",")]
     servers = args.servers.split(",")
+    results: dict[tuple[str, int], list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         args.workdir = tmp
         env, token = prepare_database(Path(tmp))
         print(
-            f"{len(counts) * len(servers)} runs of {args.seconds:g} s; "
+            f"{len(counts) * len(servers) * args.rounds} runs of {args.seconds:g} s; "
             f"server on core {SERVER_CORE}, load on core {LOADGEN_CORE}",
             flush=True,
         )
         width = max(11, *(len(label(kind)) + 2 for kind in servers))
         print(header(width), flush=True)
+        # Rounds interleave the servers, so that a slow minute of a shared machine
+        # weighs on all of them alike; the summary takes each one's median.
         for streams in counts:
-            for kind in servers:
-                try:
-                    result = run_one(kind, streams, args, env, token)
+            for _ in range(args.rounds):
+                for kind in servers:
+                    try:
+                        result = run_one(kind, streams, args, env, token)
+                    except RuntimeError as exc:
+                        print(
+                            f"{label(kind):<{width}}{streams:>8}  failed: {exc}",
+                            flush=True,
+                        )
+                        continue
                     result.server = label(kind)
+                    results.setdefault((result.server, streams), []).append(result)
                     print(row(result, width), flush=True)
                     if result.loadgen_lag > LAG_WARNING_MS:
                         print(
@@ -508,10 +520,29 @@ def orchestrate(args) -> None:
                             f"{result.loadgen_lag:.0f} ms, in these latencies too)",
                             flush=True,
                         )
-                except RuntimeError as exc:
-                    print(
-                        f"{label(kind):<{width}}{streams:>8}  failed: {exc}", flush=True
-                    )
+    if args.rounds > 1 or "websockets" in servers:
+        summary(results, counts, [label(kind) for kind in servers], args, width)
+
+
+def summary(results, counts, names, args, width: int) -> None:
+    """Each server's median over the rounds, and its CPU against the bare relay's."""
+    print(
+        f"\nmedians of {args.rounds} round(s); ratio = CPU / bare websockets' CPU\n"
+        f"{header(width)}{'ratio':>7}"
+    )
+    for streams in counts:
+        bare = results.get(("websockets", streams))
+        bare_cpu = statistics.median(r.cpu for r in bare) if bare else math.nan
+        for name in names:
+            runs = results.get((name, streams))
+            if not runs:
+                continue
+            median = Result(server=name, streams=streams)
+            for key in ("p50", "p99", "max", "cpu", "loadgen_cpu", "kib_per_session"):
+                setattr(median, key, statistics.median(getattr(r, key) for r in runs))
+            median.lost = round(statistics.median(r.lost for r in runs))
+            median.closed = round(statistics.median(r.closed for r in runs))
+            print(f"{row(median, width)}{median.cpu / bare_cpu:>7.2f}", flush=True)
 
 
 def main() -> None:
@@ -526,6 +557,9 @@ def main() -> None:
         "--connect-rate", type=float, default=150, help="new sessions a second"
     )
     parser.add_argument("--py-spy", help="record the servers' stacks into this DIR")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs per server and count (medians)"
+    )
     parser.add_argument("--loadgen-procs", type=int, default=0, help="0: 1 per 300")
     parser.add_argument("--role", default="orchestrate", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
