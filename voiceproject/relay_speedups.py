@@ -22,7 +22,6 @@ us and are skipped here, each only in the case where skipping it changes nothing
 
 import logging
 
-import numpy
 from channels.sessions import InstanceSessionWrapper
 from twisted.internet import tcp
 
@@ -82,9 +81,6 @@ def write_now(transport, data: bytes) -> None:
 def unmask(mask: bytes, payload: bytes) -> bytes:
     """RFC 6455 §5.3: payload XOR the 4-byte mask, repeated (one C-level XOR)."""
     n = len(payload)
-    if not n & 3:  # whole 32-bit words, as audio is: numpy, twice as fast
-        words = numpy.frombuffer(payload, numpy.uint32)
-        return (words ^ numpy.uint32(int.from_bytes(mask, "little"))).tobytes()
     key = (mask * ((n + 3) >> 2))[:n]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
         n, "little"
