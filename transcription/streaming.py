@@ -27,9 +27,8 @@ RECEIVE = "websocket.receive"
 class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
     """An AsyncWebsocketConsumer with the same handlers, dispatched more cheaply.
 
-    The client's messages are read by one task and, with a channel layer, the
-    layer's messages (group_send and the like) by a second; the consumer's own
-    task (the one the server runs) waits for the first. As in
+    The client's messages are read by the consumer's own task and, with a channel
+    layer, the layer's messages (group_send and the like) by a second task. As in
     Channels, handlers run one at a time, each message source in order, and an
     exception or StopConsumer from any handler ends the consumer.
 
@@ -43,6 +42,9 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
     _layer_exit: BaseException | None = None
 
     async def __call__(self, scope, receive, send):
+        consumer_task = asyncio.current_task()
+        if consumer_task is None:
+            raise RuntimeError("a consumer runs in an asyncio task")
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is not None:
@@ -52,36 +54,29 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
             )
         self.base_send = send
         self._dispatching = asyncio.Lock()
-        # The client's messages are read in a task of their own: every frame resumes
-        # only that task's short chain of coroutines, not the dozen of the ASGI
-        # middleware stack this call runs under (README, Performance). Cancelling
-        # this call cancels it too (an awaited task is cancelled with its awaiter).
-        client_task = asyncio.create_task(self._dispatch_client(receive))
         layer_task = None
         if self.channel_layer is not None:
-            layer_task = asyncio.create_task(self._dispatch_layer(client_task))
+            layer_task = asyncio.create_task(self._dispatch_layer(consumer_task))
         try:
-            await client_task
-        except asyncio.CancelledError:
-            if self._layer_exit is None:
-                raise  # cancelled from outside, e.g. by the server
-            if not isinstance(self._layer_exit, StopConsumer):
-                raise self._layer_exit from None
-        finally:
-            for task in (client_task, layer_task):
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-
-    async def _dispatch_client(self, receive) -> None:
-        with contextlib.suppress(StopConsumer):
             while True:
                 message = await receive()
                 async with self._dispatching:
                     await self.dispatch(message)
+        except StopConsumer:
+            pass
+        except asyncio.CancelledError:
+            if self._layer_exit is None:
+                raise  # cancelled from outside, e.g. by the server
+            consumer_task.uncancel()
+            if not isinstance(self._layer_exit, StopConsumer):
+                raise self._layer_exit from None
+        finally:
+            if layer_task is not None:
+                layer_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await layer_task
 
-    async def _dispatch_layer(self, client_task: asyncio.Task) -> None:
+    async def _dispatch_layer(self, consumer_task: asyncio.Task) -> None:
         """Channel-layer messages, one at a time with the client's."""
         try:
             while True:
@@ -90,9 +85,9 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
                     await self.dispatch(message)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # handed to the client's task, which ends
+        except BaseException as exc:  # handed to the consumer's task, which ends
             self._layer_exit = exc
-            client_task.cancel()
+            consumer_task.cancel()
 
     async def dispatch(self, message):
         if message.get("type") == RECEIVE:
