@@ -62,6 +62,7 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
                 message = await receive()
                 async with self._dispatching:
                     await self.dispatch(message)
+                del message  # an idle session keeps no frame
         except StopConsumer:
             pass
         except asyncio.CancelledError:
