@@ -61,12 +61,6 @@ class FlowQueue:
         self._items: collections.deque[dict[str, Any]] = collections.deque()
         self._getters: list[asyncio.Future] = []
 
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
     def put_nowait(self, item: dict[str, Any]) -> None:
         self._items.append(item)
         self.held += _size(item)

@@ -31,8 +31,7 @@ async def test_messages_come_out_in_order_and_a_getter_waits_for_one():
     queue.put_nowait(frame(3))
     assert await waiting == {"type": "websocket.connect"}
     assert await queue.get() == frame(3)
-    assert queue.empty()
-    assert queue.qsize() == 0
+    assert queue.held == 0
 
 
 async def test_reading_pauses_above_the_high_water_and_resumes_below_the_low():
@@ -66,4 +65,4 @@ async def test_a_woken_getter_cancelled_hands_the_message_to_the_next():
     assert await second == frame(1)
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert queue.empty()
+    assert queue.held == 0
