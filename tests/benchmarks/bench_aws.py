@@ -28,10 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.bench_relay import (
-    CLOCK_TICKS,
     LOADGEN_CORE,
     ROOT,
     SERVER_CORE,
+    cpu_seconds,
     free_port,
     prepare_database,
     profiling,
@@ -41,17 +41,16 @@ from tests.benchmarks.bench_relay import (
 WARM_UP_SECONDS = 6.0
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of the threads of `pid`, by thread id. Python's threads keep the
+def thread_cpu(pid: int) -> dict[tuple[str, str], float]:
+    """CPU seconds of each thread of `pid`, by (name, id). Python's threads keep the
     process's name; awscrt names its own (`AwsEventLoop…`)."""
-    out: dict[str, float] = {}
+    out: dict[tuple[str, str], float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[name, task.name] = cpu_seconds(pid, str(task / "stat"))
         except OSError:  # the thread ended meanwhile
             continue
-        out[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return out
 
 
@@ -70,6 +69,7 @@ def run_one(engine: str, streams: int, args, env: dict[str, str], token: str) ->
         )
     try:
         wait_listening(port, server, log)
+        process = Path(f"/proc/{server.pid}/comm").read_text().strip()
         load = subprocess.Popen(
             [
                 *("taskset", "-c", LOADGEN_CORE, sys.executable, "manage.py"),
@@ -96,7 +96,7 @@ def run_one(engine: str, streams: int, args, env: dict[str, str], token: str) ->
         server.wait(timeout=20)
     elapsed = t1 - t0
     used = {name: after[name] - before.get(name, 0.0) for name in after}
-    python = sum(v for k, v in used.items() if k.startswith(("python/", "daphne/")))
+    python = sum(v for (name, _), v in used.items() if name == process)
     total = sum(used.values())
     ended = next(
         (line for line in report.splitlines() if line.startswith("streams:")), "?"

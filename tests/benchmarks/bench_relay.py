@@ -198,8 +198,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, stat: str = "") -> float:
+    """CPU seconds of a process, or of one of its threads (`stat`: its
+    /proc/PID/task/TID/stat file)."""
+    text = Path(stat or f"/proc/{pid}/stat").read_text()
+    fields = text.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
