@@ -12,9 +12,9 @@ us and are skipped here, each only in the case where skipping it changes nothing
 - Twisted's TCP write buffers every message and has the event loop watch the socket
   for one write (`write_now`): with nothing buffered, the bytes go out at once.
 - autobahn parses every frame through a dozen calls (frame and message begin, data and
-  end hooks, a Deferred for "message" listeners nobody registered). A whole, masked,
-  unfragmented binary frame within the size limits is taken in one step
-  (`processData`: the header, autobahn's own unmasking, `onMessage`), and a message that fits one unmasked frame is written in one
+  end hooks, a masker object, a Deferred for "message" listeners nobody registered).
+  A whole, masked, unfragmented binary frame within the size limits is taken in one
+  step (`processData`), and a message that fits one unmasked frame is written in one
   (`sendMessage`); every other frame (text, control, fragmented, compressed, too big,
   malformed) takes autobahn's own path. daphne's `websocket.send` on an open socket
   goes straight to `sendMessage` (`handle_reply`).
@@ -22,7 +22,6 @@ us and are skipped here, each only in the case where skipping it changes nothing
 
 import logging
 
-from autobahn.websocket.xormasker import create_xor_masker
 from channels.sessions import InstanceSessionWrapper
 from twisted.internet import tcp
 
@@ -77,6 +76,15 @@ def write_now(transport, data: bytes) -> None:
         sent = 0  # would block, or the connection is gone: Twisted finds out
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def unmask(mask: bytes, payload: bytes) -> bytes:
+    """RFC 6455 §5.3: payload XOR the 4-byte mask, repeated (one C-level XOR)."""
+    n = len(payload)
+    key = (mask * ((n + 3) >> 2))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        n, "little"
+    )
 
 
 def _whole_binary_frame(self) -> tuple[int, int] | None:
@@ -139,9 +147,7 @@ def install_autobahn_fast_path() -> None:
             return original_process(self)
         start, end = span
         data = self.data
-        payload = create_xor_masker(data[start - 4 : start], end - start).process(
-            data[start:end]
-        )
+        payload = unmask(data[start - 4 : start], data[start:end])
         self.data = data[end:]
         length = end - start
         stats = self.trafficStats
