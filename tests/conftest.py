@@ -69,7 +69,7 @@ async def receive_until_close(communicator, wait: float = 10):
 def _offline_decoder_pools():
     """Stop the offline engine's decoding processes when the test session ends."""
     yield
-    from transcription.engines.offline import shutdown_pools
+    from transcription.engines.pool import shutdown_pools
 
     shutdown_pools()
 

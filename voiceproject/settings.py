@@ -58,7 +58,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # First: /healthz, /readyz and /metrics, before host checks and redirects.
-    "voiceproject.operations.operations_endpoints",
+    "transcription.operations.middleware.operations_endpoints",
     "django.middleware.security.SecurityMiddleware",
     # Before anything that redirects (login_required, LoginView): no token in a URL.
     "accounts.middleware.TokenOutOfUrlsMiddleware",
@@ -177,7 +177,7 @@ MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=8)
 MAX_AUDIO_BACKLOG_SECONDS = env.float("MAX_AUDIO_BACKLOG_SECONDS", default=60.0)
 MAX_AUDIO_BACKLOG_BYTES = env.int("MAX_AUDIO_BACKLOG_BYTES", default=4 * 1024 * 1024)
 # On SIGTERM or SIGINT, open sessions get this long to flush what they heard before
-# they close 1001 (voiceproject.daphne_shutdown, transcription.shutdown).
+# they close 1001 (voiceproject.server.shutdown, transcription.runtime.shutdown).
 DRAIN_SECONDS = env.float("DRAIN_SECONDS", default=10.0)
 # How often each server process checks that its running sessions' tokens, users and
 # browser logins still hold (one query per kind for all of them; SPEC §3).
@@ -202,7 +202,7 @@ AWS_TRANSCRIBE_ENDPOINT = env.str("AWS_TRANSCRIBE_ENDPOINT", default="")
 READY_MAX_BATCH_AGE = env.float("READY_MAX_BATCH_AGE", default=120.0)
 # /metrics is served to these socket peers (addresses or CIDRs) and to requests
 # with `Authorization: Bearer $METRICS_TOKEN`. PROMETHEUS_MULTIPROC_DIR is read by
-# prometheus-client itself (transcription.metrics), not here.
+# prometheus-client itself (transcription.operations.metrics), not here.
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
@@ -214,7 +214,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "voiceproject.log_format.JsonFormatter"},
+        "json": {"()": "transcription.operations.log_format.JsonFormatter"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}
@@ -245,7 +245,7 @@ REPLY_AUDIO_STORE = env.bool("REPLY_AUDIO_STORE", default=True)
 # The batch worker runs inside the server process unless separate
 # `manage.py run_worker` processes do the work (the default with REDIS_URL).
 VOICE_WORKER_IN_PROCESS = env.bool("VOICE_WORKER_IN_PROCESS", default=not REDIS_URL)
-# Blocking calls run on thread pools of their own (transcription.executors), by
+# Blocking calls run on thread pools of their own (transcription.runtime.executors), by
 # name: "tts" (espeak-ng, serialized by a lock anyway, and Polly requests) and
 # "receiver-http" (one thread per HTTP exchange: the worker's 8 deliveries at once).
 # Other code adds its pool here; a name missing from the dict gets 2 threads.

@@ -195,7 +195,7 @@ async def worker_stats(engine) -> list[dict]:
 
 
 def make_engine(name: str, processes: int):
-    from transcription.engines.offline import PocketsphinxEngine
+    from transcription.engines.pocketsphinx import PocketsphinxEngine
     from transcription.engines.whisper import WhisperEngine
 
     return {"pocketsphinx": PocketsphinxEngine, "whisper": WhisperEngine}[name](
@@ -204,7 +204,7 @@ def make_engine(name: str, processes: int):
 
 
 async def bench(args) -> None:
-    from transcription.engines.offline import shutdown_pools
+    from transcription.engines.pool import shutdown_pools
 
     fixtures, others = load_clips(args.clips)
     counts = [int(n) for n in args.streams.split(",")]

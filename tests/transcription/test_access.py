@@ -14,8 +14,8 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.services import api_token_create, api_token_revoke
-from transcription.access import AccessWatch, Grant, access_watch
 from transcription.selectors import AccessEnded, grants_revoked
+from transcription.streaming.access import AccessWatch, Grant, access_watch
 
 User = get_user_model()
 

@@ -10,11 +10,11 @@ from tests.audio import chunks, fixture_pcm
 from tests.conftest import receive_until_close
 from tests.transcription.fake_transcribe import Play, running_fake
 from tests.transcription.voice_fakes import until
-from transcription import protocol
 from transcription.engines import EngineError, StreamParams, _load, aws_transcribe
 from transcription.engines.aws_transcribe import AwsTranscribeEngine
 from transcription.engines.echo import EchoEngine
 from transcription.models import AudioSession, SessionError, Transcript
+from transcription.streaming import protocol
 
 SESSION_ID = "0d6f0f5e-7a3c-4f7e-9d8e-2b1c3a4d5e6f"
 

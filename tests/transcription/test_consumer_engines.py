@@ -7,8 +7,8 @@ from asgiref.sync import sync_to_async
 
 from tests.conftest import receive_until_close
 from tests.transcription import fake_engines
-from transcription import consumers
 from transcription.models import AudioSession, SessionError
+from transcription.streaming import consumer as consumers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 WAIT = 10  # a bound on each wait, never an assertion about speed

@@ -17,9 +17,11 @@ from accounts.services import api_token_create
 from tests.audio import fixture_pcm
 from tests.conftest import receive_until_close
 from tests.transcription.voice_fakes import eventually, until
-from transcription import consumers, services, shutdown, worker
+from transcription import services
 from transcription.models import AudioSession, SessionError, Transcript
-from voiceproject.daphne_limits import FLOW_CONTROL
+from transcription.runtime import shutdown, worker_runner
+from transcription.streaming import consumer as consumers
+from voiceproject.server.flow_control import FLOW_CONTROL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -251,7 +253,7 @@ async def test_a_client_leaving_during_the_final_flush_is_recorded(
         assert session.status == "completed"
         assert session.close_reason == "client disconnected"
     finally:
-        await worker.stop_in_process()
+        await worker_runner.stop_in_process()
         server.close()
 
 

@@ -9,8 +9,8 @@ from django.utils import timezone
 from accounts.services import api_token_revoke
 from tests.conftest import receive_until_close
 from tests.transcription.voice_fakes import eventually
-from transcription import consumers
 from transcription.models import AudioSession, SessionError, Transcript
+from transcription.streaming import consumer as consumers
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -8,7 +8,7 @@ import time_machine
 from django.urls import reverse
 
 from tests.transcription.sessions import record_session
-from transcription.dashboard import percentile
+from transcription.admin.dashboard import percentile
 from transcription.models import AudioSession
 
 pytestmark = pytest.mark.django_db

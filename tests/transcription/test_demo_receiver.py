@@ -6,8 +6,12 @@ import sys
 import pytest
 
 from tests.e2e.servers import free_port, run_process
-from transcription.demo_receiver import DemoReceiver, demo_reply
-from transcription.receiver import ReceiverConfig, ReceiverError, receiver_exchange
+from transcription.voice_loop.demo_receiver import DemoReceiver, demo_reply
+from transcription.voice_loop.receiver import (
+    ReceiverConfig,
+    ReceiverError,
+    receiver_exchange,
+)
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ import pytest
 
 from tests.audio import mp3_seconds
 from tests.transcription.voice_fakes import HttpReceiver
-from transcription import executors
-from transcription.engines.espeak import EspeakSpeech
-from transcription.engines.polly import PollySpeech
-from transcription.receiver import ReceiverConfig, receiver_exchange
+from transcription.runtime import executors
+from transcription.voice_loop.receiver import ReceiverConfig, receiver_exchange
+from transcription.voice_loop.tts.espeak import EspeakSpeech
+from transcription.voice_loop.tts.polly import PollySpeech
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.transcription.sessions import record_session
-from transcription import exports
-from transcription.exports import srt_timestamp
+from transcription.web import exports
+from transcription.web.exports import srt_timestamp
 
 pytestmark = pytest.mark.django_db
 

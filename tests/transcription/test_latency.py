@@ -5,10 +5,10 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import receive_until_close
 from tests.transcription.voice_fakes import TcpReceiver
-from transcription import worker
 from transcription.engines import TranscriptEvent
-from transcription.latency import SAMPLE_SECONDS, SessionLatency
 from transcription.models import AudioSession, WorkerHeartbeat
+from transcription.runtime import worker_runner
+from transcription.streaming.latency import SAMPLE_SECONDS, SessionLatency
 
 RATE = 32000  # bytes per second: 16 kHz 16-bit mono
 
@@ -116,7 +116,7 @@ async def test_session_stores_reply_latency(settings, connect, api_token):
         await ws.send_to(text_data="END_OF_STREAM")
         messages, close = await receive_until_close(ws)
     finally:
-        await worker.stop_in_process()
+        await worker_runner.stop_in_process()
         await receiver.stop()
     assert messages[1]["type"] == "server_response"
     assert close["code"] == 1000

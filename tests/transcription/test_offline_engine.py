@@ -11,8 +11,9 @@ import soxr
 from tests.audio import chunks, read_pcm
 from tests.conftest import receive_until_close
 from transcription.engines import EngineError, StreamParams, get_engine
-from transcription.engines import offline_worker as worker
-from transcription.engines.offline import OfflineStream, PocketsphinxEngine
+from transcription.engines import pocketsphinx_worker as worker
+from transcription.engines.pocketsphinx import PocketsphinxEngine
+from transcription.engines.pool import OfflineStream
 
 WAIT = 60  # bound on any one recognition; the fixtures decode in about a second
 

@@ -20,7 +20,11 @@ from hypothesis import strategies as st
 
 from transcription.engines import Capabilities
 from transcription.engines.echo import EchoEngine
-from transcription.protocol import KNOWN_PARAMETERS, ProtocolError, parse_params
+from transcription.streaming.protocol import (
+    KNOWN_PARAMETERS,
+    ProtocolError,
+    parse_params,
+)
 
 CAPS: Capabilities = EchoEngine.capabilities
 DOCUMENTED_CLOSES = {1000, 1008, 1009, 1011, 1013}

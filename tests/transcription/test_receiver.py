@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.transcription.voice_fakes import HttpReceiver, TcpReceiver
-from transcription.receiver import (
+from transcription.voice_loop.receiver import (
     ReceiverConfig,
     ReceiverError,
     receiver_exchange,

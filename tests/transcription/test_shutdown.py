@@ -7,11 +7,12 @@ from asgiref.sync import sync_to_async
 
 from tests.conftest import receive_until_close
 from tests.transcription.voice_fakes import TcpReceiver, eventually, until
-from transcription import services, shutdown
-from transcription.consumers import State
+from transcription import services
 from transcription.engines import TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError
-from transcription.worker import BatchWorker
+from transcription.runtime import shutdown
+from transcription.streaming.consumer import State
+from transcription.voice_loop.worker import BatchWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,10 +11,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from transcription import server_process, startup, worker
 from transcription.engines import get_engine
-from transcription.engines.offline_worker import stats
+from transcription.engines.pocketsphinx_worker import stats
 from transcription.models import AudioSession, SessionError
+from transcription.runtime import server_process, startup, worker_runner
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,21 +48,21 @@ async def test_batch_worker_starts_without_waiting_for_a_session(settings):
     settings.TRANSCRIPTION_ENGINE = "echo"
     settings.RECEIVER_HOST, settings.RECEIVER_PORT = "127.0.0.1", 9
     settings.VOICE_WORKER_IN_PROCESS = True
-    await worker.stop_in_process()
+    await worker_runner.stop_in_process()
     try:
         await _first_connections(startup.StartOnFirstConnection(_app))
-        assert worker._runner is not None
-        assert not worker._runner.task.done()
+        assert worker_runner._runner is not None
+        assert not worker_runner._runner.task.done()
     finally:
-        await worker.stop_in_process()
+        await worker_runner.stop_in_process()
 
 
 async def test_nothing_starts_without_a_receiver_or_warm_up(settings):
     settings.TRANSCRIPTION_ENGINE = "echo"
     settings.RECEIVER_HOST = settings.RECEIVER_URL = ""
-    await worker.stop_in_process()
+    await worker_runner.stop_in_process()
     await _first_connections(startup.StartOnFirstConnection(_app))
-    assert worker._runner is None
+    assert worker_runner._runner is None
 
 
 async def test_sessions_left_open_by_a_stopped_server_are_closed(settings):

@@ -8,7 +8,7 @@ from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from transcription.streaming import StreamingWebsocketConsumer
+from transcription.streaming.dispatch import StreamingWebsocketConsumer
 
 WAIT = 5  # a bound on each wait, never an assertion about speed
 

@@ -5,8 +5,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.audio import mp3_seconds
-from transcription.engines import tts
-from transcription.engines.polly import POLLY_MAX_CHARS, PollySpeech, split_text
+from transcription.voice_loop import tts
+from transcription.voice_loop.tts.polly import POLLY_MAX_CHARS, PollySpeech, split_text
 
 MOTO_SPEECH = b"\0" * 8
 

@@ -12,12 +12,17 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.services import api_token_create
-from transcription import exports, services
+from transcription import services
 from transcription.engines import Capabilities, TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
-from transcription.protocol import CLOSE_MEANINGS
-from transcription.receiver import ReceiverConfig, ReceiverError, receiver_exchange
+from transcription.streaming.protocol import CLOSE_MEANINGS
 from transcription.templatetags.transcripts import clock
+from transcription.voice_loop.receiver import (
+    ReceiverConfig,
+    ReceiverError,
+    receiver_exchange,
+)
+from transcription.web import exports
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("echo_engine")]
 

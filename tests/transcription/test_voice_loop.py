@@ -12,8 +12,8 @@ from tests.transcription.voice_fakes import (
     TcpReceiver,
     eventually,
 )
-from transcription import worker
 from transcription.models import ReceiverBatch, SessionError, Transcript
+from transcription.runtime import worker_runner
 
 # Also on PostgreSQL and the Redis channel layer (the worker in-process there too).
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
@@ -40,7 +40,7 @@ async def voice(settings):
         return receiver
 
     yield _receiver
-    await worker.stop_in_process()
+    await worker_runner.stop_in_process()
     for receiver in receivers:
         await receiver.stop()
 

@@ -14,7 +14,7 @@ from tests.conftest import receive_until_close
 from tests.transcription.test_offline_engine import chunks, read_pcm, stream_all
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import whisper_model as model
-from transcription.engines.offline import OfflineStream
+from transcription.engines.pool import OfflineStream
 from transcription.engines.whisper import WhisperEngine
 
 WAIT = 60
@@ -151,7 +151,7 @@ def default_engine(settings, engine, monkeypatch):
     """TRANSCRIPTION_ENGINE=offline, served by this module's engine."""
     settings.TRANSCRIPTION_ENGINE = "offline"
     assert type(get_engine()) is WhisperEngine  # "offline" now means Whisper
-    monkeypatch.setattr("transcription.consumers.get_engine", lambda: engine)
+    monkeypatch.setattr("transcription.streaming.consumer.get_engine", lambda: engine)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -15,8 +15,8 @@ from tests.transcription.voice_fakes import TcpReceiver, eventually
 from transcription import selectors, services
 from transcription.engines import TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError
-from transcription.receiver import exchange_budget
-from transcription.worker import BatchWorker, lease_seconds
+from transcription.voice_loop.receiver import exchange_budget
+from transcription.voice_loop.worker import BatchWorker, lease_seconds
 
 pytestmark = pytest.mark.services  # the claims matter most on PostgreSQL
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 from transcription.engines import Capabilities, StreamParams, TranscriptEvent
-from transcription.engines.tts import TtsError
+from transcription.voice_loop.tts import TtsError
 
 _END = None
 

@@ -5,7 +5,8 @@ import django
 django.setup()
 
 from tests.voiceproject.shutdown_app import application, drain, stopped  # noqa: E402
-from voiceproject import daphne_closes, daphne_shutdown  # noqa: E402
+from voiceproject.server import closes as daphne_closes  # noqa: E402
+from voiceproject.server import shutdown as daphne_shutdown  # noqa: E402
 
 daphne_closes.install()
 daphne_shutdown.install(drain=drain, stopped=stopped)

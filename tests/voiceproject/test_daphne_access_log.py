@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from accounts.tokens import text_holds_token, token_generate
-from voiceproject import daphne_access_log
-from voiceproject.daphne_access_log import redact
+from voiceproject.server import access_log as daphne_access_log
+from voiceproject.server.access_log import redact
 
 RAW = "vp_Zx9-_abcDEF0123456789abcdefghijklmnopqrstuv"
 

@@ -3,7 +3,7 @@
 import pytest
 from daphne.ws_protocol import WebSocketProtocol
 
-from voiceproject import daphne_closes
+from voiceproject.server import closes as daphne_closes
 
 
 class Socket:

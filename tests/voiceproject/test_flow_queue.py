@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from voiceproject.daphne_limits import FlowQueue
+from voiceproject.server.flow_control import FlowQueue
 
 
 class Transport:

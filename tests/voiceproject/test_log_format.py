@@ -11,14 +11,20 @@ from tests.conftest import receive_until_close
 from tests.e2e.servers import ROOT
 from tests.transcription.voice_fakes import eventually
 from transcription.models import AudioSession
-from voiceproject.log_format import JsonFormatter
+from transcription.operations.log_format import JsonFormatter
 
 SESSION = "3f2a9c1e-0b1d-4c6e-9a7f-1234567890ab"
 
 
 def _record(message: str, *args, exc_info=None) -> logging.LogRecord:
     return logging.LogRecord(
-        "transcription.consumers", logging.INFO, __file__, 1, message, args, exc_info
+        "transcription.streaming.consumer",
+        logging.INFO,
+        __file__,
+        1,
+        message,
+        args,
+        exc_info,
     )
 
 
@@ -28,7 +34,7 @@ def test_json_line_with_the_session_id():
     assert entry["message"] == f"session {SESSION} ended (1000)"
     assert entry["session_id"] == SESSION
     assert entry["level"] == "INFO"
-    assert entry["logger"] == "transcription.consumers"
+    assert entry["logger"] == "transcription.streaming.consumer"
     assert entry["time"].endswith("+00:00")
     assert "\n" not in line
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from voiceproject.patching import TESTED, require_versions, versions_untested
+from voiceproject.server.versions import TESTED, require_versions, versions_untested
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,9 +26,9 @@ def test_the_aws_sdk_is_pinned_to_the_one_version_aws_compat_was_written_for():
 
 def test_another_version_is_refused_with_a_clear_error():
     with pytest.raises(ImproperlyConfigured) as refused:
-        require_versions("voiceproject.daphne_limits", {"daphne": "<4"})
+        require_versions("voiceproject.server.flow_control", {"daphne": "<4"})
     message = str(refused.value)
-    assert "voiceproject.daphne_limits" in message
+    assert "voiceproject.server.flow_control" in message
     assert "daphne 4." in message
     assert "(tested: <4)" in message
 
@@ -40,7 +40,7 @@ def test_a_missing_library_is_refused():
 
 
 def test_relay_speedups_fall_back_with_a_warning_on_other_versions(monkeypatch, caplog):
-    from voiceproject import relay_speedups
+    from voiceproject.server import relay_speedups
 
     monkeypatch.setattr(relay_speedups, "TESTED_VERSIONS", {"channels": "<1"})
     called = []

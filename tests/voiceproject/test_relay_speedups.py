@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from voiceproject import relay_speedups
+from voiceproject.server import relay_speedups
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from amazon_transcribe.httpsession import AwsCrtHttpSessionManager
 from amazon_transcribe.serialize import TranscribeStreamingSerializer
 from amazon_transcribe.structures import BufferableByteStream
 
-from voiceproject.patching import require_versions, tested
+from voiceproject.server.versions import require_versions, tested
 
 require_versions(__name__, tested("amazon-transcribe"))
 

@@ -20,7 +20,7 @@ from transcription.engines import (
     StreamParams,
     whisper_worker,
 )
-from transcription.engines.offline import (
+from transcription.engines.pool import (
     DECODER_START_POOL,
     DecoderPool,
     OfflineStream,
@@ -33,7 +33,7 @@ from transcription.engines.whisper_model import (
     model_source,
     verify,
 )
-from transcription.executors import run_blocking
+from transcription.runtime.executors import run_blocking
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from django import template
 
-from transcription import dashboard
+from transcription.admin import dashboard
 
 register = template.Library()
 

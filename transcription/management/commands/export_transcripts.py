@@ -3,7 +3,8 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
 
-from transcription import exports, selectors
+from transcription import selectors
+from transcription.web import exports
 from voiceproject.commands import OneLineErrorCommand
 
 

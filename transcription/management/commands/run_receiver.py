@@ -4,7 +4,7 @@ import asyncio
 
 from django.core.management.base import BaseCommand
 
-from transcription.demo_receiver import DemoReceiver
+from transcription.voice_loop.demo_receiver import DemoReceiver
 
 
 class Command(BaseCommand):

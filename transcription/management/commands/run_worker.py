@@ -14,7 +14,7 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from transcription.worker import BatchWorker
+from transcription.voice_loop.worker import BatchWorker
 
 
 class Command(BaseCommand):

@@ -1,0 +1,21 @@
+"""The pocketsphinx engine: streaming recognition in the decoder pool (light)."""
+
+from __future__ import annotations
+
+from transcription.engines import Capabilities, pocketsphinx_worker
+from transcription.engines.pool import DecoderPool, PooledEngine
+
+
+class PocketsphinxEngine(PooledEngine):
+    """pocketsphinx en-US, any PCM sample rate (resampled to 16 kHz in the worker)."""
+
+    name = "pocketsphinx"
+    capabilities = Capabilities(
+        languages=("en-US",),
+        encodings=("pcm",),
+        min_sample_rate=8000,
+        max_sample_rate=192000,
+    )
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.pool = DecoderPool(processes, module=pocketsphinx_worker)

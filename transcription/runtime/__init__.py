@@ -1,0 +1,1 @@
+"""Process-wide state: capacity, startup, shutdown, the in-process worker, pools."""

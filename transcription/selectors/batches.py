@@ -1,0 +1,67 @@
+"""Reads for the batch queue: what is due, when next, a batch's document."""
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from django.db.models import (
+    Count,
+    Max,
+    Min,
+)
+from django.utils import timezone
+
+from transcription.models import (
+    ReceiverBatch,
+    WorkerHeartbeat,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+def batches_due(*, limit: int) -> list[int]:
+    """Primary keys of batches a worker may claim now, the oldest first."""
+    now = timezone.now()
+    return list(
+        ReceiverBatch.objects.claimable(now)
+        .order_by("due_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def batches_due_summary(*, now: dt.datetime) -> tuple[int, float]:
+    """How many batches a worker may claim now, and how long (seconds) the oldest
+    of them has been due (0.0: none)."""
+    figures = ReceiverBatch.objects.claimable(now).aggregate(
+        n=Count("pk"), oldest=Min("due_at")
+    )
+    oldest = figures["oldest"]
+    age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+    return figures["n"], age
+
+
+def worker_last_seen() -> dt.datetime | None:
+    """When a batch worker last recorded its heartbeat (None: never)."""
+    return WorkerHeartbeat.objects.aggregate(seen=Max("seen_at"))["seen"]
+
+
+def batch_next_due_at() -> dt.datetime | None:
+    """When the next open or pending batch falls due (None: nothing waits)."""
+    Status = ReceiverBatch.Status
+    return ReceiverBatch.objects.filter(
+        status__in=[Status.OPEN, Status.PENDING]
+    ).aggregate(due=Min("due_at"))["due"]
+
+
+def batch_document(*, batch_pk: int) -> dict:
+    """The JSON document the receiver gets for a batch (SPEC §4)."""
+    batch = ReceiverBatch.objects.select_related("session").get(pk=batch_pk)
+    finals = batch.transcripts.order_by("seq").values_list("text", "created_at")
+    return {
+        "session_id": str(batch.session_id),
+        "batch_id": str(batch.batch_id),
+        "language": batch.session.language or "en-US",
+        "transcriptions": [
+            {"text": text, "timestamp": created.isoformat()} for text, created in finals
+        ],
+    }

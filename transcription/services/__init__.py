@@ -1,0 +1,46 @@
+"""Writes, by subject: `sessions` (a record), `errors`, `batches` (the queue).
+
+Callers use `services.<name>`; each name lives in its subject's module.
+"""
+
+from transcription.services.batches import (
+    batch_claim,
+    batch_flush,
+    batch_join,
+    batch_record_failure,
+    batch_record_reply,
+    batch_release,
+    batch_retry_delay,
+    batches_give_up_exhausted,
+    worker_heartbeat,
+)
+from transcription.services.errors import session_error_add
+from transcription.services.sessions import (
+    session_end,
+    session_heartbeat,
+    session_reject,
+    session_start,
+    sessions_close_abandoned,
+    sessions_purge,
+    transcript_add_final,
+)
+
+__all__ = [
+    "batch_claim",
+    "batch_flush",
+    "batch_join",
+    "batch_record_failure",
+    "batch_record_reply",
+    "batch_release",
+    "batch_retry_delay",
+    "batches_give_up_exhausted",
+    "session_end",
+    "session_error_add",
+    "session_heartbeat",
+    "session_reject",
+    "session_start",
+    "sessions_close_abandoned",
+    "sessions_purge",
+    "transcript_add_final",
+    "worker_heartbeat",
+]

@@ -1,0 +1,252 @@
+"""Writes for sessions: open, store each final as it arrives, errors, heartbeat, end."""
+
+import datetime as dt
+import logging
+import uuid
+from collections import Counter
+
+from django.db import models, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from transcription.engines import StreamParams, TranscriptEvent
+from transcription.models import (
+    AudioSession,
+    SessionError,
+    Transcript,
+)
+from transcription.runtime import server_process
+from transcription.services.batches import batch_join
+from transcription.services.errors import session_error_add
+from transcription.streaming.latency import LatencySummary
+
+logger = logging.getLogger(__name__)
+
+
+def session_start(
+    *,
+    user,
+    token,
+    auth_method: str,
+    engine: str,
+    params: StreamParams | None,
+    client: str = "",
+) -> AudioSession:
+    """Record a new session as active (or, for a refused one, as the caller decides)."""
+    fields = {}
+    if params is not None:
+        fields = {
+            "language": params.language,
+            "encoding": params.encoding,
+            "sample_rate": params.sample_rate,
+            "send_partials": params.send_partials,
+            "parameters": {"detail": params.detail, **dict(params.options)},
+        }
+    return AudioSession.objects.create(
+        user=user if user is not None and user.is_authenticated else None,
+        token=token,
+        auth_method=auth_method or "",
+        engine=engine,
+        client=client[:64],
+        **server_process.current(),
+        **fields,
+    )
+
+
+def session_reject(
+    *, session_id: uuid.UUID, close_code: int, message: str, kind: str
+) -> None:
+    """A session refused at connect: status rejected, with its error."""
+    with transaction.atomic():
+        SessionError.objects.create(
+            session_id=session_id, close_code=close_code, kind=kind, message=message
+        )
+        AudioSession.objects.filter(pk=session_id).update(
+            status=AudioSession.Status.REJECTED,
+            close_code=close_code,
+            ended_at=timezone.now(),
+        )
+
+
+def transcript_add_final(
+    *,
+    session_id: uuid.UUID,
+    seq: int,
+    event: TranscriptEvent,
+    audio_bytes: int,
+    bytes_per_second: float | None,
+    silence_seconds: float | None = None,
+) -> Transcript:
+    """Store one final transcript the moment it exists, and the audio count so far.
+
+    With `silence_seconds` (a receiver is configured) the final joins the session's
+    open batch in the same transaction, so every final is in exactly one batch.
+    """
+    with transaction.atomic():
+        batch = None
+        if silence_seconds is not None:
+            batch = batch_join(session_id, silence_seconds)
+        transcript = Transcript.objects.create(
+            session_id=session_id,
+            seq=seq,
+            text=event.text,
+            start_seconds=event.start,
+            end_seconds=event.end,
+            result_id=event.result_id[:64],
+            batch=batch,
+        )
+        _session_update_audio(session_id, audio_bytes, bytes_per_second)
+    return transcript
+
+
+def session_end(
+    *,
+    session_id: uuid.UUID,
+    close_code: int | None,
+    reason: str = "",
+    failed: bool | None = None,
+    error_kind: str = "",
+    audio_bytes: int,
+    bytes_per_second: float | None,
+    latency: LatencySummary | None = None,
+) -> None:
+    """Close the record of a session (only once: a second call changes nothing).
+
+    With `error_kind`, the error (`reason`) is stored with it, in the same
+    transaction, and the session failed unless `failed=False` says otherwise (a
+    server shutting down ends sessions with an error entry, not as failures).
+    `latency` is the session's figures (SessionLatency).
+    """
+    if failed is None:
+        failed = bool(error_kind)
+    status = AudioSession.Status.FAILED if failed else AudioSession.Status.COMPLETED
+    with transaction.atomic():
+        if error_kind:
+            session_error_add(
+                session_id=session_id,
+                close_code=close_code,
+                kind=error_kind,
+                message=reason,
+            )
+        AudioSession.objects.filter(
+            pk=session_id, status=AudioSession.Status.ACTIVE
+        ).update(
+            status=status,
+            close_code=close_code,
+            close_reason=reason[:200],
+            ended_at=timezone.now(),
+            **(latency.as_fields() if latency is not None else {}),
+        )
+        _session_update_audio(session_id, audio_bytes, bytes_per_second)
+
+
+def session_heartbeat(
+    *, session_id: uuid.UUID, audio_bytes: int, bytes_per_second: float | None
+) -> None:
+    """A live session says so, with the audio received so far."""
+    AudioSession.objects.filter(
+        pk=session_id, status=AudioSession.Status.ACTIVE
+    ).update(heartbeat_at=timezone.now())
+    _session_update_audio(session_id, audio_bytes, bytes_per_second)
+
+
+def sessions_close_abandoned() -> int:
+    """Close the records of sessions whose server stopped without closing them.
+
+    Those of this host's processes that are gone (`server_process.is_running`),
+    whatever their heartbeat says, and any whose heartbeat stopped (other hosts
+    cannot be asked). Each becomes failed, ended at its last heartbeat, with an
+    error saying why; what was said (its finals and batches) stays. Returns how
+    many were closed.
+    """
+    message = "The server stopped before the session ended."
+    gone = [
+        pk
+        for pk, pid, started in AudioSession.objects.filter(
+            status=AudioSession.Status.ACTIVE, server_host=server_process.HOST
+        ).values_list("pk", "server_pid", "server_started_at")
+        if not server_process.is_running(pid, started)
+    ]
+    closed = 0
+    for session in _abandoned(gone).only("pk", "heartbeat_at"):
+        with transaction.atomic():
+            updated = (
+                _abandoned(gone)
+                .filter(pk=session.pk)
+                .update(
+                    status=AudioSession.Status.FAILED,
+                    ended_at=session.heartbeat_at,
+                    close_reason=message,
+                )
+            )
+            if updated:
+                SessionError.objects.create(
+                    session_id=session.pk, kind="abandoned", message=message
+                )
+                closed += updated
+    if closed:
+        logger.warning("closed %d sessions abandoned by a stopped server", closed)
+    return closed
+
+
+def _abandoned(gone: list[uuid.UUID]) -> QuerySet[AudioSession]:
+    active = AudioSession.objects.filter(status=AudioSession.Status.ACTIVE)
+    return AudioSession.objects.abandoned() | active.filter(pk__in=gone)
+
+
+def _session_update_audio(
+    session_id: uuid.UUID, audio_bytes: int, bytes_per_second: float | None
+) -> None:
+    seconds = audio_bytes / bytes_per_second if bytes_per_second else 0.0
+    AudioSession.objects.filter(pk=session_id, audio_bytes__lt=audio_bytes).update(
+        audio_bytes=audio_bytes, audio_seconds=round(seconds, 3)
+    )
+
+
+def sessions_purge(
+    *, older_than: dt.datetime, batch_size: int = 500, dry_run: bool = False
+) -> Counter[str]:
+    """Delete sessions started before `older_than` and all that hangs off them.
+
+    Works in batches of `batch_size` sessions, one transaction each, so a large
+    purge never holds a long lock. Live sessions (a server still serves them) are
+    kept. Returns the number of rows per model label, deleted or (dry run) that
+    would be deleted.
+    """
+    old = AudioSession.objects.filter(started_at__lt=older_than).exclude(
+        pk__in=AudioSession.objects.live().values("pk")
+    )
+    counts: Counter[str] = Counter()
+    last_pk = None
+    while True:
+        page = old.order_by("pk")
+        if last_pk is not None:
+            page = page.filter(pk__gt=last_pk)
+        ids = list(page.values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            break
+        last_pk = ids[-1]
+        batch = AudioSession.objects.filter(pk__in=ids)
+        if dry_run:
+            counts.update(_deletion_counts(batch))
+        else:
+            with transaction.atomic():
+                _total, per_model = batch.delete()
+            counts.update({label: n for label, n in per_model.items() if n})
+    logger.info("purge before %s: %s", older_than.isoformat(), dict(counts))
+    return counts
+
+
+def _deletion_counts(sessions: QuerySet[AudioSession]) -> Counter[str]:
+    """What deleting `sessions` would remove, by model label, without deleting: the
+    sessions and the rows that cascade from them (one level: nothing cascades from
+    those)."""
+    counts: Counter[str] = Counter({AudioSession._meta.label: sessions.count()})
+    for relation in AudioSession._meta.related_objects:
+        model = relation.related_model
+        if relation.on_delete is models.CASCADE and isinstance(model, type):
+            rows = model._default_manager.filter(
+                **{f"{relation.field.name}__in": sessions}
+            )
+            counts[model._meta.label] += rows.count()
+    return +counts

@@ -1,0 +1,1 @@
+"""The frame path: a WebSocket session from its handshake to its close."""

@@ -1,0 +1,276 @@
+"""The seed-004 wire protocol: query parameters, closes, messages (pure).
+
+The close codes come from `transcription.close_codes` (engines use them too); every
+close a session decides is in the catalogue below, with its text and kind.
+"""
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Final, NamedTuple
+from urllib.parse import parse_qs
+
+from transcription.close_codes import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_SERVER_ERROR,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+)
+from transcription.engines import (
+    Capabilities,
+    EngineError,
+    StreamParams,
+    TranscriptEvent,
+)
+
+END_OF_STREAM: Final = "END_OF_STREAM"
+
+
+class CloseMeaning(NamedTuple):
+    label: str  # for operators: the admin, its dashboard and timeline
+    text: str  # for users: what the Talk page says when a session closes so
+
+
+# What each close code means: the one home, served to the Talk page as JSON.
+CLOSE_MEANINGS: Final[Mapping[int, CloseMeaning]] = {
+    CLOSE_NORMAL: CloseMeaning("normal", "The session ended."),
+    CLOSE_GOING_AWAY: CloseMeaning(
+        "going away (server shutdown)", "The server is going away (restart or deploy)."
+    ),
+    # Never sent: a client sees it when the connection drops without a close frame.
+    1006: CloseMeaning("dropped (no close frame)", "The connection dropped."),
+    CLOSE_POLICY: CloseMeaning(
+        "policy (auth, parameters, quota)", "The server refused the session."
+    ),
+    CLOSE_TOO_BIG: CloseMeaning("frame too big", "An audio frame was too large."),
+    CLOSE_SERVER_ERROR: CloseMeaning(
+        "server or engine error", "The server hit an error while transcribing."
+    ),
+    CLOSE_TRY_AGAIN: CloseMeaning("try again later", "The server is busy."),
+}
+
+
+def close_code_label(code: int | None) -> str:
+    """A close code for operators: `1008 policy (auth, parameters, quota)`."""
+    if code is None:
+        return "none"
+    meaning = CLOSE_MEANINGS.get(code)
+    return f"{code} {meaning.label}" if meaning else str(code)
+
+
+def close_texts() -> dict[int, str]:
+    """What the Talk page tells a user for each close code."""
+    return {code: meaning.text for code, meaning in CLOSE_MEANINGS.items()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Close:
+    """How a session ends: a plain close (`kind` empty) or an error of that kind.
+
+    `kind` labels the error for operators: the SessionError row, the log line.
+    """
+
+    code: int
+    message: str = ""
+    kind: str = ""
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.kind)
+
+    @property
+    def is_failure(self) -> bool:
+        """Recorded as failed: an error other than the server shutting down."""
+        return self.is_error and self.kind != SHUTDOWN
+
+
+# The catalogue: every close a session decides, with the text the client reads.
+SHUTDOWN: Final = "shutdown"  # the kind of the closes a server's shutdown causes
+GOING_AWAY: Final = Close(
+    CLOSE_GOING_AWAY,
+    "The server is going away: it is shutting down. Reconnect to continue.",
+    SHUTDOWN,
+)
+SHUTTING_DOWN: Final = Close(
+    CLOSE_TRY_AGAIN, "The server is shutting down: try again later.", SHUTDOWN
+)
+AT_CAPACITY: Final = Close(
+    CLOSE_TRY_AGAIN, "Server at capacity: try again later.", "capacity"
+)
+UNEXPECTED_TEXT: Final = Close(
+    CLOSE_POLICY,
+    "Unexpected text frame: send audio as binary frames and the text "
+    "END_OF_STREAM when done.",
+    "frame",
+)
+ENGINE_DID_NOT_START: Final = Close(
+    CLOSE_SERVER_ERROR,
+    "Transcription is unavailable: the engine did not start.",
+    "engine",
+)
+ENGINE_FAILED: Final = Close(
+    CLOSE_SERVER_ERROR, "Transcription failed: engine error.", "engine"
+)
+ENGINE_TOO_SLOW: Final = Close(
+    CLOSE_SERVER_ERROR,
+    "Transcription failed: the engine did not finish in time.",
+    "engine",
+)
+NOT_STORED: Final = Close(
+    CLOSE_SERVER_ERROR,
+    "Transcription stopped: the server could not store the transcript.",
+    "database",
+)
+SERVER_ERROR: Final = Close(
+    CLOSE_SERVER_ERROR, "Transcription failed: server error.", "server"
+)
+
+
+def ended(reason: str = "") -> Close:
+    """A plain 1000 close, with its reason (a timeout) or none (END_OF_STREAM)."""
+    return Close(CLOSE_NORMAL, reason)
+
+
+def refused_auth(message: str) -> Close:
+    return Close(CLOSE_POLICY, message, "auth")
+
+
+def bad_parameters(message: str) -> Close:
+    return Close(CLOSE_POLICY, message, "parameters")
+
+
+def over_quota(who: str, limit: int) -> Close:
+    return Close(
+        CLOSE_POLICY,
+        f"Too many concurrent sessions for this {who} (limit {limit}).",
+        "quota",
+    )
+
+
+def frame_too_big(size: int, limit: int) -> Close:
+    return Close(
+        CLOSE_TOO_BIG,
+        f"Frame of {size} bytes is larger than the limit of {limit} bytes "
+        "(MAX_FRAME_BYTES).",
+        "frame",
+    )
+
+
+def backlog_full(held: str, setting: str) -> Close:
+    return Close(
+        CLOSE_POLICY,
+        f"Audio arrives faster than it can be transcribed: {held} are already "
+        f"waiting (the limit, {setting}). Send audio no faster than real time.",
+        "backlog",
+    )
+
+
+def access_ended(reason: str) -> Close:
+    """The token was revoked or expired, the user deactivated or logged out."""
+    return Close(CLOSE_POLICY, reason, "revoked")
+
+
+def engine_error(exc: EngineError) -> Close:
+    """What an engine reported; a 1000 from the engine is a plain close."""
+    if exc.close_code == CLOSE_NORMAL:
+        return ended(exc.message)
+    return Close(exc.close_code, exc.message, exc.kind)
+
+
+KNOWN_PARAMETERS: Final = frozenset(
+    {"token", "language", "encoding", "sampleRate", "sendPartials", "detail"}
+)
+
+
+class ProtocolError(Exception):
+    """A client mistake: one {"error"} with this message, then close 1008."""
+
+
+def parse_flag(value: str) -> bool:
+    """A boolean query parameter: 'true' or 'false', nothing else (ValueError)."""
+    if value not in ("true", "false"):
+        raise ValueError("'true' or 'false'")
+    return value == "true"
+
+
+def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:
+    values = query.get(name)
+    if not values:
+        return default
+    value = values[-1]
+    try:
+        return parse_flag(value)
+    except ValueError:
+        raise ProtocolError(
+            f"Invalid {name} {value!r}: allowed values are 'true' and 'false'."
+        ) from None
+
+
+def _listed(allowed: tuple[str, ...], limit: int = 12) -> str:
+    shown = ", ".join(allowed[:limit])
+    return shown + (f" and {len(allowed) - limit} more" if len(allowed) > limit else "")
+
+
+def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
+    """Validate the connection's query parameters against the engine's capabilities."""
+    try:
+        query = parse_qs(query_string.decode("utf-8"), strict_parsing=False)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("The query string is not valid UTF-8.") from exc
+
+    language = query.get("language", ["en-US"])[-1]
+    if language not in caps.languages:
+        raise ProtocolError(
+            f"Unsupported language {language!r}: this server accepts "
+            f"{_listed(caps.languages)}."
+        )
+    encoding = query.get("encoding", ["pcm"])[-1]
+    if encoding not in caps.encodings:
+        raise ProtocolError(
+            f"Unsupported encoding {encoding!r}: this server accepts "
+            f"{_listed(caps.encodings)}."
+        )
+    rate_text = query.get("sampleRate", ["16000"])[-1]
+    allowed_rates = f"an integer from {caps.min_sample_rate} to {caps.max_sample_rate}"
+    if not rate_text.isascii() or not rate_text.isdigit():
+        raise ProtocolError(f"Invalid sampleRate {rate_text!r}: use {allowed_rates}.")
+    sample_rate = int(rate_text)
+    if not caps.min_sample_rate <= sample_rate <= caps.max_sample_rate:
+        raise ProtocolError(
+            f"Unsupported sampleRate {sample_rate}: use {allowed_rates}."
+        )
+    options = {
+        name: values[-1] for name, values in query.items() if name in caps.options
+    }
+    return StreamParams(
+        language=language,
+        encoding=encoding,
+        sample_rate=sample_rate,
+        send_partials=_flag(query, "sendPartials", True),
+        detail=_flag(query, "detail", False),
+        options=options,
+    )
+
+
+def error_message(message: str) -> str:
+    return json.dumps({"error": message})
+
+
+def event_message(event: TranscriptEvent, *, detail: bool) -> str:
+    """`{"partialTranscript"}` or `{"transcript"}`; timings and speaker only when asked
+    (detail)."""
+    key = "partialTranscript" if event.is_partial else "transcript"
+    if not detail:
+        return json.dumps({key: event.text})
+    message = {
+        key: event.text,
+        "isPartial": event.is_partial,
+        "startTime": event.start,
+        "endTime": event.end,
+        "resultId": event.result_id,
+    }
+    if event.speaker:
+        message["speaker"] = event.speaker
+    return json.dumps(message)

@@ -1,0 +1,1 @@
+"""The batch path: finals batched after a pause, the receiver's reply spoken back."""

@@ -1,0 +1,38 @@
+"""How a worker's reply reaches its session: the group and the event, both sides' names.
+
+The worker pushes `reply_event(...)` to `session_group(id)` through the channel layer;
+the consumer of that session, wherever it runs, joined the group and hands events of
+type `REPLY_EVENT` to its session.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final, TypedDict
+
+REPLY_EVENT: Final = "voice.reply"
+
+
+class ReplyEvent(TypedDict):
+    type: str  # REPLY_EVENT
+    batch_id: str
+    message: str
+    audio: str | None  # base64 MP3
+    error: str
+
+
+def session_group(session_id: uuid.UUID | str) -> str:
+    """The channel-layer group a session's transport joins for its replies."""
+    return f"voice.{uuid.UUID(str(session_id)).hex}"
+
+
+def reply_event(
+    *, batch_id: str, message: str, audio: str | None, error: str
+) -> ReplyEvent:
+    return {
+        "type": REPLY_EVENT,
+        "batch_id": batch_id,
+        "message": message,
+        "audio": audio,
+        "error": error,
+    }

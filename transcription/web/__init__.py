@@ -1,0 +1,1 @@
+"""The browser app: its pages, its URLs and the transcript downloads."""
