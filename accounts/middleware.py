@@ -303,7 +303,7 @@ class TokenOutOfUrlsMiddleware:
 
     HTTP pages take no token in the URL: the browser has its session, programs send
     `Authorization: Bearer`. (The request itself still reaches the access log, which
-    redacts it: voiceproject.daphne_access_log.)
+    redacts it: voiceproject.server.access_log.)
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
