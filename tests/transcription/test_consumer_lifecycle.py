@@ -19,8 +19,8 @@ from tests.conftest import receive_until_close
 from tests.transcription.voice_fakes import eventually, until
 from transcription import services
 from transcription.models import AudioSession, SessionError, Transcript
-from transcription.runtime import shutdown, worker_runner
-from transcription.streaming import consumer as consumers
+from transcription.runtime import capacity, shutdown, worker_runner
+from transcription.streaming import session as stream_session
 from voiceproject.server.flow_control import FLOW_CONTROL
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -117,7 +117,7 @@ async def test_process_capacity_is_reserved_before_any_await(
         _, close = await receive_until_close(ws)
         closes.append(close["code"])
     assert sorted(closes) == [1000, 1000, 1013, 1013, 1013]
-    assert consumers.capacity.open == 0
+    assert capacity.open_count() == 0
 
 
 async def test_capacity_is_released_when_the_engine_fails_to_start(
@@ -131,7 +131,7 @@ async def test_capacity_is_released_when_the_engine_fails_to_start(
     assert messages == [
         {"error": "Transcription is unavailable: the engine did not start."}
     ]
-    assert consumers.capacity.open == 0
+    assert capacity.open_count() == 0
     settings.TRANSCRIPTION_ENGINE = "echo"
     ws = await connect(token=api_token[1], sendPartials="false")
     await ws.send_to(text_data="END_OF_STREAM")
@@ -185,7 +185,7 @@ async def test_a_heartbeat_that_fails_does_not_stop_the_timers(
         failed.set()
         raise OperationalError("database is down")
 
-    monkeypatch.setattr(consumers, "HEARTBEAT_SECONDS", 0.02)
+    monkeypatch.setattr(stream_session, "HEARTBEAT_SECONDS", 0.02)
     monkeypatch.setattr(services, "session_heartbeat", database_down)
     settings.TRANSCRIPTION_IDLE_TIMEOUT = 0.4
     ws = await connect(token=api_token[1], sendPartials="false")

@@ -10,7 +10,7 @@ from accounts.services import api_token_revoke
 from tests.conftest import receive_until_close
 from tests.transcription.voice_fakes import eventually
 from transcription.models import AudioSession, SessionError, Transcript
-from transcription.streaming import consumer as consumers
+from transcription.streaming import session as stream_session
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -174,7 +174,7 @@ async def test_sessions_per_process_limit(connect, api_token, settings):
 async def test_heartbeat_stores_audio_while_the_session_runs(
     connect, api_token, monkeypatch
 ):
-    monkeypatch.setattr(consumers, "HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(stream_session, "HEARTBEAT_SECONDS", 0.1)
     ws = await connect(token=api_token[1], sendPartials="false")
     await ws.send_to(bytes_data=b"\0" * 3200)
     before = await sync_to_async(_session)()

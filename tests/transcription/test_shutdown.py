@@ -11,7 +11,7 @@ from transcription import services
 from transcription.engines import TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError
 from transcription.runtime import shutdown
-from transcription.streaming.consumer import State
+from transcription.streaming.session import State
 from transcription.voice_loop.worker import BatchWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,4 +1,4 @@
-"""The consumer's side of the voice loop: one session's batches and their replies."""
+"""A session's side of the voice loop: its reply group, the batches owing a reply."""
 
 from __future__ import annotations
 
@@ -6,51 +6,58 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 
 from transcription import services
 from transcription.models import Transcript
-from transcription.runtime import worker_runner
 from transcription.voice_loop.receiver import exchange_budget, receiver_config
-from transcription.voice_loop.replies import session_group
+from transcription.voice_loop.replies import ReplyEvent, session_group
 
 
 class SessionVoice:
-    """Joins the session's reply group, tracks which batches still owe a reply,
-    and at END_OF_STREAM sends the last batch at once and waits (bounded) for it."""
+    """Tracks which batches still owe a reply, joins the session's reply group with
+    its transport's channel, and at END_OF_STREAM sends the last batch at once and
+    waits (bounded) for its reply."""
 
-    def __init__(self, *, session_id: uuid.UUID, channel_layer, channel_name: str):
+    def __init__(self, *, session_id: uuid.UUID, wake: Callable[[], None]):
         self.session_id = session_id
         self.group = session_group(session_id)
-        self.channel_layer = channel_layer
-        self.channel_name = channel_name
+        self.wake = wake  # tells this process's worker that a batch is due now
         self.silence_seconds = settings.SILENCE_SECONDS
         self.waiting: set[str] = set()
         self.answered = asyncio.Event()
+        self.joined: tuple[Any, str] | None = None  # (channel layer, channel)
 
     @classmethod
-    async def join(
-        cls, *, session_id: uuid.UUID, channel_layer, channel_name: str
+    def for_session(
+        cls, *, session_id: uuid.UUID, wake: Callable[[], None]
     ) -> SessionVoice | None:
         """The session's voice loop, or None when no receiver is configured."""
         if receiver_config() is None:
             return None
-        voice = cls(
-            session_id=session_id,
-            channel_layer=channel_layer,
-            channel_name=channel_name,
-        )
-        await channel_layer.group_add(voice.group, channel_name)
-        worker_runner.ensure_in_process()
-        return voice
+        return cls(session_id=session_id, wake=wake)
+
+    async def join(self, channel_layer, channel_name: str) -> None:
+        """Replies go to this channel (a transport's) from now on."""
+        await self.leave()
+        await channel_layer.group_add(self.group, channel_name)
+        self.joined = (channel_layer, channel_name)
+
+    async def leave(self) -> None:
+        if self.joined is not None:
+            channel_layer, channel_name = self.joined
+            self.joined = None
+            await channel_layer.group_discard(self.group, channel_name)
 
     def final_stored(self, transcript: Transcript) -> None:
         if transcript.batch is not None:
             self.waiting.add(str(transcript.batch.batch_id))
 
-    def reply_message(self, event: dict) -> str | None:
+    def reply_message(self, event: ReplyEvent) -> str | None:
         """The `server_response` for a worker's reply event (None: nothing to say)."""
         self.waiting.discard(event["batch_id"])
         self.answered.set()
@@ -71,16 +78,15 @@ class SessionVoice:
         if not self.waiting:
             return
         await database_sync_to_async(services.batch_flush)(session_id=self.session_id)
-        worker_runner.wake_in_process()
+        self.wake()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + exchange_budget() + 2.0
         if until is not None:
             deadline = min(deadline, until)
         while self.waiting and (left := deadline - loop.time()) > 0:
             self.answered.clear()
-            with contextlib.suppress(TimeoutError):  # (not wait_for: see consumers)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+            # cancellation that meets the event.
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self.answered.wait()
-
-    async def leave(self) -> None:
-        await self.channel_layer.group_discard(self.group, self.channel_name)

@@ -1,0 +1,112 @@
+"""StreamSession apart from any socket: its states, a transport swapped mid-session."""
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+
+from tests.transcription.voice_fakes import until
+from transcription.engines.echo import EchoEngine
+from transcription.models import AudioSession, Transcript
+from transcription.streaming.admission import Client
+from transcription.streaming.session import State, StreamSession
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class RecordingTransport:
+    """A Transport that keeps what the session sends it."""
+
+    def __init__(self, name: str) -> None:
+        self.channel_layer = get_channel_layer()
+        self.channel_name = f"test.{name}"
+        self.gone = asyncio.Event()
+        self.messages: list[dict] = []
+        self.closed: tuple[int, str | None] | None = None
+
+    async def send_text(self, text: str) -> None:
+        self.messages.append(json.loads(text))
+
+    async def close(self, code: int, reason: str | None) -> None:
+        self.closed = (code, reason)
+
+
+def token_client(api_token) -> Client:
+    token, _ = api_token
+    return Client(
+        auth_method="token", user=token.user, token=token, address="", grant=None
+    )
+
+
+async def test_a_session_goes_on_over_a_new_transport(api_token):
+    session = StreamSession(
+        client=await sync_to_async(token_client)(api_token),
+        query_string=b"sampleRate=16000",
+        engine=EchoEngine(),
+    )
+    first, second = RecordingTransport("first"), RecordingTransport("second")
+    await session.open(first)
+    assert session.state is State.STREAMING
+    await session.receive_audio(b"\0" * 1000)
+    await until(lambda: len(first.messages) == 1)
+
+    await session.detach()
+    await session.receive_audio(b"\0" * 500)  # sent while no transport carries it
+    await until(lambda: session.sent == 2)
+    assert session.state is State.STREAMING
+    await session.attach(second)
+    await session.receive_audio(b"\0" * 250)
+    await session.receive_text("END_OF_STREAM")
+    assert session.supervisor is not None
+    await asyncio.wait_for(session.supervisor, 10)
+
+    assert first.messages == [{"partialTranscript": "1000 bytes"}]
+    assert first.closed is None
+    assert second.messages == [
+        {"partialTranscript": "1500 bytes"},  # kept for the next transport
+        {"partialTranscript": "1750 bytes"},
+        {"transcript": "received 1750 bytes"},
+    ]
+    assert second.closed == (1000, None)
+    assert session.state is State.CLOSED
+    record = await AudioSession.objects.aget(pk=session.session_id)
+    assert (record.status, record.close_code, record.audio_bytes) == (
+        "completed",
+        1000,
+        1750,
+    )
+    texts = [t async for t in Transcript.objects.values_list("text", flat=True)]
+    assert texts == ["received 1750 bytes"]
+
+
+async def test_a_refused_session_closes_its_transport_and_never_streams():
+    session = StreamSession(
+        client=Client(auth_method=None, user=None, token=None, address="", grant=None),
+        query_string=b"",
+        engine=EchoEngine(),
+    )
+    transport = RecordingTransport("refused")
+    await session.open(transport)
+    assert session.state is State.CLOSED
+    assert session.supervisor is None
+    assert [set(m) for m in transport.messages] == [{"error"}]
+    assert transport.closed == (1008, None)
+    record = await AudioSession.objects.aget(pk=session.session_id)
+    assert record.close_code == 1008
+
+
+async def test_state_moves_only_forward(api_token):
+    session = StreamSession(
+        client=await sync_to_async(token_client)(api_token),
+        query_string=b"",
+        engine=EchoEngine(),
+    )
+    await session.open(RecordingTransport("forward"))
+    with pytest.raises(RuntimeError):
+        session._enter(State.CONNECTING)
+    await session.transport_lost(1006)
+    assert session.state is State.CLOSED
+    record = await AudioSession.objects.aget(pk=session.session_id)
+    assert (record.close_code, record.close_reason) == (1006, "client disconnected")

@@ -1,0 +1,588 @@
+"""One audio session's life, apart from the socket that carries it.
+
+A `StreamSession` owns what a session is: its admission, record, engine stream,
+open batch and replies (`SessionVoice`), timers, latency and the sequence of the
+messages it sends. It talks to its client through a `Transport` (the consumer), which
+it may lose and be given again (`detach()`, `attach()`): what it sends meanwhile waits
+for the next transport.
+
+Its life is a small state machine, moved only by `_enter()`:
+CONNECTING → STREAMING → FLUSHING (no more audio; the engine sends its last finals)
+→ CLOSING → CLOSED, or CONNECTING → CLOSED when refused. Whatever ends it (the
+engine's last event, an error, a timeout, revoked access, a bad frame) only
+*concludes* it with a `Close` from the catalogue in `protocol`; one supervisor task
+then stops the session's tasks and closes exactly once: the transport first, then
+the record, so a failing database never leaves a socket open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import enum
+import logging
+import uuid
+from typing import Protocol
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from transcription import services
+from transcription.engines import (
+    EngineError,
+    SpeechToText,
+    TranscriptEvent,
+    TranscriptionEngine,
+    audio_backlog_limit,
+)
+from transcription.models import HEARTBEAT_SECONDS
+from transcription.operations import metrics
+from transcription.runtime import capacity, shutdown, worker_runner
+from transcription.streaming import admission, protocol
+from transcription.streaming.access import Handle, access_watch
+from transcription.streaming.admission import Client
+from transcription.streaming.latency import SessionLatency
+from transcription.streaming.protocol import Close, ProtocolError, StreamParams
+from transcription.voice_loop.replies import ReplyEvent
+from transcription.voice_loop.session_voice import SessionVoice
+
+logger = logging.getLogger(__name__)
+
+# After END_OF_STREAM the engine must make progress: a file streamed faster than real
+# time may take minutes to decode, so the bound restarts with every event.
+FLUSH_TIMEOUT_SECONDS = 30.0
+# Messages kept for the next transport while the session has none.
+MAX_PENDING_MESSAGES = 1000
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"  # accepted; credentials and parameters being checked
+    STREAMING = "streaming"  # audio flows to the engine
+    FLUSHING = "flushing"  # no more audio; the engine sends what it still has
+    CLOSING = "closing"  # concluded: replies awaited, socket closed, then recorded
+    CLOSED = "closed"
+
+
+# The moves `_enter()` allows; anything may end in CLOSED (the client left).
+_NEXT = {
+    State.CONNECTING: {State.STREAMING, State.CLOSING},
+    State.STREAMING: {State.FLUSHING, State.CLOSING},
+    State.FLUSHING: {State.CLOSING},
+    State.CLOSING: set(),
+    State.CLOSED: set(),
+}
+
+
+class Transport(Protocol):
+    """What carries a session's messages to its client (the WebSocket consumer)."""
+
+    channel_layer: object
+    channel_name: str
+    # Set when the socket is gone, where the server can pause reading it (daphne
+    # with flow control); None where it cannot, so a full backlog is refused.
+    gone: asyncio.Event | None
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str | None) -> None: ...
+
+
+class _Concluded(Exception):
+    """Raised inside the session's task group to stop its other tasks."""
+
+
+class _StoreFailed(Exception):
+    """A final could not be stored: the session must not go on as if it were."""
+
+
+class StreamSession:
+    """One audio session: admitted, streamed to its engine, its events relayed."""
+
+    def __init__(
+        self, *, client: Client, query_string: bytes, engine: TranscriptionEngine
+    ) -> None:
+        self.client = client
+        self.query_string = query_string
+        self.engine = engine
+        self.state = State.CONNECTING
+        self.slot = capacity.reserve()  # before any await (see runtime.capacity)
+        self.session_id: uuid.UUID | None = None
+        self.params = StreamParams()
+        self.bytes_per_second: int | None = None  # PCM's byte rate; else None
+        self.latency = SessionLatency(None)  # with the byte rate once streaming
+        self.stream: SpeechToText | None = None
+        self.voice: SessionVoice | None = None
+        self.access: Handle | None = None  # revocation, expiry, logout
+        self.supervisor: asyncio.Task | None = None
+        self.transport: Transport | None = None
+        self.pending: collections.deque[str] = collections.deque(
+            maxlen=MAX_PENDING_MESSAGES
+        )
+        self.sent = 0  # the message sequence: messages sent so far
+        self.audio_bytes = 0
+        self.finals = 0
+        self.started = self.last_audio = self.progress_at = 0.0  # loop time
+        self.waiting_for_room = False
+        self.close_reason = ""
+        self.conclusion: Close | None = None
+        self.concluded = asyncio.Event()
+        self.wake_watch = asyncio.Event()
+        self.drain_deadline: float | None = None  # loop time; set at shutdown
+        shutdown.session_opened(self)
+
+    def _enter(self, state: State) -> None:
+        """The one place a session changes state."""
+        if state is not State.CLOSED and state not in _NEXT[self.state]:
+            raise RuntimeError(f"session {self.session_id}: {self.state} → {state}")
+        self.state = state
+
+    @property
+    def takes_frames(self) -> bool:
+        return self.state is State.STREAMING or self.state is State.FLUSHING
+
+    # --- the transport ----------------------------------------------------------
+
+    async def attach(self, transport: Transport) -> None:
+        """Carry on over `transport`: what waited for it is sent first."""
+        self.transport = transport
+        if self.voice is not None:
+            await self.voice.join(transport.channel_layer, transport.channel_name)
+        while self.pending and self.transport is transport:
+            await transport.send_text(self.pending.popleft())
+
+    async def detach(self) -> None:
+        """Lose the transport; the session goes on and keeps what it sends."""
+        self.transport = None
+        if self.voice is not None:
+            await self.voice.leave()
+
+    async def _send(self, text: str) -> None:
+        self.sent += 1
+        if self.transport is None:
+            self.pending.append(text)
+        else:
+            await self.transport.send_text(text)
+
+    async def _close_transport(self, close: Close) -> None:
+        if self.transport is not None:
+            reason = None if close.is_error else close.message or None
+            await self.transport.close(close.code, reason)
+
+    # --- CONNECTING ---------------------------------------------------------------
+
+    async def open(self, transport: Transport) -> None:
+        """Admit or refuse the session, then start streaming."""
+        await self.attach(transport)
+        if self.client.throttled:
+            # Counted in logs by the middleware, never stored per attempt.
+            metrics.AUTH_THROTTLED.inc()
+            await self._close_now(self.client.auth_refusal() or protocol.SERVER_ERROR)
+            return
+        params: StreamParams | None = None
+        bad_parameters = None
+        try:
+            params = protocol.parse_params(self.query_string, self.engine.capabilities)
+        except ProtocolError as exc:
+            bad_parameters = protocol.bad_parameters(str(exc))
+        self.session_id = await admission.record_start(
+            self.client, engine=self.engine.name, params=params
+        )
+        refusal = await admission.refusal(
+            self.client, bad_parameters=bad_parameters, has_slot=self.slot is not None
+        )
+        if refusal is not None or params is None:
+            await self._refuse(refusal or protocol.SERVER_ERROR)
+            return
+        await self._start(params)
+
+    async def _refuse(self, refusal: Close) -> None:
+        """CONNECTING → CLOSED: one {"error"}, the close, then the record."""
+        await self._close_now(refusal)
+        metrics.session_ended(
+            close_code=refusal.code, engine=self.engine.name, audio_seconds=0.0
+        )
+        logger.info(
+            "session %s refused (%s): %s", self.session_id, refusal.code, refusal.kind
+        )
+        await self._record(
+            services.session_reject,
+            session_id=self.session_id,
+            close_code=refusal.code,
+            message=refusal.message,
+            kind=refusal.kind,
+        )
+
+    async def _close_now(self, refusal: Close) -> None:
+        self._enter(State.CLOSED)
+        self.release()
+        if refusal.message:
+            await self._send(protocol.error_message(refusal.message))
+        if self.transport is not None:
+            await self.transport.close(refusal.code, None)
+
+    async def _start(self, params: StreamParams) -> None:
+        """CONNECTING → STREAMING: the engine's stream and the session's tasks."""
+        assert self.session_id is not None  # noqa: S101 (recorded at open)
+        self.params = params
+        if params.encoding == "pcm":
+            self.bytes_per_second = params.sample_rate * 2
+        self.latency = SessionLatency(self.bytes_per_second)
+        self.voice = SessionVoice.for_session(
+            session_id=self.session_id, wake=worker_runner.wake_in_process
+        )
+        if self.voice is not None and self.transport is not None:
+            await self.voice.join(
+                self.transport.channel_layer, self.transport.channel_name
+            )
+            worker_runner.ensure_in_process()
+        try:
+            self.stream = await self.engine.open(
+                dataclasses.replace(params, session_id=str(self.session_id))
+            )
+        except EngineError as exc:
+            self.conclude(protocol.engine_error(exc))
+        except Exception:
+            logger.exception("session %s: the engine did not start", self.session_id)
+            self.conclude(protocol.ENGINE_DID_NOT_START)
+        else:
+            self._enter(State.STREAMING)
+            self.last_audio = self.started = asyncio.get_running_loop().time()
+            if self.client.grant is not None:
+                self.access = access_watch().watch(
+                    self.client.grant,
+                    self._access_ended,
+                    label=f"session {self.session_id}",
+                )
+            logger.info("session %s started (%s)", self.session_id, self.engine.name)
+        self.supervisor = asyncio.create_task(self._supervise())
+
+    # --- STREAMING: the client's frames ---------------------------------------------
+
+    def frame_too_big(self, size: int) -> None:
+        self.conclude(protocol.frame_too_big(size, settings.MAX_FRAME_BYTES))
+
+    async def receive_text(self, text: str) -> None:
+        if len(text) > settings.MAX_FRAME_BYTES:
+            self.frame_too_big(len(text.encode()))
+        elif text == protocol.END_OF_STREAM:
+            await self.end_audio()
+        else:
+            self.conclude(protocol.UNEXPECTED_TEXT)
+
+    async def receive_audio(self, chunk: bytes) -> None:
+        if len(chunk) > settings.MAX_FRAME_BYTES:
+            self.frame_too_big(len(chunk))  # servers without flow control's limits
+            return
+        stream = self.stream
+        if self.state is not State.STREAMING or stream is None:
+            return
+        if stream.backlog_full():
+            gone = self.transport.gone if self.transport is not None else None
+            if gone is None:
+                self.conclude(self._backlog_full())
+                return
+            await self._wait_for_room(stream, chunk, gone)
+        else:
+            await stream.send_audio(chunk)
+        self.audio_bytes += len(chunk)
+        self.last_audio = asyncio.get_running_loop().time()
+        self.latency.on_audio(self.audio_bytes, self.last_audio)
+
+    async def _wait_for_room(
+        self, stream: SpeechToText, chunk: bytes, gone: asyncio.Event
+    ) -> None:
+        """Flow control: while this waits, daphne stops reading the socket."""
+        self.waiting_for_room = True
+        sending = asyncio.ensure_future(stream.send_audio(chunk))
+        disconnected = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait(
+                {sending, disconnected}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            self.waiting_for_room = False
+            for task in (sending, disconnected):
+                task.cancel()
+
+    def _backlog_full(self) -> Close:
+        limit = audio_backlog_limit(self.params)
+        if self.bytes_per_second:
+            held = f"{limit / self.bytes_per_second:g} seconds of audio"
+            return protocol.backlog_full(held, "MAX_AUDIO_BACKLOG_SECONDS")
+        return protocol.backlog_full(
+            f"{limit} bytes of audio", "MAX_AUDIO_BACKLOG_BYTES"
+        )
+
+    async def end_audio(self, reason: str = "") -> None:
+        """STREAMING → FLUSHING: no more audio; closes 1000 once the engine flushed."""
+        if self.state is not State.STREAMING or self.stream is None:
+            return
+        self._enter(State.FLUSHING)
+        self.close_reason = reason
+        self.progress_at = asyncio.get_running_loop().time()
+        self.wake_watch.set()  # the flush bound starts now
+        await self.stream.end_audio()
+
+    async def drain(self, deadline: float) -> None:
+        """The server shuts down: no more audio; what the engine still has is sent
+        until `deadline` (loop time), then {"error"} and 1001 (`GOING_AWAY`)."""
+        loop = asyncio.get_running_loop()
+        # Still starting (its engine opening): drained once it streams. A short
+        # poll, bounded by the deadline, rather than an event set on every way out
+        # of CONNECTING.
+        while self.state is State.CONNECTING and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self.drain_deadline = deadline
+        if self.state is State.STREAMING:
+            await self.end_audio()
+        self.wake_watch.set()  # the deadline joins the timers
+        if self.supervisor is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self.supervisor), deadline - loop.time() + 1.0
+                )
+
+    async def reply(self, event: ReplyEvent) -> None:
+        """A worker's reply to one of this session's batches."""
+        if self.voice and (message := self.voice.reply_message(event)):
+            await self._send(message)
+            self.latency.on_reply(event["batch_id"], asyncio.get_running_loop().time())
+
+    # --- the session's tasks ------------------------------------------------------
+
+    async def _access_ended(self, reason: str) -> None:
+        self.conclude(protocol.access_ended(reason))
+
+    def conclude(self, close: Close) -> None:
+        """Decide how the session ends (the first decision stands)."""
+        if self.conclusion is None and self.state is not State.CLOSED:
+            self.conclusion = close
+            self.concluded.set()
+
+    async def _supervise(self) -> None:
+        """The session's tasks, supervised together, then its one close."""
+        if self.stream is not None and self.conclusion is None:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._relay_events(self.stream))
+                    group.create_task(self._watch_time())
+                    group.create_task(self._heartbeat())
+                    group.create_task(self._until_concluded())
+            except* _Concluded:
+                pass
+            except* Exception:
+                logger.exception("session %s: server error", self.session_id)
+                self.conclude(protocol.SERVER_ERROR)
+        await self._close_session()
+
+    async def _until_concluded(self) -> None:
+        await self.concluded.wait()
+        raise _Concluded
+
+    async def _relay_events(self, stream: SpeechToText) -> None:
+        try:
+            async for event in stream.events():
+                await self._relay(event)
+        except EngineError as exc:
+            self.conclude(protocol.engine_error(exc))
+        except _StoreFailed:
+            self.conclude(protocol.NOT_STORED)
+        except Exception:
+            logger.exception("session %s: engine failed", self.session_id)
+            self.conclude(protocol.ENGINE_FAILED)
+        else:
+            if self.drain_deadline is not None:
+                self.conclude(protocol.GOING_AWAY)  # flushed: its finals are sent
+            else:
+                self.conclude(protocol.ended(self.close_reason))
+
+    async def _relay(self, event: TranscriptEvent) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.state is State.FLUSHING:
+            self.progress_at = now
+        if event.is_partial:
+            self.latency.on_event(now)
+            if self.params.send_partials:
+                await self._send(
+                    protocol.event_message(event, detail=self.params.detail)
+                )
+        elif event.text.strip():
+            await self._relay_final(event)
+
+    async def _relay_final(self, event: TranscriptEvent) -> None:
+        """Stored first, then sent: a final the client has seen is never lost."""
+        self.finals += 1
+        try:
+            transcript = await database_sync_to_async(services.transcript_add_final)(
+                session_id=self.session_id,
+                seq=self.finals,
+                event=event,
+                audio_bytes=self.audio_bytes,
+                bytes_per_second=self.bytes_per_second,
+                silence_seconds=self.voice and self.voice.silence_seconds,
+            )
+        except Exception as exc:
+            logger.exception("session %s: final not stored", self.session_id)
+            raise _StoreFailed from exc
+        if self.voice:
+            self.voice.final_stored(transcript)
+        await self._send(protocol.event_message(event, detail=self.params.detail))
+        batch = transcript.batch
+        self.latency.on_final(
+            event,
+            asyncio.get_running_loop().time(),
+            str(batch.batch_id) if batch is not None else None,
+        )
+
+    async def _watch_time(self) -> None:
+        """Idle timeout, longest session, and a bound on the final flush."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            deadline = await self._check_time(now)
+            if deadline is None:
+                return
+            if deadline <= now:
+                continue  # the timers moved the session on: look again
+            self.wake_watch.clear()
+            pause = max(deadline - loop.time(), 0.05)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+            # cancellation that meets the event (the task group would wait forever).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self.wake_watch.wait()
+
+    async def _check_time(self, now: float) -> float | None:
+        """Act on the timers due at `now`; the next time to look (None: concluded)."""
+        if self.drain_deadline is not None and now >= self.drain_deadline:
+            self.conclude(protocol.GOING_AWAY)  # the engine did not finish in time
+            return None
+        if self.state is State.FLUSHING:
+            if now - self.progress_at > FLUSH_TIMEOUT_SECONDS:
+                self.conclude(protocol.ENGINE_TOO_SLOW)
+                return None
+            deadline = self.progress_at + FLUSH_TIMEOUT_SECONDS
+            if self.drain_deadline is not None:
+                deadline = min(deadline, self.drain_deadline)
+            return deadline
+        idle, longest = (
+            settings.TRANSCRIPTION_IDLE_TIMEOUT,
+            settings.MAX_SESSION_SECONDS,
+        )
+        if self.waiting_for_room:  # reading is paused: not the client's idling
+            self.last_audio = now
+        if now - self.last_audio >= idle:
+            await self.end_audio(f"No audio for {idle:g} seconds.")
+            return now
+        if now - self.started >= longest:
+            await self.end_audio(
+                f"Session reached the longest allowed, {longest:g} seconds."
+            )
+            return now
+        return min(self.last_audio + idle, self.started + longest)
+
+    async def _heartbeat(self) -> None:
+        """The record says the session lives, with its audio so far."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await database_sync_to_async(services.session_heartbeat)(
+                    session_id=self.session_id,
+                    audio_bytes=self.audio_bytes,
+                    bytes_per_second=self.bytes_per_second,
+                )
+            except Exception:
+                # Timers must go on: a lost heartbeat only makes the record look stale.
+                logger.warning(
+                    "session %s: heartbeat not stored", self.session_id, exc_info=True
+                )
+
+    # --- CLOSING → CLOSED ------------------------------------------------------------
+
+    async def _close_session(self) -> None:
+        """Exactly once: the engine released, replies awaited, the transport closed,
+        and only then the record (so a failed write never leaves the socket open)."""
+        close = self.conclusion or protocol.ended(self.close_reason)
+        self._enter(State.CLOSING)
+        if self.access is not None:
+            self.access.cancel()
+        if self.stream is not None:
+            await self.stream.aclose()  # also frees a sender waiting for room
+        if close.kind == protocol.SHUTDOWN and self.voice:
+            await self.voice.flush_and_wait(until=self.drain_deadline)
+        if close.is_error:
+            await self._send(protocol.error_message(close.message))
+        elif self.voice:
+            await self.voice.flush_and_wait()
+        await self._close_transport(close)
+        self._enter(State.CLOSED)
+        self.release()
+        await self._record_end(
+            close.code, close.message, error_kind=close.kind, failed=close.is_failure
+        )
+
+    async def transport_lost(self, code: int) -> None:
+        """The client's socket is gone: the session ends, what it said is kept."""
+        self.transport = None
+        supervisor = self.supervisor
+        # Not CLOSED: the client left first (mid-stream, or while its last finals
+        # and replies were on their way), so the session stops here, and is
+        # recorded here; CLOSED: its own close is recording it.
+        left_first = supervisor is not None and self.state is not State.CLOSED
+        if supervisor is not None:
+            if left_first:
+                supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await supervisor
+        if self.access is not None:
+            self.access.cancel()
+        if self.stream is not None:
+            await self.stream.aclose()
+        if self.voice is not None:
+            await self.voice.leave()
+        self.release()
+        self._enter(State.CLOSED)
+        if left_first:
+            await self._record_end(code, "client disconnected")
+            logger.info("session %s: client left (%s)", self.session_id, code)
+
+    async def _record_end(self, code: int | None, reason: str, **extra) -> None:
+        rate = self.bytes_per_second
+        audio_seconds = self.audio_bytes / rate if rate else 0.0
+        metrics.session_ended(
+            close_code=code, engine=self.engine.name, audio_seconds=audio_seconds
+        )
+        logger.info(
+            "session %s ended (%s%s): %.1f s of audio, %d finals",
+            self.session_id,
+            code,
+            f", {extra['error_kind']}" if extra.get("error_kind") else "",
+            audio_seconds,
+            self.finals,
+        )
+        await self._record(
+            services.session_end,
+            session_id=self.session_id,
+            close_code=code,
+            reason=reason,
+            audio_bytes=self.audio_bytes,
+            bytes_per_second=self.bytes_per_second,
+            latency=self.latency.summary(),
+            **extra,
+        )
+
+    async def _record(self, service, **kwargs) -> None:
+        try:
+            await database_sync_to_async(service)(**kwargs)
+        except Exception:
+            # The socket is already closed; a record left active is closed later as
+            # abandoned (its heartbeat stopped).
+            logger.exception("session %s: end not recorded", self.session_id)
+
+    def release(self) -> None:
+        """Give back the process's slot and leave the shutdown's list (idempotent)."""
+        if self.slot is not None:
+            self.slot.release()
+        shutdown.session_gone(self)
