@@ -202,7 +202,7 @@ AWS_TRANSCRIBE_ENDPOINT = env.str("AWS_TRANSCRIBE_ENDPOINT", default="")
 READY_MAX_BATCH_AGE = env.float("READY_MAX_BATCH_AGE", default=120.0)
 # /metrics is served to these socket peers (addresses or CIDRs) and to requests
 # with `Authorization: Bearer $METRICS_TOKEN`. PROMETHEUS_MULTIPROC_DIR is read by
-# prometheus-client itself (transcription.operations.metrics), not here.
+# prometheus-client itself (transcription.metrics), not here.
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
@@ -245,7 +245,7 @@ REPLY_AUDIO_STORE = env.bool("REPLY_AUDIO_STORE", default=True)
 # The batch worker runs inside the server process unless separate
 # `manage.py run_worker` processes do the work (the default with REDIS_URL).
 VOICE_WORKER_IN_PROCESS = env.bool("VOICE_WORKER_IN_PROCESS", default=not REDIS_URL)
-# Blocking calls run on thread pools of their own (transcription.runtime.executors), by
+# Blocking calls run on thread pools of their own (transcription.executors), by
 # name: "tts" (espeak-ng, serialized by a lock anyway, and Polly requests) and
 # "receiver-http" (one thread per HTTP exchange: the worker's 8 deliveries at once).
 # Other code adds its pool here; a name missing from the dict gets 2 threads.

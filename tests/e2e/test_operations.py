@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 # Another process of the host: counts one session, three finals, and holds one
 # session open as it exits (its atexit hook marks it dead).
 OTHER_PROCESS = """
-from transcription.operations import metrics
+from transcription import metrics
 metrics.ACTIVE_SESSIONS.inc()
 metrics.FINALS.inc(3)
 metrics.session_ended(close_code=1000, engine="echo", audio_seconds=2.0)

@@ -8,8 +8,8 @@ import pytest
 from django.urls import reverse
 
 from tests.transcription.sessions import record_session, record_voice_session
+from transcription import server_process
 from transcription.models import AudioSession
-from transcription.runtime import server_process
 
 pytestmark = pytest.mark.django_db
 

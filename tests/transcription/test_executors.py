@@ -8,7 +8,7 @@ import pytest
 
 from tests.audio import mp3_seconds
 from tests.transcription.voice_fakes import HttpReceiver
-from transcription.runtime import executors
+from transcription import executors
 from transcription.voice_loop.receiver import ReceiverConfig, receiver_exchange
 from transcription.voice_loop.tts.espeak import EspeakSpeech
 from transcription.voice_loop.tts.polly import PollySpeech

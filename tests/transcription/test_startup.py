@@ -11,10 +11,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from transcription import server_process
 from transcription.engines import get_engine
 from transcription.engines.pocketsphinx_worker import stats
 from transcription.models import AudioSession, SessionError
-from transcription.runtime import server_process, startup, worker_runner
+from transcription.runtime import startup, worker_runner
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -43,7 +43,7 @@ from transcription.engines.aws_languages import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
 )
-from transcription.streaming.protocol import parse_flag
+from transcription.engines.options import parse_flag
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from transcription.engines import (
     TranscriptEvent,
     audio_backlog_limit,
 )
-from transcription.runtime.executors import run_blocking
+from transcription.executors import run_blocking
 
 logger = logging.getLogger(__name__)
 

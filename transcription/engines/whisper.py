@@ -33,7 +33,7 @@ from transcription.engines.whisper_model import (
     model_source,
     verify,
 )
-from transcription.runtime.executors import run_blocking
+from transcription.executors import run_blocking
 
 logger = logging.getLogger(__name__)
 

@@ -14,13 +14,23 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
+import logging
+from collections.abc import Iterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from accounts.middleware import ip_of
-from transcription.operations import metrics
+from transcription import metrics, selectors
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+logger = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -63,7 +73,7 @@ def _metrics(request: HttpRequest) -> HttpResponse:
             status=403,
             content_type="text/plain; charset=utf-8",
         )
-    response = HttpResponse(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+    response = HttpResponse(exposition(), content_type=CONTENT_TYPE)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -71,3 +81,49 @@ def _metrics(request: HttpRequest) -> HttpResponse:
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     # Reads the multiprocess files and the database: off the event loop.
     return await sync_to_async(_metrics)(request)
+
+
+class DueBatchesCollector(Collector):
+    """Batches waiting for a worker, read from the database at scrape time."""
+
+    def describe(self) -> list[Metric]:
+        return []  # never a query at registration
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            count, oldest = selectors.batches_due_summary(now=timezone.now())
+        except Exception:
+            logger.warning("metrics: due batches not read", exc_info=True)
+            return
+        yield GaugeMetricFamily(
+            "voiceproject_batches_due",
+            "Receiver batches due now and not yet taken by a worker.",
+            value=count,
+        )
+        yield GaugeMetricFamily(
+            "voiceproject_oldest_due_batch_seconds",
+            "How long the oldest due batch has waited (0: none).",
+            value=oldest,
+        )
+
+
+class _ThisProcess(Collector):
+    """The process's own registry, when there is no multiprocess directory."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+def exposition() -> bytes:
+    """The text a scrape gets: the host's series (or this process's) and the
+    database's figures."""
+    registry = CollectorRegistry()
+    if metrics.multiprocess_dir():
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_ThisProcess())
+    registry.register(DueBatchesCollector())
+    return generate_latest(registry)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from transcription.operations import metrics
+from transcription import metrics
 
 _open = 0
 

@@ -16,7 +16,8 @@ import sys
 import weakref
 from typing import Protocol
 
-from transcription.runtime import executors, worker_runner
+from transcription import executors
+from transcription.runtime import worker_runner
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import datetime as dt
 import enum
 from collections.abc import Iterable
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
@@ -20,7 +20,19 @@ from transcription.models import (
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
 
-    from transcription.streaming.access import Grant
+
+class Grant(Protocol):
+    """What lets a session run (streaming.access.Grant): its token, user, session."""
+
+    @property
+    def token_id(self) -> int | None: ...
+    @property
+    def user_id(self) -> int | None: ...
+    @property
+    def session_key(self) -> str | None: ...
+
+
+G = TypeVar("G", bound=Grant)
 
 
 def token_active_session_count(*, token_id: int) -> int:
@@ -43,8 +55,8 @@ class AccessEnded(enum.StrEnum):
 
 
 def grants_revoked(
-    grants: Iterable["Grant"], *, now: dt.datetime | None = None
-) -> dict["Grant", str]:
+    grants: Iterable[G], *, now: dt.datetime | None = None
+) -> dict[G, str]:
     """The grants that no longer hold, each with why (an `AccessEnded` text).
 
     At most one query per kind (users, tokens, sessions) whatever the number of
@@ -98,7 +110,7 @@ def _session_data(keys: set[str], now: dt.datetime) -> dict[str, dict]:
 
 
 def _grant_ended(
-    grant: "Grant",
+    grant: Grant,
     users: dict[int, "AbstractBaseUser"],
     tokens: dict[int, tuple[dt.datetime | None, dt.datetime | None]],
     sessions: dict[str, dict],

@@ -1,5 +1,6 @@
 """Writes for sessions: open, store each final as it arrives, errors, heartbeat, end."""
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -9,18 +10,31 @@ from django.db import models, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from transcription import server_process
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.models import (
     AudioSession,
     SessionError,
     Transcript,
 )
-from transcription.runtime import server_process
 from transcription.services.batches import batch_join
 from transcription.services.errors import session_error_add
-from transcription.streaming.latency import LatencySummary
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LatencySummary:
+    """What a session stores: field names are AudioSession's."""
+
+    first_partial_seconds: float | None = None
+    final_latency_p50: float | None = None
+    final_latency_max: float | None = None
+    reply_latency_p50: float | None = None
+    reply_latency_max: float | None = None
+
+    def as_fields(self) -> dict[str, float | None]:
+        return dataclasses.asdict(self)
 
 
 def session_start(

@@ -14,29 +14,15 @@ from __future__ import annotations
 import array
 import bisect
 import collections
-import dataclasses
 import statistics
 
+from transcription import metrics
 from transcription.engines import TranscriptEvent
-from transcription.operations import metrics
+from transcription.services.sessions import LatencySummary
 
 SAMPLE_SECONDS = 0.25
 MAX_SAMPLES = 512  # about two minutes of audio arrival: more than the engine lags
 MAX_OPEN_BATCHES = 32  # batches whose reply is awaited (replies that never come)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LatencySummary:
-    """What a session stores: field names are AudioSession's."""
-
-    first_partial_seconds: float | None = None
-    final_latency_p50: float | None = None
-    final_latency_max: float | None = None
-    reply_latency_p50: float | None = None
-    reply_latency_max: float | None = None
-
-    def as_fields(self) -> dict[str, float | None]:
-        return dataclasses.asdict(self)
 
 
 class SessionLatency:

@@ -24,6 +24,7 @@ from transcription.engines import (
     StreamParams,
     TranscriptEvent,
 )
+from transcription.engines.options import parse_flag
 
 END_OF_STREAM: Final = "END_OF_STREAM"
 
@@ -186,13 +187,6 @@ KNOWN_PARAMETERS: Final = frozenset(
 
 class ProtocolError(Exception):
     """A client mistake: one {"error"} with this message, then close 1008."""
-
-
-def parse_flag(value: str) -> bool:
-    """A boolean query parameter: 'true' or 'false', nothing else (ValueError)."""
-    if value not in ("true", "false"):
-        raise ValueError("'true' or 'false'")
-    return value == "true"
 
 
 def _flag(query: dict[str, list[str]], name: str, default: bool) -> bool:

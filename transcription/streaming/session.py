@@ -29,7 +29,7 @@ from typing import Protocol
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from transcription import services
+from transcription import metrics, services
 from transcription.engines import (
     EngineError,
     SpeechToText,
@@ -38,7 +38,6 @@ from transcription.engines import (
     audio_backlog_limit,
 )
 from transcription.models import HEARTBEAT_SECONDS
-from transcription.operations import metrics
 from transcription.runtime import capacity, shutdown, worker_runner
 from transcription.streaming import admission, protocol
 from transcription.streaming.access import Handle, access_watch

@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 
-from transcription.runtime.executors import run_blocking
+from transcription.executors import run_blocking
 
 HTTP_POOL = "receiver-http"
 

@@ -25,9 +25,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
-from transcription import selectors, services
+from transcription import metrics, selectors, services
 from transcription.models import WORKER_HEARTBEAT_SECONDS, ReceiverBatch
-from transcription.operations import metrics
 from transcription.voice_loop.receiver import (
     ReceiverError,
     exchange_budget,

@@ -14,7 +14,7 @@ import threading
 import espeakng_loader
 import lameenc
 
-from transcription.runtime.executors import run_blocking
+from transcription.executors import run_blocking
 from transcription.voice_loop.tts import TtsError
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

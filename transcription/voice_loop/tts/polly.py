@@ -13,7 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
-from transcription.runtime.executors import run_blocking
+from transcription.executors import run_blocking
 from transcription.voice_loop.tts import TtsError
 
 POLLY_MAX_CHARS = 3000

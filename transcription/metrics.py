@@ -1,4 +1,4 @@
-"""Prometheus series of the speech platform, and their exposition (SPEC §11).
+"""The speech platform's Prometheus series (docs/operations.md; the scrape: operations).
 
 With PROMETHEUS_MULTIPROC_DIR set (by `make run`, the units, the tests' servers:
 the environment, never a setting) every process of the host writes its figures to
@@ -8,8 +8,7 @@ dead at exit (its live gauges leave the sum, its counters stay). Without it, a
 process serves its own figures (tests, a single process).
 
 Nothing here is called per audio frame: sessions are counted when they end, finals
-and latencies as they happen. Figures that live in the database (due batches) are
-read by a collector at scrape time.
+and latencies as they happen.
 """
 
 from __future__ import annotations
@@ -17,24 +16,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from collections.abc import Iterator
 
-from django.utils import timezone
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 logger = logging.getLogger(__name__)
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def multiprocess_dir() -> str:
@@ -93,54 +78,6 @@ AUTH_THROTTLED = Counter(
     "voiceproject_auth_throttled",
     "WebSocket token attempts refused because their address failed too often.",
 )
-
-
-class DueBatchesCollector(Collector):
-    """Batches waiting for a worker, read from the database at scrape time."""
-
-    def describe(self) -> list[Metric]:
-        return []  # never a query at registration
-
-    def collect(self) -> Iterator[Metric]:
-        from transcription import selectors  # the ORM, only when scraped
-
-        try:
-            count, oldest = selectors.batches_due_summary(now=timezone.now())
-        except Exception:
-            logger.warning("metrics: due batches not read", exc_info=True)
-            return
-        yield GaugeMetricFamily(
-            "voiceproject_batches_due",
-            "Receiver batches due now and not yet taken by a worker.",
-            value=count,
-        )
-        yield GaugeMetricFamily(
-            "voiceproject_oldest_due_batch_seconds",
-            "How long the oldest due batch has waited (0: none).",
-            value=oldest,
-        )
-
-
-class _ThisProcess(Collector):
-    """The process's own registry, when there is no multiprocess directory."""
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        yield from REGISTRY.collect()
-
-
-def exposition() -> bytes:
-    """The text a scrape gets: the host's series (or this process's) and the
-    database's figures."""
-    registry = CollectorRegistry()
-    if multiprocess_dir():
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry.register(_ThisProcess())
-    registry.register(DueBatchesCollector())
-    return generate_latest(registry)
 
 
 def session_ended(*, close_code: int | None, engine: str, audio_seconds: float) -> None:
