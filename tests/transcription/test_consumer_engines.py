@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from tests.conftest import receive_until_close
 from tests.transcription import fake_engines
 from transcription.models import AudioSession, SessionError
-from transcription.streaming import session as stream_session
+from transcription.streaming import timers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 WAIT = 10  # a bound on each wait, never an assertion about speed
@@ -36,7 +36,7 @@ async def test_flush_bound_restarts_with_each_event(
     steps: asyncio.Queue[None] = asyncio.Queue()
     monkeypatch.setattr(fake_engines.SteppedFlushEngine, "steps", steps, raising=False)
     bound = 10.0
-    monkeypatch.setattr(stream_session, "FLUSH_TIMEOUT_SECONDS", bound)
+    monkeypatch.setattr(timers, "FLUSH_TIMEOUT_SECONDS", bound)
     ws = await connect(token=api_token[1], sendPartials="false")
     await ws.send_to(bytes_data=b"\0" * 1024)
     await ws.send_to(text_data="END_OF_STREAM")
@@ -55,7 +55,7 @@ async def test_engine_that_never_finishes_gets_1011(
     connect, api_token, engine, monkeypatch
 ):
     engine("StuckEngine")
-    monkeypatch.setattr(stream_session, "FLUSH_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(timers, "FLUSH_TIMEOUT_SECONDS", 0.3)
     messages, close = await _end_and_collect(connect, api_token[1])
     assert close["code"] == 1011
     assert "did not finish" in messages[-1]["error"]

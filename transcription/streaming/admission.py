@@ -9,7 +9,6 @@ never recorded (an attacker guessing tokens cannot fill the database).
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +16,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from accounts.middleware import AUTH_REFUSALS
-from transcription import selectors, services
-from transcription.engines import StreamParams
+from transcription import selectors
 from transcription.runtime import shutdown
 from transcription.streaming import protocol
 from transcription.streaming.access import Grant
@@ -57,20 +55,6 @@ class Client:
             return None
         message = AUTH_REFUSALS.get(self.auth_method, AUTH_REFUSALS[None])
         return protocol.refused_auth(message)
-
-
-@database_sync_to_async
-def record_start(
-    client: Client, *, engine: str, params: StreamParams | None
-) -> uuid.UUID:
-    return services.session_start(
-        user=client.user,
-        token=client.token,
-        auth_method=client.auth_method or "",
-        engine=engine,
-        params=params,
-        client=client.address,
-    ).pk
 
 
 async def refusal(

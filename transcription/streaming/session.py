@@ -26,10 +26,9 @@ import logging
 import uuid
 from typing import Protocol
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
-from transcription import metrics, services
+from transcription import metrics
 from transcription.engines import (
     EngineError,
     SpeechToText,
@@ -44,14 +43,13 @@ from transcription.streaming.access import Handle, access_watch
 from transcription.streaming.admission import Client
 from transcription.streaming.latency import SessionLatency
 from transcription.streaming.protocol import Close, ProtocolError, StreamParams
+from transcription.streaming.records import SessionRecord, StoreFailed
+from transcription.streaming.timers import SessionClock
 from transcription.voice_loop.replies import ReplyEvent
 from transcription.voice_loop.session_voice import SessionVoice
 
 logger = logging.getLogger(__name__)
 
-# After END_OF_STREAM the engine must make progress: a file streamed faster than real
-# time may take minutes to decode, so the bound restarts with every event.
-FLUSH_TIMEOUT_SECONDS = 30.0
 # Messages kept for the next transport while the session has none.
 MAX_PENDING_MESSAGES = 1000
 
@@ -92,10 +90,6 @@ class _Concluded(Exception):
     """Raised inside the session's task group to stop its other tasks."""
 
 
-class _StoreFailed(Exception):
-    """A final could not be stored: the session must not go on as if it were."""
-
-
 class StreamSession:
     """One audio session: admitted, streamed to its engine, its events relayed."""
 
@@ -107,9 +101,9 @@ class StreamSession:
         self.engine = engine
         self.state = State.CONNECTING
         self.slot = capacity.reserve()  # before any await (see runtime.capacity)
-        self.session_id: uuid.UUID | None = None
+        self.record = SessionRecord(engine=engine.name)
+        self.clock = SessionClock()
         self.params = StreamParams()
-        self.bytes_per_second: int | None = None  # PCM's byte rate; else None
         self.latency = SessionLatency(None)  # with the byte rate once streaming
         self.stream: SpeechToText | None = None
         self.voice: SessionVoice | None = None
@@ -120,16 +114,16 @@ class StreamSession:
             maxlen=MAX_PENDING_MESSAGES
         )
         self.sent = 0  # the message sequence: messages sent so far
-        self.audio_bytes = 0
-        self.finals = 0
-        self.started = self.last_audio = self.progress_at = 0.0  # loop time
         self.waiting_for_room = False
         self.close_reason = ""
         self.conclusion: Close | None = None
         self.concluded = asyncio.Event()
         self.wake_watch = asyncio.Event()
-        self.drain_deadline: float | None = None  # loop time; set at shutdown
         shutdown.session_opened(self)
+
+    @property
+    def session_id(self) -> uuid.UUID | None:
+        return self.record.session_id
 
     def _enter(self, state: State) -> None:
         """The one place a session changes state."""
@@ -185,9 +179,7 @@ class StreamSession:
             params = protocol.parse_params(self.query_string, self.engine.capabilities)
         except ProtocolError as exc:
             bad_parameters = protocol.bad_parameters(str(exc))
-        self.session_id = await admission.record_start(
-            self.client, engine=self.engine.name, params=params
-        )
+        await self.record.start(self.client, params)
         refusal = await admission.refusal(
             self.client, bad_parameters=bad_parameters, has_slot=self.slot is not None
         )
@@ -199,35 +191,21 @@ class StreamSession:
     async def _refuse(self, refusal: Close) -> None:
         """CONNECTING → CLOSED: one {"error"}, the close, then the record."""
         await self._close_now(refusal)
-        metrics.session_ended(
-            close_code=refusal.code, engine=self.engine.name, audio_seconds=0.0
-        )
-        logger.info(
-            "session %s refused (%s): %s", self.session_id, refusal.code, refusal.kind
-        )
-        await self._record(
-            services.session_reject,
-            session_id=self.session_id,
-            close_code=refusal.code,
-            message=refusal.message,
-            kind=refusal.kind,
-        )
+        await self.record.reject(refusal)
 
     async def _close_now(self, refusal: Close) -> None:
         self._enter(State.CLOSED)
         self.release()
         if refusal.message:
             await self._send(protocol.error_message(refusal.message))
-        if self.transport is not None:
-            await self.transport.close(refusal.code, None)
+        await self._close_transport(refusal)
 
     async def _start(self, params: StreamParams) -> None:
         """CONNECTING → STREAMING: the engine's stream and the session's tasks."""
         assert self.session_id is not None  # noqa: S101 (recorded at open)
         self.params = params
-        if params.encoding == "pcm":
-            self.bytes_per_second = params.sample_rate * 2
-        self.latency = SessionLatency(self.bytes_per_second)
+        self.record.streaming(params)
+        self.latency = SessionLatency(self.record.bytes_per_second)
         self.voice = SessionVoice.for_session(
             session_id=self.session_id, wake=worker_runner.wake_in_process
         )
@@ -247,7 +225,8 @@ class StreamSession:
             self.conclude(protocol.ENGINE_DID_NOT_START)
         else:
             self._enter(State.STREAMING)
-            self.last_audio = self.started = asyncio.get_running_loop().time()
+            now = asyncio.get_running_loop().time()
+            self.clock.started = self.clock.last_audio = now
             if self.client.grant is not None:
                 self.access = access_watch().watch(
                     self.client.grant,
@@ -285,9 +264,9 @@ class StreamSession:
             await self._wait_for_room(stream, chunk, gone)
         else:
             await stream.send_audio(chunk)
-        self.audio_bytes += len(chunk)
-        self.last_audio = asyncio.get_running_loop().time()
-        self.latency.on_audio(self.audio_bytes, self.last_audio)
+        self.record.audio_bytes += len(chunk)
+        self.clock.last_audio = asyncio.get_running_loop().time()
+        self.latency.on_audio(self.record.audio_bytes, self.clock.last_audio)
 
     async def _wait_for_room(
         self, stream: SpeechToText, chunk: bytes, gone: asyncio.Event
@@ -307,8 +286,8 @@ class StreamSession:
 
     def _backlog_full(self) -> Close:
         limit = audio_backlog_limit(self.params)
-        if self.bytes_per_second:
-            held = f"{limit / self.bytes_per_second:g} seconds of audio"
+        if rate := self.record.bytes_per_second:
+            held = f"{limit / rate:g} seconds of audio"
             return protocol.backlog_full(held, "MAX_AUDIO_BACKLOG_SECONDS")
         return protocol.backlog_full(
             f"{limit} bytes of audio", "MAX_AUDIO_BACKLOG_BYTES"
@@ -320,7 +299,7 @@ class StreamSession:
             return
         self._enter(State.FLUSHING)
         self.close_reason = reason
-        self.progress_at = asyncio.get_running_loop().time()
+        self.clock.progress_at = asyncio.get_running_loop().time()
         self.wake_watch.set()  # the flush bound starts now
         await self.stream.end_audio()
 
@@ -333,7 +312,7 @@ class StreamSession:
         # of CONNECTING.
         while self.state is State.CONNECTING and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        self.drain_deadline = deadline
+        self.clock.drain_deadline = deadline
         if self.state is State.STREAMING:
             await self.end_audio()
         self.wake_watch.set()  # the deadline joins the timers
@@ -386,13 +365,13 @@ class StreamSession:
                 await self._relay(event)
         except EngineError as exc:
             self.conclude(protocol.engine_error(exc))
-        except _StoreFailed:
+        except StoreFailed:
             self.conclude(protocol.NOT_STORED)
         except Exception:
             logger.exception("session %s: engine failed", self.session_id)
             self.conclude(protocol.ENGINE_FAILED)
         else:
-            if self.drain_deadline is not None:
+            if self.clock.drain_deadline is not None:
                 self.conclude(protocol.GOING_AWAY)  # flushed: its finals are sent
             else:
                 self.conclude(protocol.ended(self.close_reason))
@@ -400,7 +379,7 @@ class StreamSession:
     async def _relay(self, event: TranscriptEvent) -> None:
         now = asyncio.get_running_loop().time()
         if self.state is State.FLUSHING:
-            self.progress_at = now
+            self.clock.progress_at = now
         if event.is_partial:
             self.latency.on_event(now)
             if self.params.send_partials:
@@ -412,19 +391,8 @@ class StreamSession:
 
     async def _relay_final(self, event: TranscriptEvent) -> None:
         """Stored first, then sent: a final the client has seen is never lost."""
-        self.finals += 1
-        try:
-            transcript = await database_sync_to_async(services.transcript_add_final)(
-                session_id=self.session_id,
-                seq=self.finals,
-                event=event,
-                audio_bytes=self.audio_bytes,
-                bytes_per_second=self.bytes_per_second,
-                silence_seconds=self.voice and self.voice.silence_seconds,
-            )
-        except Exception as exc:
-            logger.exception("session %s: final not stored", self.session_id)
-            raise _StoreFailed from exc
+        silence = self.voice.silence_seconds if self.voice is not None else None
+        transcript = await self.record.final(event, silence_seconds=silence)
         if self.voice:
             self.voice.final_stored(transcript)
         await self._send(protocol.event_message(event, detail=self.params.detail))
@@ -439,64 +407,29 @@ class StreamSession:
         """Idle timeout, longest session, and a bound on the final flush."""
         loop = asyncio.get_running_loop()
         while True:
-            now = loop.time()
-            deadline = await self._check_time(now)
-            if deadline is None:
+            due = self.clock.due(
+                loop.time(),
+                flushing=self.state is State.FLUSHING,
+                reading_paused=self.waiting_for_room,
+            )
+            if isinstance(due, Close):
+                self.conclude(due)
                 return
-            if deadline <= now:
-                continue  # the timers moved the session on: look again
+            if isinstance(due, str):
+                await self.end_audio(due)  # then look again: now it flushes
+                continue
             self.wake_watch.clear()
-            pause = max(deadline - loop.time(), 0.05)
+            pause = max(due - loop.time(), 0.05)
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
             # cancellation that meets the event (the task group would wait forever).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await self.wake_watch.wait()
 
-    async def _check_time(self, now: float) -> float | None:
-        """Act on the timers due at `now`; the next time to look (None: concluded)."""
-        if self.drain_deadline is not None and now >= self.drain_deadline:
-            self.conclude(protocol.GOING_AWAY)  # the engine did not finish in time
-            return None
-        if self.state is State.FLUSHING:
-            if now - self.progress_at > FLUSH_TIMEOUT_SECONDS:
-                self.conclude(protocol.ENGINE_TOO_SLOW)
-                return None
-            deadline = self.progress_at + FLUSH_TIMEOUT_SECONDS
-            if self.drain_deadline is not None:
-                deadline = min(deadline, self.drain_deadline)
-            return deadline
-        idle, longest = (
-            settings.TRANSCRIPTION_IDLE_TIMEOUT,
-            settings.MAX_SESSION_SECONDS,
-        )
-        if self.waiting_for_room:  # reading is paused: not the client's idling
-            self.last_audio = now
-        if now - self.last_audio >= idle:
-            await self.end_audio(f"No audio for {idle:g} seconds.")
-            return now
-        if now - self.started >= longest:
-            await self.end_audio(
-                f"Session reached the longest allowed, {longest:g} seconds."
-            )
-            return now
-        return min(self.last_audio + idle, self.started + longest)
-
     async def _heartbeat(self) -> None:
-        """The record says the session lives, with its audio so far."""
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
-            try:
-                await database_sync_to_async(services.session_heartbeat)(
-                    session_id=self.session_id,
-                    audio_bytes=self.audio_bytes,
-                    bytes_per_second=self.bytes_per_second,
-                )
-            except Exception:
-                # Timers must go on: a lost heartbeat only makes the record look stale.
-                logger.warning(
-                    "session %s: heartbeat not stored", self.session_id, exc_info=True
-                )
+            await self.record.heartbeat()
 
     # --- CLOSING → CLOSED ------------------------------------------------------------
 
@@ -510,7 +443,7 @@ class StreamSession:
         if self.stream is not None:
             await self.stream.aclose()  # also frees a sender waiting for room
         if close.kind == protocol.SHUTDOWN and self.voice:
-            await self.voice.flush_and_wait(until=self.drain_deadline)
+            await self.voice.flush_and_wait(until=self.clock.drain_deadline)
         if close.is_error:
             await self._send(protocol.error_message(close.message))
         elif self.voice:
@@ -518,8 +451,12 @@ class StreamSession:
         await self._close_transport(close)
         self._enter(State.CLOSED)
         self.release()
-        await self._record_end(
-            close.code, close.message, error_kind=close.kind, failed=close.is_failure
+        await self.record.end(
+            close.code,
+            close.message,
+            latency=self.latency.summary(),
+            error_kind=close.kind,
+            failed=close.is_failure,
         )
 
     async def transport_lost(self, code: int) -> None:
@@ -544,41 +481,10 @@ class StreamSession:
         self.release()
         self._enter(State.CLOSED)
         if left_first:
-            await self._record_end(code, "client disconnected")
+            await self.record.end(
+                code, "client disconnected", latency=self.latency.summary()
+            )
             logger.info("session %s: client left (%s)", self.session_id, code)
-
-    async def _record_end(self, code: int | None, reason: str, **extra) -> None:
-        rate = self.bytes_per_second
-        audio_seconds = self.audio_bytes / rate if rate else 0.0
-        metrics.session_ended(
-            close_code=code, engine=self.engine.name, audio_seconds=audio_seconds
-        )
-        logger.info(
-            "session %s ended (%s%s): %.1f s of audio, %d finals",
-            self.session_id,
-            code,
-            f", {extra['error_kind']}" if extra.get("error_kind") else "",
-            audio_seconds,
-            self.finals,
-        )
-        await self._record(
-            services.session_end,
-            session_id=self.session_id,
-            close_code=code,
-            reason=reason,
-            audio_bytes=self.audio_bytes,
-            bytes_per_second=self.bytes_per_second,
-            latency=self.latency.summary(),
-            **extra,
-        )
-
-    async def _record(self, service, **kwargs) -> None:
-        try:
-            await database_sync_to_async(service)(**kwargs)
-        except Exception:
-            # The socket is already closed; a record left active is closed later as
-            # abandoned (its heartbeat stopped).
-            logger.exception("session %s: end not recorded", self.session_id)
 
     def release(self) -> None:
         """Give back the process's slot and leave the shutdown's list (idempotent)."""
