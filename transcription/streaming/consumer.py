@@ -60,12 +60,12 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         else:
             await session.receive_audio(message["bytes"])
 
-    async def dispatch(self, message: dict) -> None:
-        if message.get("type") == REPLY_EVENT:  # a worker's reply, via the layer
+    async def dispatch_layer(self, message: dict) -> None:
+        if message.get("type") == REPLY_EVENT:  # a worker's reply
             if self.session is not None:
                 await self.session.reply(message)  # type: ignore[arg-type]
             return
-        await super().dispatch(message)
+        await super().dispatch_layer(message)
 
     async def disconnect(self, code: int) -> None:
         if self.session is not None:

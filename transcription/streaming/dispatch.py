@@ -83,12 +83,16 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
             while True:
                 message = await self.channel_receive()
                 async with self._dispatching:
-                    await self.dispatch(message)
+                    await self.dispatch_layer(message)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the consumer's task, which ends
             self._layer_exit = exc
             consumer_task.cancel()
+
+    async def dispatch_layer(self, message: dict) -> None:
+        """A channel-layer message (a subclass may route some itself)."""
+        await self.dispatch(message)
 
     async def dispatch(self, message):
         if message.get("type") == RECEIVE:
