@@ -1,7 +1,7 @@
 """A bare ASGI app under plain daphne: reports each WebSocket message it receives;
 the text `close:CODE` makes it close with that code and the reason "bye".
 
-With `frames_app_limited` (the same app with `daphne_limits` installed) it shows what
+With `frames_app_limited` (the same app with `flow_control` installed) it shows what
 the patch changes against daphne's original behaviour.
 """
 

@@ -1,6 +1,6 @@
 """A bare ASGI app under plain daphne: a WebSocket that says goodbye when drained.
 
-With `shutdown_app_graceful` (the same app with `daphne_shutdown` installed) it shows
+With `shutdown_app_graceful` (the same app with `server.shutdown` installed) it shows
 what the patch changes against daphne's original behaviour at SIGTERM and SIGINT.
 """
 

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from voiceproject.server import relay_speedups
+from voiceproject.server import relay_speedups, websocket_protocol
 
 
 @pytest.fixture(autouse=True)
@@ -89,9 +89,9 @@ def test_data_received_goes_to_the_websocket_parser(monkeypatch):
 def test_debug_logging_is_detected():
     log = txaio.make_logger()
     log._set_log_level("info")
-    assert not relay_speedups._debug_enabled(log)
+    assert not websocket_protocol._debug_enabled(log)
     log._set_log_level("debug")
-    assert relay_speedups._debug_enabled(log)
+    assert websocket_protocol._debug_enabled(log)
 
 
 async def test_session_middleware_still_sets_the_cookie_on_http(settings):
@@ -162,7 +162,7 @@ def _read_all(sock) -> bytes:
 
 def test_write_now_sends_at_once_when_nothing_is_buffered():
     transport, peer, reactor = _tcp_pair()
-    relay_speedups.write_now(transport, b"hello")
+    websocket_protocol.write_now(transport, b"hello")
     assert peer.recv(100) == b"hello"
     assert reactor.writers == set()  # Twisted's buffer and the event loop untouched
 
@@ -173,10 +173,10 @@ def test_write_now_buffers_the_rest_in_order_when_the_socket_is_full():
     for n in range(20000):  # far more than a socket pair's buffers hold
         chunk = f"{n:08d}".encode() * 16
         sent.append(chunk)
-        relay_speedups.write_now(transport, chunk)
+        websocket_protocol.write_now(transport, chunk)
     assert reactor.writers == {transport}  # the rest waits in Twisted's buffer
     received = _read_all(peer)  # the socket has room again, Twisted's buffer not empty
-    relay_speedups.write_now(transport, b"LAST")  # must not overtake what waits
+    websocket_protocol.write_now(transport, b"LAST")  # must not overtake what waits
     sent.append(b"LAST")
     while transport in reactor.writers:  # the event loop's writes, as it would
         transport.doWrite()
@@ -198,7 +198,7 @@ class _Original(WebSocketProtocol):
     sendData = _AUTOBAHN.sendData
 
     def handle_reply(self, message):
-        relay_speedups.ORIGINALS["handle_reply"](self, message)
+        websocket_protocol.ORIGINALS["handle_reply_without_fast_path"](self, message)
 
 
 def _server_protocol(cls, *, limit: int = 4096):
@@ -256,7 +256,7 @@ def _frame(
     head = bytes((0x80 * fin | rsv << 4 | opcode,)) + length
     if not masked:
         return head + payload
-    return head + mask + relay_speedups.unmask(mask, payload)
+    return head + mask + websocket_protocol.unmask(mask, payload)
 
 
 _frames = st.builds(
@@ -330,7 +330,7 @@ def test_unmask_is_autobahns_masker(mask, payload):
     expected = (
         create_xor_masker(mask, len(payload)).process(payload) if payload else b""
     )
-    assert relay_speedups.unmask(mask, payload) == expected
+    assert websocket_protocol.unmask(mask, payload) == expected
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ is lost. Installed, that trigger instead
 Meanwhile the reactor runs: sockets are served, listening continues (the
 application refuses new sessions). Written against daphne 4.2 (`Server.
 kill_all_applications` registered by `Server.run`, `Server.connections`);
-`install()` refuses other versions.
+`install()` refuses other versions. daphne's `Server` has one other patch:
+`application_queue` (`create_application`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ TESTED = {
     "daphne": ">=4.2,<4.3",
     "autobahn": ">=26.11,<27",
     "channels": ">=4.3,<4.4",
-    "twisted": ">=26.10,<27",  # voiceproject/relay_speedups.py (write_now)
+    "twisted": ">=26.10,<27",  # websocket_protocol.write_now (relay_speedups)
     "amazon-transcribe": "==0.6.4",  # transcription/engines/aws_compat.py
 }
 

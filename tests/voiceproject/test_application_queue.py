@@ -1,10 +1,10 @@
-"""daphne_limits.FlowQueue: daphne's application queue, with flow control."""
+"""application_queue.FlowQueue: daphne's application queue, with flow control."""
 
 import asyncio
 
 import pytest
 
-from voiceproject.server.flow_control import FlowQueue
+from voiceproject.server.application_queue import FlowQueue
 
 
 class Transport:

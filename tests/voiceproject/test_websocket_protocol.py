@@ -1,9 +1,10 @@
-"""daphne_closes: the close frame carries the app's code and its reason, cut to fit."""
+"""websocket_protocol's close codes: the close frame carries the app's code and its
+reason, cut to fit."""
 
 import pytest
 from daphne.ws_protocol import WebSocketProtocol
 
-from voiceproject.server import closes as daphne_closes
+from voiceproject.server import websocket_protocol
 
 
 class Socket:
@@ -21,7 +22,7 @@ class Socket:
 
 
 def close(reason, code=1008) -> tuple[int, bytes | None]:
-    daphne_closes.install()
+    websocket_protocol.install_close_codes()
     socket = Socket()
     message = {"type": "websocket.close", "code": code, "reason": reason}
     WebSocketProtocol.handle_reply(socket, message)

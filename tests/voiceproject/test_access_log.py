@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from accounts.tokens import text_holds_token, token_generate
-from voiceproject.server import access_log as daphne_access_log
+from voiceproject.server import access_log
 from voiceproject.server.access_log import redact
 
 RAW = "vp_Zx9-_abcDEF0123456789abcdefghijklmnopqrstuv"
@@ -86,8 +86,8 @@ def test_redacted_output_never_holds_a_token(path):
 
 
 def test_installed_access_log_writes_redacted_lines():
-    daphne_access_log.install()
-    daphne_access_log.install()  # once only
+    access_log.install()
+    access_log.install()  # once only
     stream = io.StringIO()
     log = AccessLogGenerator(stream)
     log(

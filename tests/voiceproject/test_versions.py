@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_installed_libraries_are_the_versions_the_patches_were_written_for():
-    # daphne_closes, daphne_access_log, daphne_limits, relay_speedups, the
-    # streaming dispatch and aws_compat all check their libraries against these.
+    # websocket_protocol, application_queue, flow_control, shutdown, access_log,
+    # relay_speedups, the streaming dispatch and aws_compat all check their
+    # libraries against these.
     assert versions_untested(TESTED) == []
 
 
@@ -40,13 +41,11 @@ def test_a_missing_library_is_refused():
 
 
 def test_relay_speedups_fall_back_with_a_warning_on_other_versions(monkeypatch, caplog):
-    from voiceproject.server import relay_speedups
+    from voiceproject.server import relay_speedups, session_middleware
 
     monkeypatch.setattr(relay_speedups, "TESTED_VERSIONS", {"channels": "<1"})
     called = []
-    monkeypatch.setattr(
-        relay_speedups, "install_session_fast_path", lambda: called.append(1)
-    )
+    monkeypatch.setattr(session_middleware, "install", lambda: called.append(1))
     relay_speedups.install()
     assert called == []
     assert "relay speedups off (untested channels 4." in caplog.text
