@@ -56,7 +56,7 @@ async def test_a_message_over_the_limit_in_fragments_gets_1009(echo_server, raw_
         # daphne as it is: its own 1 MiB limit drops the connection, the app
         # never hears of it (the client sees 1006).
         ("tests.voiceproject.frames_app:application", 1006, []),
-        # With daphne_limits: the app is told the size and closes 1009 itself.
+        # With server.flow_control: the app is told the size and closes 1009 itself.
         (
             "tests.voiceproject.frames_app_limited:application",
             1009,
@@ -64,7 +64,7 @@ async def test_a_message_over_the_limit_in_fragments_gets_1009(echo_server, raw_
         ),
     ],
 )
-def test_daphne_limits_against_daphne_as_it_is(app, close_code, received):
+def test_flow_control_against_daphne_as_it_is(app, close_code, received):
     async def send_huge(url):
         async with connect(url, max_size=None) as ws:
             await ws.send(b"\0" * TWO_MIB)
@@ -82,11 +82,12 @@ def test_daphne_limits_against_daphne_as_it_is(app, close_code, received):
         # daphne as it is: autobahn refuses to send 1008 itself, the app's send
         # raises and daphne closes 1011 (django/daphne#374), without the reason.
         ("tests.voiceproject.frames_app:application", (1011, "")),
-        # With daphne_closes: the code and reason the app asked for.
+        # With the close codes (server.websocket_protocol): the code and reason
+        # the app asked for.
         ("tests.voiceproject.frames_app_limited:application", (1008, "bye")),
     ],
 )
-def test_daphne_closes_against_daphne_as_it_is(app, closed):
+def test_close_codes_against_daphne_as_it_is(app, closed):
     async def ask_for_1008(url):
         async with connect(url) as ws:
             await ws.send("close:1008")

@@ -1,8 +1,9 @@
 """SIGTERM and SIGINT to a real daphne: sessions drained, a clean exit.
 
-First daphne as it is against daphne with `daphne_shutdown` (a bare app), then the
-project under daphne with the offline engine, its decoding processes and a real
-client, several times over (the crash this replaced came once in a few tries).
+First daphne as it is against daphne with `voiceproject.server.shutdown` (a bare
+app), then the project under daphne with the offline engine, its decoding processes
+and a real client, several times over (the crash this replaced came once in a few
+tries).
 """
 
 import asyncio
@@ -38,7 +39,7 @@ def _stop(process: subprocess.Popen, sig: signal.Signals) -> int:
     [
         # daphne as it is: the application is cancelled, the socket dropped (1006).
         ("tests.voiceproject.shutdown_app:application", 1006, [{"ready": True}]),
-        # With daphne_shutdown: the application drains first and closes itself.
+        # With server.shutdown: the application drains first and closes itself.
         (
             "tests.voiceproject.shutdown_app_graceful:application",
             1001,
@@ -46,7 +47,7 @@ def _stop(process: subprocess.Popen, sig: signal.Signals) -> int:
         ),
     ],
 )
-def test_daphne_shutdown_against_daphne_as_it_is(sig, app, close_code, received):
+def test_server_shutdown_against_daphne_as_it_is(sig, app, close_code, received):
     async def session(server):
         async with connect(server.ws_url) as ws:
             assert json.loads(await ws.recv()) == {"ready": True}

@@ -1,4 +1,4 @@
-"""A server process's orderly stop (SIGTERM, SIGINT), called by daphne_shutdown.
+"""A server process's orderly stop (SIGTERM, SIGINT), from voiceproject.server.shutdown.
 
 `drain()`: new sessions are refused (`{"error"}` + 1013); each open session stops
 taking audio, its engine flushes what it heard, its finals (and, within the time,
