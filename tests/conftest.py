@@ -1,6 +1,5 @@
 """Shared fixtures: users, API tokens, a WebSocket client for the ASGI app."""
 
-import json
 import os
 from urllib.parse import urlencode
 
@@ -53,16 +52,6 @@ async def connect():
     yield _connect
     for communicator in opened:
         await communicator.disconnect()
-
-
-async def receive_until_close(communicator, wait: float = 10):
-    """Every JSON message up to the close; returns (messages, close message)."""
-    messages = []
-    while True:
-        output = await communicator.receive_output(wait)
-        if output["type"] == "websocket.close":
-            return messages, output
-        messages.append(json.loads(output["text"]))
 
 
 @pytest.fixture(scope="session", autouse=True)

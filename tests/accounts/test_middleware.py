@@ -16,7 +16,7 @@ from accounts.middleware import (
     parse_origin,
 )
 from accounts.throttle import auth_failures
-from tests.conftest import receive_until_close
+from tests.helpers import receive_until_close
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

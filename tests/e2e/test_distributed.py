@@ -22,7 +22,8 @@ from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
 from tests.e2e.servers import run_daphne, run_process
-from tests.transcription.voice_fakes import TcpReceiver, eventually
+from tests.helpers import eventually
+from tests.transcription.voice_fakes import TcpReceiver
 from transcription.models import AudioSession, ReceiverBatch
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]

@@ -9,7 +9,7 @@ from websockets.asyncio.client import connect
 
 from accounts.services import api_token_create
 from tests.e2e.servers import drain, run_daphne
-from tests.transcription.voice_fakes import eventually
+from tests.helpers import eventually
 from transcription.models import AudioSession, SessionError
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
 from tests.e2e.servers import ROOT, drain, run_daphne, server_env
-from tests.transcription.voice_fakes import eventually
+from tests.helpers import eventually
 from transcription.models import SessionError
 
 pytestmark = [

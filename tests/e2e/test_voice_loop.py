@@ -19,7 +19,8 @@ from websockets.exceptions import ConnectionClosed
 from accounts.services import api_token_create
 from tests.audio import mp3_seconds
 from tests.e2e.servers import free_port, run_daphne, run_process
-from tests.transcription.voice_fakes import HttpReceiver, TcpReceiver, eventually
+from tests.helpers import eventually
+from tests.transcription.voice_fakes import HttpReceiver, TcpReceiver
 from transcription.models import ReceiverBatch, SessionError
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]

@@ -11,9 +11,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
+from tests.audio import chunks, read_pcm
 from tests.e2e.servers import ROOT, run_daphne
 from tests.e2e.test_offline_engine import children, wait_gone
-from tests.transcription.test_offline_engine import chunks, read_pcm
 from tests.transcription.test_whisper_engine import LIGHTS, WEATHER, words
 from transcription.models import AudioSession
 

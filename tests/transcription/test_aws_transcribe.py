@@ -7,9 +7,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from tests.audio import chunks, fixture_pcm
-from tests.conftest import receive_until_close
+from tests.helpers import receive_until_close, until
 from tests.transcription.fake_transcribe import Play, running_fake
-from tests.transcription.voice_fakes import until
 from transcription.engines import EngineError, StreamParams, _load, aws_transcribe
 from transcription.engines.aws_transcribe import AwsTranscribeEngine
 from transcription.engines.echo import EchoEngine

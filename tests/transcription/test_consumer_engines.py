@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from tests.conftest import receive_until_close
+from tests.helpers import receive_until_close
 from tests.transcription import fake_engines
 from transcription.models import AudioSession, SessionError
 from transcription.streaming import timers

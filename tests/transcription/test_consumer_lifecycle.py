@@ -15,8 +15,7 @@ from django.db import OperationalError
 
 from accounts.services import api_token_create
 from tests.audio import fixture_pcm
-from tests.conftest import receive_until_close
-from tests.transcription.voice_fakes import eventually, until
+from tests.helpers import eventually, receive_until_close, until
 from transcription import services
 from transcription.models import AudioSession, SessionError, Transcript
 from transcription.runtime import capacity, shutdown, worker_runner

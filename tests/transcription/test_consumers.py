@@ -7,8 +7,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from accounts.services import api_token_revoke
-from tests.conftest import receive_until_close
-from tests.transcription.voice_fakes import eventually
+from tests.helpers import eventually, receive_until_close
 from transcription.models import AudioSession, SessionError, Transcript
 from transcription.streaming import session as stream_session
 

@@ -3,7 +3,7 @@
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import receive_until_close
+from tests.helpers import receive_until_close
 from tests.transcription.voice_fakes import TcpReceiver
 from transcription.engines import TranscriptEvent
 from transcription.models import AudioSession, WorkerHeartbeat

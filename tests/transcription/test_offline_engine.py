@@ -9,13 +9,12 @@ import pytest
 import soxr
 
 from tests.audio import chunks, read_pcm
-from tests.conftest import receive_until_close
+from tests.helpers import receive_until_close
+from tests.transcription.engine_helpers import WAIT, stream_all
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import pocketsphinx_worker as worker
 from transcription.engines.pocketsphinx import PocketsphinxEngine
 from transcription.engines.pool import OfflineStream
-
-WAIT = 60  # bound on any one recognition; the fixtures decode in about a second
 
 
 def finals(events) -> list[str]:
@@ -32,25 +31,6 @@ def engine(settings) -> PocketsphinxEngine:
 
 async def open_stream(engine: PocketsphinxEngine, rate: int = 16000) -> OfflineStream:
     return await engine.open(StreamParams(sample_rate=rate, session_id="test"))
-
-
-async def stream_all(stream: OfflineStream, audio: bytes, chunk: int = 1024) -> list:
-    """Send the audio chunk by chunk, then END; every event up to the end."""
-
-    async def collect():
-        return [event async for event in stream.events()]
-
-    collector = asyncio.create_task(collect())
-    try:
-        for piece in chunks(audio, chunk):
-            await stream.send_audio(piece)
-            await asyncio.sleep(0)  # let the decode task take turns, as a socket would
-        await stream.end_audio()
-        return await asyncio.wait_for(collector, WAIT)
-    finally:
-        collector.cancel()
-        await asyncio.gather(collector, return_exceptions=True)
-        await stream.aclose()
 
 
 async def transcribe(engine, name: str, chunk: int = 1024) -> list:

@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from tests.transcription.voice_fakes import until
+from tests.helpers import until
 from transcription.engines.echo import EchoEngine
 from transcription.models import AudioSession, Transcript
 from transcription.streaming.admission import Client

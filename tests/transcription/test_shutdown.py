@@ -5,8 +5,8 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from tests.conftest import receive_until_close
-from tests.transcription.voice_fakes import TcpReceiver, eventually, until
+from tests.helpers import eventually, receive_until_close, until
+from tests.transcription.voice_fakes import TcpReceiver
 from transcription import services
 from transcription.engines import TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError

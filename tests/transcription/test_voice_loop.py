@@ -6,12 +6,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from tests.audio import mp3_seconds
-from tests.conftest import receive_until_close
-from tests.transcription.voice_fakes import (
-    HttpReceiver,
-    TcpReceiver,
-    eventually,
-)
+from tests.helpers import eventually, receive_until_close
+from tests.transcription.voice_fakes import HttpReceiver, TcpReceiver
 from transcription.models import ReceiverBatch, SessionError, Transcript
 from transcription.runtime import worker_runner
 

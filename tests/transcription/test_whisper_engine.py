@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import receive_until_close
-from tests.transcription.test_offline_engine import chunks, read_pcm, stream_all
+from tests.audio import chunks, read_pcm
+from tests.helpers import receive_until_close
+from tests.transcription.engine_helpers import stream_all
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import whisper_model as model
 from transcription.engines.pool import OfflineStream

@@ -11,7 +11,8 @@ import time_machine
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from tests.transcription.voice_fakes import TcpReceiver, eventually
+from tests.helpers import eventually
+from tests.transcription.voice_fakes import TcpReceiver
 from transcription import selectors, services
 from transcription.engines import TranscriptEvent
 from transcription.models import AudioSession, ReceiverBatch, SessionError

@@ -132,23 +132,3 @@ class BrokenSpeech:
 
     async def synthesize(self, text: str, *, language: str) -> bytes:
         raise TtsError("speaker unplugged")
-
-
-async def until(condition: Callable[[], object], seconds: float = 10) -> None:
-    """Wait until `condition()` (something of this loop or another thread) holds,
-    bounded so that a failure cannot hang."""
-    async with asyncio.timeout(seconds):
-        while not condition():  # noqa: ASYNC110 (no event to wait on)
-            await asyncio.sleep(0.01)
-
-
-async def eventually(check: Callable[[], object], seconds: float = 10) -> object:
-    """Poll a database condition (run in a thread) until it holds, bounded."""
-    from asgiref.sync import sync_to_async
-
-    async def poll():
-        while not (result := await sync_to_async(check)()):  # noqa: ASYNC110 (the DB)
-            await asyncio.sleep(0.02)
-        return result
-
-    return await asyncio.wait_for(poll(), seconds)

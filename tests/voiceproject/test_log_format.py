@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from tests.conftest import receive_until_close
 from tests.e2e.servers import ROOT
-from tests.transcription.voice_fakes import eventually
+from tests.helpers import eventually, receive_until_close
 from transcription.models import AudioSession
 from transcription.operations.log_format import JsonFormatter
 
