@@ -38,7 +38,7 @@ def _session():
 
 
 async def _with_flow_control(raw: str, **params):
-    """A communicator whose scope says reading can be paused, as daphne_limits does."""
+    """A communicator whose scope says reading can be paused, as flow control does."""
     from voiceproject.asgi import application
 
     query = "&".join(f"{k}={v}" for k, v in {"token": raw, **params}.items())
@@ -93,7 +93,7 @@ async def test_a_sender_waiting_for_room_stops_waiting_when_the_client_leaves(
     for _ in range(3):
         await ws.send_to(bytes_data=b"\0" * 8000)
     await until(lambda: any(c.waiting_for_room for c in shutdown._sessions))
-    disconnected.set()  # what daphne_limits does when the socket closes
+    disconnected.set()  # what flow control does when the socket closes
     await ws.send_input({"type": "websocket.disconnect", "code": 1001})
     session = await eventually(
         lambda: AudioSession.objects.exclude(status="active").first(), seconds=3
