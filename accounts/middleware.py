@@ -14,7 +14,7 @@ consumer:
 - scope["api_token"] and, when known, scope["user"].
 
 The consumer accepts the handshake and refuses with `{"error": AUTH_REFUSALS[method]}`
-and close 1008, as SPEC §3 requires.
+and close 1008, as docs/protocol.md §2 requires.
 """
 
 import ipaddress

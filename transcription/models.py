@@ -182,7 +182,9 @@ class ReceiverBatchQuerySet(models.QuerySet):
 
 
 class ReceiverBatch(models.Model):
-    """Finals of a session sent together to the receiver, with its reply (SPEC §4).
+    """Finals of a session sent together to the receiver, with its reply.
+
+    The batch path: docs/protocol.md §9.
 
     Life: `open` while finals join (due when SILENCE_SECONDS pass without one),
     `claimed` by one worker at a time (a lease), `pending` between retries,

@@ -1,4 +1,7 @@
-"""Settings for voiceproject: every choice comes from the environment (SPEC §10)."""
+"""Settings for voiceproject: every choice comes from the environment.
+
+Each variable, its default and meaning: docs/settings.md.
+"""
 
 import datetime as dt
 import os
@@ -180,7 +183,7 @@ MAX_AUDIO_BACKLOG_BYTES = env.int("MAX_AUDIO_BACKLOG_BYTES", default=4 * 1024 * 
 # they close 1001 (voiceproject.server.shutdown, transcription.runtime.shutdown).
 DRAIN_SECONDS = env.float("DRAIN_SECONDS", default=10.0)
 # How often each server process checks that its running sessions' tokens, users and
-# browser logins still hold (one query per kind for all of them; SPEC §3).
+# browser logins still hold (one query per kind for all of them; docs/protocol.md §2).
 ACCESS_CHECK_SECONDS = env.float("ACCESS_CHECK_SECONDS", default=2.0)
 OFFLINE_DECODER_PROCESSES = env.int(
     "OFFLINE_DECODER_PROCESSES", default=os.cpu_count() or 1
@@ -197,7 +200,7 @@ WHISPER_CPU_THREADS = env.int("WHISPER_CPU_THREADS", default=1)
 AWS_REGION = env.str("AWS_REGION", default="eu-west-1")
 AWS_TRANSCRIBE_ENDPOINT = env.str("AWS_TRANSCRIBE_ENDPOINT", default="")
 
-# --- Operations (SPEC §11): health, metrics, logs ------------------------------
+# --- Operations (docs/operations.md): health, metrics, logs ---------------------
 # /readyz fails when a due receiver batch has waited longer than this (seconds).
 READY_MAX_BATCH_AGE = env.float("READY_MAX_BATCH_AGE", default=120.0)
 # /metrics is served to these socket peers (addresses or CIDRs) and to requests

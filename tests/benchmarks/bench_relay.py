@@ -1,4 +1,6 @@
-"""Relay benchmark (SPEC §9): concurrent real-time 16 kHz streams against one core.
+"""Relay benchmark: concurrent real-time 16 kHz streams against one core.
+
+The targets and the recorded figures: docs/performance.md §1-§3.
 
     /work/main/.venv/bin/python tests/benchmarks/bench_relay.py [--streams 400]
         [--seconds 20] [--servers websockets,channels,candidate,uvicorn]
@@ -14,7 +16,7 @@ bytes"}` comes back. Servers, in the same run and under the same load:
 - candidate: our daphne + voiceproject.asgi with TRANSCRIPTION_ENGINE=echo, token auth
   and session records in a temporary, migrated SQLite database;
 - uvicorn: the same application under `uvicorn --ws websockets` (a benchmark row only:
-  not a supported server, see the README).
+  not a supported server, see docs/performance.md §6).
 
 Printed per server and stream count: latency p50/p99/max, frames lost, sessions closed
 early or refused, the server's CPU % (from /proc/PID/stat) over the streaming window,

@@ -72,7 +72,7 @@ def browser():
 
 
 class Receiver(socketserver.ThreadingTCPServer):
-    """A receiver (SPEC §4, TCP) that answers every batch with what it heard."""
+    """A TCP receiver (docs/protocol.md §10) answering each batch with what it heard."""
 
     daemon_threads = True
     documents: list[dict]

@@ -1,4 +1,6 @@
-"""Revocations made in another process end running sessions within 5 s (SPEC §3).
+"""Revocations made in another process end running sessions within 5 s.
+
+The rule: docs/protocol.md §2.
 
 The server runs with the in-memory channel layer and the default ACCESS_CHECK_SECONDS:
 nothing but the database tells it that a token was revoked, a user deactivated or a

@@ -1,4 +1,7 @@
-"""The demo receiver: its answers, and the SPEC §4 protocol through the real client."""
+"""The demo receiver: its answers, and its protocol through the real client.
+
+The receiver protocol: docs/protocol.md §10.
+"""
 
 import asyncio
 import sys

@@ -2,9 +2,9 @@
 
 The fuzz throws random query strings, headers, and text and binary frames of odd
 sizes (repeated END_OF_STREAM included) at the real ASGI stack and checks the
-contract of SPEC §3: every session ends with a documented close, any close other
-than 1000 comes right after exactly one {"error"}, the application raises nothing,
-and nothing hangs.
+contract of docs/protocol.md §6: every session ends with a documented close, any
+close other than 1000 comes right after exactly one {"error"}, the application
+raises nothing, and nothing hangs.
 """
 
 import asyncio

@@ -1,4 +1,4 @@
-"""The receiver client against real loopback servers (SPEC §4 framing)."""
+"""The receiver client against real loopback servers (docs/protocol.md §10 framing)."""
 
 import asyncio
 import base64

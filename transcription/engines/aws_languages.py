@@ -1,4 +1,4 @@
-"""What AWS Transcribe Streaming accepts (SPEC §3), as data: extend it here."""
+"""What AWS Transcribe Streaming accepts (docs/protocol.md §3), as data: extend here."""
 
 LANGUAGES: tuple[str, ...] = (
     "en-US",

@@ -110,7 +110,7 @@ def whisper_language(language: str) -> str:
 
 
 def client_languages(*, english_only: bool) -> tuple[str, ...]:
-    """The `language` values a client may ask for (SPEC §3's list, as data)."""
+    """The `language` values a client may ask for (docs/protocol.md §3, as data)."""
     return tuple(
         code
         for code in CLIENT_LANGUAGES

@@ -54,7 +54,7 @@ def batch_next_due_at() -> dt.datetime | None:
 
 
 def batch_document(*, batch_pk: int) -> dict:
-    """The JSON document the receiver gets for a batch (SPEC §4)."""
+    """The JSON document the receiver gets for a batch (docs/protocol.md §10)."""
     batch = ReceiverBatch.objects.select_related("session").get(pk=batch_pk)
     finals = batch.transcripts.order_by("seq").values_list("text", "created_at")
     return {

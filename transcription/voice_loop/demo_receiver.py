@@ -1,4 +1,6 @@
-"""The built-in demo receiver (`manage.py run_receiver`): a small bot on SPEC §4 TCP.
+"""The built-in demo receiver (`manage.py run_receiver`): a small bot on TCP.
+
+Its protocol: docs/protocol.md §10.
 
 It reads one batch document (JSON and a newline, or EOF), answers with
 `{"message": "…"}` and a newline, and closes. The answer comes from a few rules about

@@ -1,4 +1,4 @@
-"""The client of the receiver service (SPEC §4): one exchange over TCP or HTTP.
+"""The receiver service's client (docs/protocol.md §10): one exchange, TCP or HTTP.
 
 TCP: connect, write one JSON document and `\\n`, shut down the write side, read the
 reply until `\\n` or EOF. HTTP: POST the same JSON to RECEIVER_URL. A reply that parses

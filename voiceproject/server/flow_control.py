@@ -1,4 +1,4 @@
-"""Frame size and flow control for daphne's WebSockets (SPEC §3, §9): the public API.
+"""Frame size and flow control for daphne (docs/protocol.md §7): the public API.
 
 Two things daphne does not do for an audio relay:
 

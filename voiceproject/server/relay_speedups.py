@@ -1,4 +1,4 @@
-"""Per-frame shortcuts for daphne, autobahn and Channels (SPEC §9, README Performance).
+"""Per-frame shortcuts for daphne, autobahn and Channels (docs/performance.md §3).
 
 An audio stream is a WebSocket frame in and a message out every 32 ms, so work done
 per frame is multiplied by ~31 a second per session. Costs that do nothing for us are

@@ -12,23 +12,24 @@ Three patches, each installed on its own, once:
 
 **Close codes.** Daphne hands `websocket.close` to autobahn's `sendClose`, which accepts
 only 1000 and 3000-4999 (the limits browsers put on *client* code) and daphne drops the
-reason; so 1008/1009/1011/1013, which seed 004 and SPEC §3 require, become a 1011 crash
-(django/daphne#374). We send the close frame through autobahn's lower-level
+reason; so 1008/1009/1011/1013, which seed 004 and docs/protocol.md §6 require, become a
+1011 crash (django/daphne#374). We send the close frame through autobahn's lower-level
 `sendCloseFrame`, which any RFC 6455 code may use.
 
-**Frame limits** (SPEC §3). autobahn learns a frame's length from its header and
-daphne's own limit (1 MiB) then drops the TCP connection: the client sees 1006 and the
-consumer never hears of it. Here the limit is MAX_FRAME_BYTES, the payload of an
+**Frame limits** (docs/protocol.md §7). autobahn learns a frame's length from its header
+and daphne's own limit (1 MiB) then drops the TCP connection: the client sees 1006 and
+the consumer never hears of it. Here the limit is MAX_FRAME_BYTES, the payload of an
 oversized frame is discarded as it arrives (never buffered), and the consumer gets
 `{"type": "websocket.receive", "bytes": b"", "too_big": <length>}`.
 
-**Fast path** (SPEC §9, `relay_speedups`). autobahn formats a debug line for every read
-and write before its logger drops it: with its debug logging off, `dataReceived` and
-the plain path of `sendData` run without it, and `sendData` writes with `write_now`.
-autobahn parses every frame through a dozen calls: a whole, masked, unfragmented binary
-frame within the size limits is taken in one step (`processData`), and a message that
-fits one unmasked frame is written in one (`sendMessage`); every other frame (text,
-control, fragmented, compressed, too big, malformed) takes autobahn's own path.
+**Fast path** (docs/performance.md §3, `relay_speedups`). autobahn formats a debug line
+for every read and write before its logger drops it: with its debug logging off,
+`dataReceived` and the plain path of `sendData` run without it, and `sendData` writes
+with `write_now`. autobahn parses every frame through a dozen calls: a whole, masked,
+unfragmented binary frame within the size limits is taken in one step (`processData`),
+and a message that fits one unmasked frame is written in one (`sendMessage`); every
+other frame (text, control, fragmented, compressed, too big, malformed) takes autobahn's
+own path.
 
 **`handle_reply`** is changed by two of the patches, composed here and only here
 (`_install_handle_reply`): a `websocket.send` on an open socket takes the fast path
