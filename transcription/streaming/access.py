@@ -1,9 +1,10 @@
-"""Running sessions lose their access within seconds of a revocation (SPEC §3).
+"""Running sessions lose their access within seconds of a revocation.
 
-A token revoked or expired, a user deactivated or a browser session logged out may
-change in any process (a command, the admin, another daphne), so each process asks
-the database: every ACCESS_CHECK_SECONDS, one check covers all the sessions its event
-loop serves, and each session whose grant no longer holds is called back once.
+The rule is docs/protocol.md §2. A token revoked or expired, a user deactivated or a
+browser session logged out may change in any process (a command, the admin, another
+daphne), so each process asks the database: every ACCESS_CHECK_SECONDS, one check
+covers all the sessions its event loop serves, and each session whose grant no
+longer holds is called back once.
 """
 
 from __future__ import annotations

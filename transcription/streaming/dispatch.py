@@ -1,10 +1,10 @@
 """A Channels WebSocket consumer whose dispatch loop is cheap enough for audio streams.
 
 A stream sends a frame every 32 ms, so a relay serving hundreds of them dispatches
-thousands of messages a second. Two costs of Channels' own loop dominate there (see
-README, Performance): `channels.utils.await_many_dispatch` creates a task and runs an
-`asyncio.wait` for every message, and `AsyncConsumer.dispatch` first hops to the
-database thread (`aclose_old_connections`) before every handler.
+thousands of messages a second. Two costs of Channels' own loop dominate there
+(docs/performance.md §3.1): `channels.utils.await_many_dispatch` creates a task and
+runs an `asyncio.wait` for every message, and `AsyncConsumer.dispatch` first hops to
+the database thread (`aclose_old_connections`) before every handler.
 """
 
 import asyncio

@@ -8,7 +8,7 @@ from transcription.voice_loop.demo_receiver import DemoReceiver
 
 
 class Command(BaseCommand):
-    help = "Serve the demo receiver (SPEC §4 TCP protocol) until interrupted."
+    help = "Serve the demo receiver (docs/protocol.md §10, TCP) until interrupted."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
