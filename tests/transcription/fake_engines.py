@@ -3,14 +3,14 @@
 import asyncio
 import contextlib
 
+from transcription.close_codes import CLOSE_SERVER_ERROR
 from transcription.engines import (
-    AudioBacklog,
     Capabilities,
     EngineError,
     StreamParams,
     TranscriptEvent,
-    audio_backlog_limit,
 )
+from transcription.engines.stream import BacklogStream
 
 CAPS = Capabilities(
     languages=("en-US",),
@@ -111,17 +111,16 @@ class RefusingEngine:
     capabilities = CAPS
 
     async def open(self, params: StreamParams):
-        raise EngineError("Speech service unavailable.", close_code=1011)
+        raise EngineError("Speech service unavailable.", close_code=CLOSE_SERVER_ERROR)
 
 
-class _ThrottledStream:
+class _ThrottledStream(BacklogStream):
     """Takes audio from a bounded backlog at `rate` bytes a second, like an engine
     that decodes slower than the client sends; its final counts every byte taken."""
 
     def __init__(self, params: StreamParams, rate: int, chunk: int):
-        self._backlog = AudioBacklog(audio_backlog_limit(params))
+        super().__init__(params)
         self._rate, self._chunk = rate, chunk
-        self._events: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._consume())
 
     async def _consume(self) -> None:
@@ -137,20 +136,7 @@ class _ThrottledStream:
         self._events.put_nowait(
             TranscriptEvent(text=f"received {taken} bytes", is_partial=False)
         )
-        self._events.put_nowait(None)
-
-    async def send_audio(self, chunk: bytes) -> None:
-        await self._backlog.put(chunk)
-
-    def backlog_full(self) -> bool:
-        return self._backlog.full
-
-    async def end_audio(self) -> None:
-        self._backlog.end()
-
-    async def events(self):
-        while (event := await self._events.get()) is not None:
-            yield event
+        self._end_events()
 
     async def aclose(self) -> None:
         self._backlog.close()

@@ -15,7 +15,7 @@ import logging
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from amazon_transcribe import exceptions as aws_errors
@@ -27,15 +27,13 @@ from amazon_transcribe.model import TranscriptEvent as AwsTranscriptEvent
 from awscrt.exceptions import AwsCrtError
 from django.conf import settings
 
-from transcription.engines import (
-    AudioBacklog,
-    Capabilities,
-    EngineError,
-    StreamParams,
-    TranscriptEvent,
-    audio_backlog_limit,
-    aws_compat,
+from transcription.close_codes import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_SERVER_ERROR,
+    CLOSE_TRY_AGAIN,
 )
+from transcription.engines import aws_compat
 from transcription.engines.aws_compat import SessionHttp
 from transcription.engines.aws_languages import (
     ENCODINGS,
@@ -44,6 +42,13 @@ from transcription.engines.aws_languages import (
     MIN_SAMPLE_RATE,
 )
 from transcription.engines.options import parse_flag
+from transcription.engines.stream import BacklogStream
+from transcription.engines.types import (
+    Capabilities,
+    EngineError,
+    StreamParams,
+    TranscriptEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +115,7 @@ def sdk_options(options: Mapping[str, str]) -> dict[str, Any]:
         except ValueError as exc:
             raise EngineError(
                 f"Invalid {name} {value[:50]!r}: use {exc}.",
-                close_code=1008,
+                close_code=CLOSE_POLICY,
                 kind="parameters",
             ) from None
     return keywords
@@ -123,14 +128,14 @@ def engine_error(exc: BaseException) -> EngineError:
     if isinstance(exc, aws_errors.BadRequestException) and _NO_AUDIO.search(detail):
         return EngineError(
             "The transcription service ended the stream: no audio for 15 seconds.",
-            close_code=1000,
+            close_code=CLOSE_NORMAL,
             kind="aws_timeout",
         )
     if isinstance(exc, aws_errors.LimitExceededException):
         return EngineError(
             f"Transcription service limit exceeded ({name}: {detail}); "
             "try again later.",
-            close_code=1013,
+            close_code=CLOSE_TRY_AGAIN,
             kind="aws_limit",
         )
     if isinstance(
@@ -138,13 +143,13 @@ def engine_error(exc: BaseException) -> EngineError:
     ):
         return EngineError(
             f"Transcription service refused the request ({name}: {detail}).",
-            close_code=1008,
+            close_code=CLOSE_POLICY,
             kind="aws_bad_request",
         )
     if isinstance(exc, aws_errors.ServiceException):
         return EngineError(
             f"Transcription service error ({name}: {detail}).",
-            close_code=1011,
+            close_code=CLOSE_SERVER_ERROR,
             kind="aws_service",
         )
     if isinstance(exc, aws_errors.CredentialsException) or (
@@ -152,24 +157,26 @@ def engine_error(exc: BaseException) -> EngineError:
     ):
         return EngineError(
             "Transcription service unavailable: AWS credentials could not be resolved.",
-            close_code=1011,
+            close_code=CLOSE_SERVER_ERROR,
             kind="aws_credentials",
         )
     if isinstance(exc, TimeoutError):
         return EngineError(
             "The transcription service did not answer in time.",
-            close_code=1011,
+            close_code=CLOSE_SERVER_ERROR,
             kind="aws_connection",
         )
     if isinstance(exc, AwsCrtError | aws_errors.HTTPException | OSError):
         cause = exc.name if isinstance(exc, AwsCrtError) else name
         return EngineError(
             f"Could not reach the transcription service ({cause}).",
-            close_code=1011,
+            close_code=CLOSE_SERVER_ERROR,
             kind="aws_connection",
         )
     return EngineError(
-        "Transcription failed: engine error.", close_code=1011, kind="engine"
+        "Transcription failed: engine error.",
+        close_code=CLOSE_SERVER_ERROR,
+        kind="engine",
     )
 
 
@@ -182,7 +189,7 @@ def _event_sizes(params: StreamParams) -> tuple[int, int]:
     return per_second // 20, largest - largest % 2
 
 
-class AwsTranscribeStream:
+class AwsTranscribeStream(BacklogStream):
     """One Transcribe stream: a task sends the audio, a task reads the results."""
 
     def __init__(
@@ -191,38 +198,20 @@ class AwsTranscribeStream:
         http: SessionHttp,
         params: StreamParams,
     ):
+        super().__init__(params)
         self._stream = stream
         self._http = http
         self._session_id = params.session_id
         self._min_event, self._max_event = _event_sizes(params)
-        self._audio = AudioBacklog(audio_backlog_limit(params))
-        self._events: asyncio.Queue[TranscriptEvent | EngineError | None] = (
-            asyncio.Queue()
-        )
         self._closed = False
         self._sender = asyncio.create_task(self._send())
         self._reader = asyncio.create_task(self._read())
-
-    async def send_audio(self, chunk: bytes) -> None:
-        await self._audio.put(chunk)
-
-    def backlog_full(self) -> bool:
-        return self._audio.full
-
-    async def end_audio(self) -> None:
-        self._audio.end()
-
-    async def events(self) -> AsyncIterator[TranscriptEvent]:
-        while (item := await self._events.get()) is not None:
-            if isinstance(item, EngineError):
-                raise item
-            yield item
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._audio.close()
+        self._backlog.close()
         self._sender.cancel()
         # Closing the connection completes the CRT's stream, so the reader's pending
         # read returns and it ends by itself; cancelling it instead would leave the
@@ -239,7 +228,7 @@ class AwsTranscribeStream:
 
     async def _send(self) -> None:
         audio = self._stream.input_stream
-        backlog = self._audio
+        backlog = self._backlog
         try:
             while True:
                 await backlog.readable()
@@ -265,13 +254,13 @@ class AwsTranscribeStream:
         except Exception as exc:
             self._fail(exc)
         finally:
-            self._events.put_nowait(None)
+            self._end_events()
 
     def _fail(self, exc: Exception) -> None:
         error = engine_error(exc)
         if self._closed:
             return
-        log = logger.info if error.close_code == 1000 else logger.warning
+        log = logger.info if error.close_code == CLOSE_NORMAL else logger.warning
         log("session %s: Transcribe %s: %r", self._session_id, error.kind, exc)
         self._events.put_nowait(error)
 

@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from transcription.engines import Capabilities, StreamParams, TranscriptEvent
+from transcription.engines.types import Capabilities, StreamParams, TranscriptEvent
 
 _END = None
 MAX_QUEUED_EVENTS = 256
 
 
 class EchoStream:
+    """Not a BacklogStream: what it queues is its partials, and aclose() ends them."""
+
     def __init__(self, params: StreamParams):
         self._bytes_per_second = params.sample_rate * 2
         self._received = 0

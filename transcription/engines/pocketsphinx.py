@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from transcription.engines import Capabilities, pocketsphinx_worker
+from transcription.engines import pocketsphinx_worker
 from transcription.engines.pool import DecoderPool, PooledEngine
+from transcription.engines.types import Capabilities
 
 
 class PocketsphinxEngine(PooledEngine):

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import multiprocessing
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import ModuleType
@@ -29,13 +29,13 @@ from typing import Any
 
 from django.conf import settings
 
-from transcription.engines import (
-    AudioBacklog,
+from transcription.close_codes import CLOSE_SERVER_ERROR
+from transcription.engines.stream import BacklogStream
+from transcription.engines.types import (
     Capabilities,
     EngineError,
     StreamParams,
     TranscriptEvent,
-    audio_backlog_limit,
 )
 from transcription.executors import run_blocking
 
@@ -48,7 +48,6 @@ MAX_SECONDS_PER_CALL = 2.0
 # Starting a decoding process blocks for a moment: a thread pool of its own.
 DECODER_START_POOL = "decoder-start"
 
-_END = object()
 _pools: list[DecoderPool] = []
 
 
@@ -125,8 +124,10 @@ def shutdown_pools(wait: bool = True) -> None:
         pool.shutdown(wait=wait)
 
 
-class OfflineStream:
+class OfflineStream(BacklogStream):
     """One recognition, pinned to one decoding process."""
+
+    repeats_its_end = True
 
     def __init__(
         self,
@@ -139,6 +140,7 @@ class OfflineStream:
         params: StreamParams,
         partials_behind_seconds: float | None = None,
     ) -> None:
+        super().__init__(params)
         self.worker_pid = worker_pid
         self.session_id = params.session_id
         self._pool, self._worker, self._executor = pool, worker, executor
@@ -152,29 +154,8 @@ class OfflineStream:
             else int(params.sample_rate * partials_behind_seconds) * 2
         )
         self._max_call_bytes = int(params.sample_rate * MAX_SECONDS_PER_CALL) * 2
-        self._backlog = AudioBacklog(audio_backlog_limit(params))
         self._closed = False
-        self._events: asyncio.Queue = asyncio.Queue()
         self._task = asyncio.create_task(self._decode_loop())
-
-    async def send_audio(self, chunk: bytes) -> None:
-        await self._backlog.put(chunk)
-
-    def backlog_full(self) -> bool:
-        return self._backlog.full
-
-    async def end_audio(self) -> None:
-        self._backlog.end()
-
-    async def events(self) -> AsyncIterator[TranscriptEvent]:
-        while True:
-            item = await self._events.get()
-            if item is _END or isinstance(item, EngineError):
-                self._events.put_nowait(item)  # later calls end the same way
-                if item is _END:
-                    return
-                raise item
-            yield item
 
     async def aclose(self) -> None:
         if self._closed:
@@ -196,7 +177,7 @@ class OfflineStream:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-        self._events.put_nowait(_END)
+        self._end_events()
         if freed is not None:
             # Shielded: the worker frees the session even if we are cancelled.
             with contextlib.suppress(Exception):
@@ -214,7 +195,7 @@ class OfflineStream:
             self._fail("Transcription failed: decoder error.")
         finally:
             self._backlog.close()  # a sender waiting for room must not wait forever
-            self._events.put_nowait(_END)
+            self._end_events()
 
     async def _decode_all(self) -> None:
         loop = asyncio.get_running_loop()
@@ -252,7 +233,7 @@ class OfflineStream:
         return call_bytes <= self._behind_bytes and not self._backlog
 
     def _fail(self, message: str) -> None:
-        self._events.put_nowait(EngineError(message, close_code=1011))
+        self._events.put_nowait(EngineError(message, close_code=CLOSE_SERVER_ERROR))
 
 
 class PooledEngine:
@@ -296,7 +277,7 @@ class PooledEngine:
             )
         raise EngineError(
             "Transcription is unavailable: the decoder process failed to start.",
-            close_code=1011,
+            close_code=CLOSE_SERVER_ERROR,
         )
 
     async def _session_open(

@@ -1,7 +1,7 @@
 """The Whisper engine: faster-whisper (CTranslate2) in a pool of worker processes.
 
 The pool, the sessions pinned to a process and the flow control are the offline
-engines' (`offline.PooledEngine`); `whisper_worker` decodes. The weights are
+engines' (`pool.PooledEngine`); `whisper_worker` decodes. The weights are
 WHISPER_MODEL: by default the bundled tiny.en, checked against its pinned SHA-256
 before any process loads it; a faster-whisper model name is downloaded once, here,
 before the processes start (deployments that may reach the model hub).
@@ -14,18 +14,15 @@ from typing import Any
 
 from django.conf import settings
 
-from transcription.engines import (
-    Capabilities,
-    EngineError,
-    StreamParams,
-    whisper_worker,
-)
+from transcription.close_codes import CLOSE_SERVER_ERROR
+from transcription.engines import whisper_worker
 from transcription.engines.pool import (
     DECODER_START_POOL,
     DecoderPool,
     OfflineStream,
     PooledEngine,
 )
+from transcription.engines.types import Capabilities, EngineError, StreamParams
 from transcription.engines.whisper_model import (
     ModelError,
     ModelSource,
@@ -88,7 +85,7 @@ class WhisperEngine(PooledEngine):
             logger.error("Whisper engine unusable: %s", error)
             raise EngineError(
                 "Transcription is unavailable: the speech model cannot be loaded.",
-                close_code=1011,
+                close_code=CLOSE_SERVER_ERROR,
             ) from error
         if self._config is None:
             self._config = config

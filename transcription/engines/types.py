@@ -1,0 +1,73 @@
+"""The types every speech-to-text engine and its callers share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from transcription.close_codes import CLOSE_SERVER_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEvent:
+    """A partial or final hypothesis; times are seconds from the start of the audio."""
+
+    text: str
+    is_partial: bool
+    start: float | None = None
+    end: float | None = None
+    result_id: str = ""
+    speaker: str = ""  # when the engine labels speakers (AWS showSpeakerLabel)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParams:
+    """What a client asked for, already validated against the engine's capabilities."""
+
+    language: str = "en-US"
+    encoding: str = "pcm"
+    sample_rate: int = 16000
+    send_partials: bool = True
+    detail: bool = False
+    session_id: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an engine accepts; validation of client parameters reads only this."""
+
+    languages: tuple[str, ...]
+    encodings: tuple[str, ...]
+    min_sample_rate: int
+    max_sample_rate: int
+    options: tuple[str, ...] = ()  # extra query parameters passed through
+
+
+class EngineError(Exception):
+    """A failure to report to the client: one {"error"} then this close code."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        close_code: int = CLOSE_SERVER_ERROR,
+        kind: str = "engine",
+    ):
+        super().__init__(message)
+        self.message = message
+        self.close_code = close_code
+        self.kind = kind
+
+
+def audio_backlog_limit(params: StreamParams) -> int:
+    """Bytes of audio a session may hold waiting for its engine (SPEC §9).
+
+    MAX_AUDIO_BACKLOG_SECONDS of audio for raw PCM (16-bit), MAX_AUDIO_BACKLOG_BYTES
+    for encodings without a fixed byte rate.
+    """
+    if params.encoding == "pcm":
+        return int(settings.MAX_AUDIO_BACKLOG_SECONDS * params.sample_rate * 2)
+    return settings.MAX_AUDIO_BACKLOG_BYTES
