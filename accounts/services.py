@@ -19,6 +19,10 @@ from accounts.tokens import (
     token_prefix,
 )
 
+# A token's last use is recorded at most this often: it tells a stale token from one
+# in use, which needs no finer grain than a write per token per minute.
+LAST_USED_EVERY = dt.timedelta(minutes=1)
+
 
 class TokenNotFound(Exception):
     """No token matches what was given."""
@@ -72,16 +76,25 @@ def api_token_create(
 
 
 def api_token_authenticate(*, raw: str) -> ApiToken | None:
-    """The usable token for `raw`, with its last use recorded; None if none matches."""
+    """The usable token for `raw`, with its last use recorded (at most once every
+    LAST_USED_EVERY); None if none matches."""
     if not token_looks_valid(raw):
         return None
     for token in ApiToken.objects.usable().filter(prefix=token_prefix(raw)):
         if token_matches(raw, token.digest):
-            now = timezone.now()
-            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-            token.last_used_at = now
+            _api_token_record_use(token=token)
             return ApiToken.objects.select_related("user").get(pk=token.pk)
     return None
+
+
+def _api_token_record_use(*, token: ApiToken) -> None:
+    # Conditional, so that a burst of connections with one token (concurrent ones
+    # too) writes its row once a minute, not once per connection.
+    now = timezone.now()
+    ApiToken.objects.filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_EVERY),
+        pk=token.pk,
+    ).update(last_used_at=now)
 
 
 def api_token_find(*, prefix_or_raw: str) -> ApiToken:

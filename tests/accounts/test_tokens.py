@@ -3,6 +3,7 @@
 import datetime as dt
 
 import pytest
+import time_machine
 from django.utils import timezone
 
 from accounts.models import ApiToken
@@ -47,6 +48,22 @@ def test_authenticate_records_last_use(user):
     assert found.user == user
     token.refresh_from_db()
     assert token.last_used_at is not None
+
+
+def test_last_use_is_written_at_most_once_a_minute(user):
+    token, raw = api_token_create(user=user)
+    first = timezone.now()
+    with time_machine.travel(first, tick=False):
+        api_token_authenticate(raw=raw)
+    with time_machine.travel(first + dt.timedelta(seconds=59), tick=False):
+        assert api_token_authenticate(raw=raw) == token
+    token.refresh_from_db()
+    assert token.last_used_at == first
+    later = first + dt.timedelta(seconds=61)
+    with time_machine.travel(later, tick=False):
+        api_token_authenticate(raw=raw)
+    token.refresh_from_db()
+    assert token.last_used_at == later
 
 
 @pytest.mark.parametrize("raw", ["", "vp_short", "not-a-token-at-all-but-long-enough"])
