@@ -144,3 +144,18 @@ async def drain(ws) -> list[dict]:
         async for message in ws:
             messages.append(json.loads(message))
     return messages
+
+
+def children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(child) for child in path.read_text().split()}
+
+
+def wait_gone(pids: set[int], timeout: float = 20) -> set[int]:
+    """The pids still alive after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)

@@ -2,8 +2,6 @@
 
 import json
 import os
-import time
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -11,24 +9,9 @@ from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
 from tests.audio import chunks, read_pcm
-from tests.e2e.servers import run_daphne
+from tests.e2e.servers import children, run_daphne, wait_gone
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def children(pid: int) -> set[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return {int(child) for child in path.read_text().split()}
-
-
-def wait_gone(pids: set[int], timeout: float = 20) -> set[int]:
-    """The pids still alive after up to `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
 from tests.audio import chunks, read_pcm
-from tests.e2e.servers import ROOT, run_daphne
-from tests.e2e.test_offline_engine import children, wait_gone
-from tests.transcription.test_whisper_engine import LIGHTS, WEATHER, words
+from tests.e2e.servers import ROOT, children, run_daphne, wait_gone
+from tests.transcription.engine_helpers import LIGHTS, WEATHER, words
 from transcription.models import AudioSession
 
 pytestmark = pytest.mark.django_db(transaction=True)

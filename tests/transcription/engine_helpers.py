@@ -1,6 +1,7 @@
 """Driving an engine's stream in tests: audio in chunk by chunk, every event out."""
 
 import asyncio
+import re
 
 from tests.audio import chunks
 from transcription.engines import SpeechToText
@@ -25,3 +26,12 @@ async def stream_all(stream: SpeechToText, audio: bytes, chunk: int = 1024) -> l
         collector.cancel()
         await asyncio.gather(collector, return_exceptions=True)
         await stream.aclose()
+
+
+WEATHER = "the weather is nice today"
+LIGHTS = "please turn on the lights"
+
+
+def words(text: str) -> str:
+    """Lower case, punctuation dropped: Whisper writes "Hello world."."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))

@@ -4,7 +4,6 @@ One engine (one decoding process, one model load) serves the whole module.
 """
 
 import asyncio
-import re
 import sys
 
 import numpy as np
@@ -12,20 +11,13 @@ import pytest
 
 from tests.audio import chunks, read_pcm
 from tests.helpers import receive_until_close
-from tests.transcription.engine_helpers import stream_all
+from tests.transcription.engine_helpers import LIGHTS, WEATHER, stream_all, words
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import whisper_model as model
 from transcription.engines.pool import OfflineStream
 from transcription.engines.whisper import WhisperEngine
 
 WAIT = 60
-WEATHER = "the weather is nice today"
-LIGHTS = "please turn on the lights"
-
-
-def words(text: str) -> str:
-    """Lower case, punctuation dropped: Whisper writes "Hello world."."""
-    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 
 
 def finals(events) -> list[str]:
