@@ -22,9 +22,9 @@ from transcription.engines.types import (
 class AudioBacklog:
     """Audio waiting for an engine, bounded: `put()` waits while it is full.
 
-    The waiting is the flow control of SPEC §3: a consumer blocked in `put()` stops
-    reading its socket, so a client streaming faster than the engine decodes is
-    slowed down instead of filling the server's memory.
+    The waiting is the flow control of docs/protocol.md §7: a consumer blocked in
+    `put()` stops reading its socket, so a client streaming faster than the engine
+    decodes is slowed down instead of filling the server's memory.
     """
 
     def __init__(self, limit: int) -> None:

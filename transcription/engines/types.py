@@ -63,7 +63,7 @@ class EngineError(Exception):
 
 
 def audio_backlog_limit(params: StreamParams) -> int:
-    """Bytes of audio a session may hold waiting for its engine (SPEC §9).
+    """Bytes of audio a session may hold waiting for its engine (docs/protocol.md §7).
 
     MAX_AUDIO_BACKLOG_SECONDS of audio for raw PCM (16-bit), MAX_AUDIO_BACKLOG_BYTES
     for encodings without a fixed byte rate.
