@@ -1,4 +1,4 @@
-"""The WebSocket close codes the server sends (docs/protocol.md), for every layer."""
+"""The WebSocket close codes the server sends (docs/protocol.md §6), for every layer."""
 
 from typing import Final
 
