@@ -9,17 +9,25 @@ from transcription.engines import SpeechToText
 WAIT = 60  # bound on any one recognition; the fixtures decode in about a second
 
 
-async def stream_all(stream: SpeechToText, audio: bytes, chunk: int = 1024) -> list:
-    """Send the audio chunk by chunk, then END; every event up to the end."""
+async def stream_all(
+    stream: SpeechToText, audio: bytes, chunk: int = 1024, *, rate: int | None = None
+) -> list:
+    """Send the audio chunk by chunk (at real time for 16-bit `rate` Hz, if given),
+    then END; every event up to the end."""
 
     async def collect():
         return [event async for event in stream.events()]
 
     collector = asyncio.create_task(collect())
+    loop = asyncio.get_running_loop()
+    start, sent = loop.time(), 0
     try:
         for piece in chunks(audio, chunk):
             await stream.send_audio(piece)
-            await asyncio.sleep(0)  # let the decode task take turns, as a socket would
+            sent += len(piece)
+            # Let the decode task take turns, as a socket would; or keep real time.
+            due = start + sent / (rate * 2) if rate else 0.0
+            await asyncio.sleep(max(0.0, due - loop.time()))
         await stream.end_audio()
         return await asyncio.wait_for(collector, WAIT)
     finally:

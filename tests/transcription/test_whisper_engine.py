@@ -14,7 +14,6 @@ from tests.helpers import receive_until_close
 from tests.transcription.engine_helpers import LIGHTS, WEATHER, stream_all, words
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import whisper_model as model
-from transcription.engines.pool import OfflineStream
 from transcription.engines.whisper import WhisperEngine
 
 WAIT = 60
@@ -33,28 +32,6 @@ async def transcribe(engine, name: str, **params) -> list:
     audio, rate = read_pcm(name)
     stream = await engine.open(StreamParams(sample_rate=rate, **params))
     return await stream_all(stream, audio)
-
-
-async def stream_realtime(stream: OfflineStream, audio: bytes, rate: int) -> list:
-    """Send 1024-byte chunks at the pace of real time, then END."""
-
-    async def collect():
-        return [event async for event in stream.events()]
-
-    collector = asyncio.create_task(collect())
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    try:
-        for index, piece in enumerate(chunks(audio)):
-            await stream.send_audio(piece)
-            due = start + (index + 1) * len(piece) / (rate * 2)
-            await asyncio.sleep(max(0.0, due - loop.time()))
-        await stream.end_audio()
-        return await asyncio.wait_for(collector, WAIT)
-    finally:
-        collector.cancel()
-        await asyncio.gather(collector, return_exceptions=True)
-        await stream.aclose()
 
 
 # --- through the pool, on the real model -------------------------------------------
@@ -85,7 +62,7 @@ async def test_44k_stereo_is_resampled(engine):
 async def test_partials_in_real_time_then_the_final(engine):
     audio, rate = read_pcm("two_utterances.wav")
     stream = await engine.open(StreamParams(sample_rate=rate))
-    events = await stream_realtime(stream, audio, rate)
+    events = await stream_all(stream, audio, rate=rate)
     assert finals(events) == [WEATHER, LIGHTS]
     first_final = next(i for i, e in enumerate(events) if not e.is_partial)
     partials = [words(e.text) for e in events[:first_final]]
@@ -97,7 +74,7 @@ async def test_partials_in_real_time_then_the_final(engine):
 async def test_no_partials_when_the_client_wants_none(engine):
     audio, rate = read_pcm("hello_world.wav")
     stream = await engine.open(StreamParams(sample_rate=rate, send_partials=False))
-    events = await stream_realtime(stream, audio, rate)
+    events = await stream_all(stream, audio, rate=rate)
     assert [(words(e.text), e.is_partial) for e in events] == [("hello world", False)]
 
 
