@@ -171,7 +171,9 @@ class StreamSession:
         if self.client.throttled:
             # Counted in logs by the middleware, never stored per attempt.
             metrics.AUTH_THROTTLED.inc()
-            await self._close_now(self.client.auth_refusal() or protocol.SERVER_ERROR)
+            refused = self.client.auth_refusal()
+            assert refused is not None  # noqa: S101 (throttled is not authenticated)
+            await self._close_now(refused)
             return
         params: StreamParams | None = None
         bad_parameters = None
@@ -183,9 +185,10 @@ class StreamSession:
         refusal = await admission.refusal(
             self.client, bad_parameters=bad_parameters, has_slot=self.slot is not None
         )
-        if refusal is not None or params is None:
-            await self._refuse(refusal or protocol.SERVER_ERROR)
+        if refusal is not None:
+            await self._refuse(refusal)
             return
+        assert params is not None  # noqa: S101 (bad parameters are a refusal)
         await self._start(params)
 
     async def _refuse(self, refusal: Close) -> None:
