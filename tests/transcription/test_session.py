@@ -10,6 +10,7 @@ from channels.layers import get_channel_layer
 from tests.helpers import until
 from transcription.engines.echo import EchoEngine
 from transcription.models import AudioSession, Transcript
+from transcription.runtime import capacity
 from transcription.streaming.admission import Client
 from transcription.streaming.session import State, StreamSession
 
@@ -110,3 +111,21 @@ async def test_state_moves_only_forward(api_token):
     assert session.state is State.CLOSED
     record = await AudioSession.objects.aget(pk=session.session_id)
     assert (record.close_code, record.close_reason) == (1006, "client disconnected")
+
+
+async def test_a_throttled_client_is_refused_and_never_recorded():
+    session = StreamSession(
+        client=Client(
+            auth_method="throttled", user=None, token=None, address="", grant=None
+        ),
+        query_string=b"",
+        engine=EchoEngine(),
+    )
+    transport = RecordingTransport("throttled")
+    await session.open(transport)
+    assert transport.messages == [{"error": AUTH_REFUSALS["throttled"]}]
+    assert transport.closed == (1008, None)
+    assert session.state is State.CLOSED
+    assert session.session_id is None
+    assert await AudioSession.objects.acount() == 0
+    assert capacity.open_count() == 0
