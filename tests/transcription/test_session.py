@@ -7,6 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
+from accounts.middleware import AUTH_REFUSALS
 from tests.helpers import until
 from transcription.engines.echo import EchoEngine
 from transcription.models import AudioSession, Transcript
