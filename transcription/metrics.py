@@ -74,6 +74,11 @@ RECEIVER_FAILURES = Counter(
 TTS_FAILURES = Counter(
     "voiceproject_tts_failures", "Replies sent without speech (TTS failed)."
 )
+CHANNEL_LAYER_ERRORS = Counter(
+    "voiceproject_channel_layer_errors",
+    "Channel-layer (Redis) calls that failed, by operation (sessions go on).",
+    ["operation"],
+)
 AUTH_THROTTLED = Counter(
     "voiceproject_auth_throttled",
     "WebSocket token attempts refused because their address failed too often.",

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -120,7 +122,19 @@ if REDIS_URL:
             # redis-py 8 reads with a 5 s socket timeout by default, shorter than
             # channels_redis's blocking receive: an idle socket would die with
             # 1011 (django/channels_redis#422). No client-side read timeout.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+            # A pooled connection that a restarted Redis closed fails once:
+            # redis-py tries again on a new one (two retries, 50-200 ms apart);
+            # beyond, the caller sees the error (transcription.runtime.layer).
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": None,
+                        "socket_connect_timeout": 2,
+                        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
+                    }
+                ]
+            },
         }
     }
 else:

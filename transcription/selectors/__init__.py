@@ -12,6 +12,7 @@ from transcription.selectors.access import (
 from transcription.selectors.batches import (
     batch_document,
     batch_next_due_at,
+    batch_outcomes,
     batches_due,
     batches_due_summary,
     worker_last_seen,
@@ -41,6 +42,7 @@ __all__ = [
     "audio_by_user",
     "batch_document",
     "batch_next_due_at",
+    "batch_outcomes",
     "batches_due",
     "batches_due_summary",
     "close_code_counts",

@@ -1,6 +1,7 @@
 """Reads for the batch queue: what is due, when next, a batch's document."""
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from django.db.models import (
@@ -65,3 +66,15 @@ def batch_document(*, batch_pk: int) -> dict:
             {"text": text, "timestamp": created.isoformat()} for text, created in finals
         ],
     }
+
+
+def batch_outcomes(*, batch_ids: Iterable[str]) -> list[ReceiverBatch]:
+    """Those of these batches that have their outcome (answered, or failed for
+    good), the oldest first: what a session whose channel layer was away picks up
+    itself (`replies.stored_reply_event`)."""
+    Status = ReceiverBatch.Status
+    return list(
+        ReceiverBatch.objects.filter(
+            batch_id__in=list(batch_ids), status__in=[Status.DELIVERED, Status.FAILED]
+        ).order_by("pk")
+    )

@@ -67,6 +67,10 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             return
         await super().dispatch_layer(message)
 
+    def layer_failed(self, exc: BaseException) -> None:
+        if self.session is not None:
+            self.session.layer_lost(exc)
+
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
             await self.session.transport_lost(code)

@@ -15,6 +15,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
+from transcription.channel_layer import LAYER_ERRORS, RETRY_FIRST_SECONDS, next_delay
 from voiceproject.server.versions import require_versions, tested
 
 # The dispatch below reimplements Channels' own loop (channels.consumer.AsyncConsumer
@@ -30,7 +31,9 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
     The client's messages are read by the consumer's own task and, with a channel
     layer, the layer's messages (group_send and the like) by a second task. As in
     Channels, handlers run one at a time, each message source in order, and an
-    exception or StopConsumer from any handler ends the consumer.
+    exception or StopConsumer from any handler ends the consumer. Unlike Channels,
+    a layer that fails (Redis away) does not: `layer_failed()` is told, and the
+    receive is tried again with backoff until the layer answers.
 
     The one difference: `websocket.receive` (each frame) is dispatched without
     `aclose_old_connections`, so a subclass's receive() must reach the ORM through
@@ -79,9 +82,17 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
 
     async def _dispatch_layer(self, consumer_task: asyncio.Task) -> None:
         """Channel-layer messages, one at a time with the client's."""
+        delay = RETRY_FIRST_SECONDS
         try:
             while True:
-                message = await self.channel_receive()
+                try:
+                    message = await self.channel_receive()
+                except LAYER_ERRORS as exc:
+                    self.layer_failed(exc)
+                    await asyncio.sleep(delay)
+                    delay = next_delay(delay)
+                    continue
+                delay = RETRY_FIRST_SECONDS
                 async with self._dispatching:
                     await self.dispatch_layer(message)
         except asyncio.CancelledError:
@@ -89,6 +100,9 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
         except BaseException as exc:  # handed to the consumer's task, which ends
             self._layer_exit = exc
             consumer_task.cancel()
+
+    def layer_failed(self, exc: BaseException) -> None:
+        """The channel layer failed to receive (a subclass rejoins its groups)."""
 
     async def dispatch_layer(self, message: dict) -> None:
         """A channel-layer message (a subclass may route some itself)."""

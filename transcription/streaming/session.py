@@ -29,6 +29,7 @@ from typing import Protocol
 from django.conf import settings
 
 from transcription import metrics
+from transcription.channel_layer import layer_health
 from transcription.engines import (
     EngineError,
     SpeechToText,
@@ -210,7 +211,9 @@ class StreamSession:
         self.record.streaming(params)
         self.latency = SessionLatency(self.record.bytes_per_second)
         self.voice = SessionVoice.for_session(
-            session_id=self.session_id, wake=worker_runner.wake_in_process
+            session_id=self.session_id,
+            wake=worker_runner.wake_in_process,
+            deliver=self.reply,
         )
         if self.voice is not None and self.transport is not None:
             await self.voice.join(
@@ -324,6 +327,14 @@ class StreamSession:
                 await asyncio.wait_for(
                     asyncio.shield(self.supervisor), deadline - loop.time() + 1.0
                 )
+
+    def layer_lost(self, exc: BaseException) -> None:
+        """The transport's channel layer failed: the session goes on; its replies
+        come once the layer answers (or from the database)."""
+        if self.voice is not None:
+            self.voice.layer_lost("receive", exc)
+        else:
+            layer_health.failed("receive", exc)
 
     async def reply(self, event: ReplyEvent) -> None:
         """A worker's reply to one of this session's batches."""

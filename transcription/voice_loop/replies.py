@@ -7,8 +7,12 @@ type `REPLY_EVENT` to its session.
 
 from __future__ import annotations
 
+import base64
 import uuid
-from typing import Final, TypedDict
+from typing import TYPE_CHECKING, Final, TypedDict
+
+if TYPE_CHECKING:
+    from transcription.models import ReceiverBatch
 
 REPLY_EVENT: Final = "voice.reply"
 
@@ -36,3 +40,15 @@ def reply_event(
         "audio": audio,
         "error": error,
     }
+
+
+def stored_reply_event(batch: ReceiverBatch) -> ReplyEvent:
+    """The event the worker pushed (or could not push) for a batch with an outcome."""
+    failed = batch.status == batch.Status.FAILED
+    audio = bytes(batch.reply_audio) if batch.reply_audio and not failed else None
+    return reply_event(
+        batch_id=str(batch.batch_id),
+        message="" if failed else batch.reply_text,
+        audio=base64.b64encode(audio).decode() if audio else None,
+        error=batch.last_error if failed else batch.tts_error,
+    )

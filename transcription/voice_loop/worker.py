@@ -26,6 +26,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from transcription import metrics, selectors, services
+from transcription.channel_layer import LAYER_ERRORS, layer_health
 from transcription.models import WORKER_HEARTBEAT_SECONDS, ReceiverBatch
 from transcription.voice_loop.receiver import (
     ReceiverError,
@@ -234,6 +235,14 @@ class BatchWorker:
         try:
             await get_channel_layer().group_send(
                 session_group(batch.session_id), outcome.event(str(batch.batch_id))
+            )
+        except LAYER_ERRORS as exc:
+            # The session picks it up from the database once the layer is back.
+            layer_health.failed("group_send", exc)
+            logger.info(
+                "session %s: batch %s: outcome stored, not pushed (channel layer away)",
+                batch.session_id,
+                batch.batch_id,
             )
         except Exception:
             logger.exception(
