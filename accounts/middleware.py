@@ -10,6 +10,7 @@ consumer:
   credentials), "bad_token" (a token that is not usable), "bad_origin" (a cookie
   session from another origin), "throttled" (a token from an address with too many
   failures: refused without looking the token up).
+  "unavailable" (the database did not answer: the consumer says "try again later").
 - scope["client_address"]: the client's address (see client_address).
 - scope["api_token"] and, when known, scope["user"].
 
@@ -17,6 +18,7 @@ The consumer accepts the handshake and refuses with `{"error": AUTH_REFUSALS[met
 and close 1008, as docs/protocol.md §2 requires.
 """
 
+import asyncio
 import ipaddress
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -26,6 +28,7 @@ from channels.db import database_sync_to_async
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.request import split_domain_port, validate_host
 from django.utils.cache import add_never_cache_headers
@@ -44,6 +47,11 @@ AUTH_REFUSALS: dict[str | None, str] = {
     "throttled": "Too many failed authentications from your address: "
     "try again in a minute.",
 }
+
+# The database is away (refused, dropped, timed out): the client is told to try
+# again later, never given an HTTP 500 at the handshake.
+DATABASE_AWAY = (OperationalError, InterfaceError, TimeoutError)
+UNAVAILABLE = "unavailable"
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 UNKNOWN_ADDRESS = "unknown"
@@ -213,7 +221,7 @@ class ApiTokenAuthMiddleware:
     def __init__(self, inner):
         self.inner = inner
         self.with_session = CookieMiddleware(
-            SessionMiddleware(AuthMiddleware(self.resolve))
+            SessionMiddleware(_SessionUser(self.resolve))
         )
 
     async def __call__(self, scope, receive, send):
@@ -231,8 +239,17 @@ class ApiTokenAuthMiddleware:
     async def resolve(self, scope, receive, send):
         scope = dict(scope)
         raw = raw_token_from_scope(scope)
-        if raw is not None:
-            token = await database_sync_to_async(api_token_authenticate)(raw=raw)
+        if scope.get("auth_method") == UNAVAILABLE:
+            pass  # the cookie session could not be read
+        elif raw is not None:
+            try:
+                async with asyncio.timeout(settings.DATABASE_TIMEOUT_SECONDS):
+                    token = await database_sync_to_async(api_token_authenticate)(
+                        raw=raw
+                    )
+            except DATABASE_AWAY:
+                scope["auth_method"] = UNAVAILABLE
+                return await self.inner(scope, receive, send)
             scope["api_token"] = token
             if token:
                 scope["auth_method"] = "token"
@@ -249,6 +266,19 @@ class ApiTokenAuthMiddleware:
                     "session" if origin_allowed(scope) else "bad_origin"
                 )
         return await self.inner(scope, receive, send)
+
+
+class _SessionUser(AuthMiddleware):
+    """Channels' AuthMiddleware; a database that does not answer leaves the user
+    anonymous and the scope "unavailable"."""
+
+    async def resolve_scope(self, scope):
+        try:
+            async with asyncio.timeout(settings.DATABASE_TIMEOUT_SECONDS):
+                await super().resolve_scope(scope)
+        except DATABASE_AWAY:
+            scope["user"]._wrapped = AnonymousUser()
+            scope["auth_method"] = UNAVAILABLE
 
 
 def ApiTokenAuthMiddlewareStack(inner):

@@ -112,6 +112,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     if test_name := env.str("DJANGO_TEST_DATABASE", default=""):
         DATABASES["default"]["TEST"] = {"NAME": test_name}
+# Every database call on a session's path is bounded (transcription.streaming.
+# records): nothing waits forever for a database that went away. An outage longer
+# than DB_OUTAGE_SECONDS ends the live sessions (what they heard is kept).
+DATABASE_TIMEOUT_SECONDS = env.float("DATABASE_TIMEOUT_SECONDS", default=10.0)
+DB_OUTAGE_SECONDS = env.float("DB_OUTAGE_SECONDS", default=60.0)
+if DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options.setdefault("connect_timeout", max(1, int(DATABASE_TIMEOUT_SECONDS / 2)))
+    # A statement is cancelled by the server after this (0: never; a long
+    # migration or purge may need that).
+    if statement_seconds := env.float(
+        "DATABASE_STATEMENT_TIMEOUT_SECONDS", default=30.0
+    ):
+        _options.setdefault(
+            "options", f"-c statement_timeout={int(statement_seconds * 1000)}"
+        )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -211,10 +211,10 @@ async def test_a_failed_end_record_still_closes_the_socket(
 async def test_a_final_that_cannot_be_stored_is_not_sent(
     connect, api_token, monkeypatch, echo_engine
 ):
-    def database_down(**kwargs):
-        raise OperationalError("database is down")
+    def broken(**kwargs):
+        raise ValueError("a bug, not an outage")
 
-    monkeypatch.setattr(services, "transcript_add_final", database_down)
+    monkeypatch.setattr(services, "transcript_add_final", broken)
     ws = await connect(token=api_token[1], sendPartials="false")
     await ws.send_to(bytes_data=b"\0" * 1024)
     await ws.send_to(text_data="END_OF_STREAM")
@@ -224,6 +224,35 @@ async def test_a_final_that_cannot_be_stored_is_not_sent(
         {"error": "Transcription stopped: the server could not store the transcript."}
     ]
     assert await sync_to_async(Transcript.objects.count)() == 0
+
+
+async def test_a_final_held_while_the_database_is_away_is_sent_and_stored_later(
+    connect, api_token, monkeypatch, echo_engine
+):
+    store = services.transcript_add_final
+    failures = 0
+
+    def database_away_twice(**kwargs):
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise OperationalError("database is down")
+        return store(**kwargs)
+
+    monkeypatch.setattr(services, "transcript_add_final", database_away_twice)
+    ws = await connect(token=api_token[1], sendPartials="false")
+    await ws.send_to(bytes_data=b"\0" * 1024)
+    await ws.send_to(text_data="END_OF_STREAM")
+    messages, close = await receive_until_close(ws)
+    assert messages == [{"transcript": "received 1024 bytes"}]
+    assert close["code"] == 1000
+    session = await eventually(
+        lambda: AudioSession.objects.exclude(status="active").first()
+    )
+    assert session.close_code == 1000
+    texts = await sync_to_async(list)(Transcript.objects.values_list("text", flat=True))
+    assert texts == ["received 1024 bytes"]
+    assert failures == 2
 
 
 async def _silent_receiver():

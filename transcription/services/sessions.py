@@ -90,11 +90,13 @@ def transcript_add_final(
     audio_bytes: int,
     bytes_per_second: float | None,
     silence_seconds: float | None = None,
+    heard_at: dt.datetime | None = None,
 ) -> Transcript:
     """Store one final transcript the moment it exists, and the audio count so far.
 
     With `silence_seconds` (a receiver is configured) the final joins the session's
     open batch in the same transaction, so every final is in exactly one batch.
+    `heard_at`: when it was heard, for a final stored late (the database was away).
     """
     with transaction.atomic():
         batch = None
@@ -108,6 +110,7 @@ def transcript_add_final(
             end_seconds=event.end,
             result_id=event.result_id[:64],
             batch=batch,
+            created_at=heard_at or timezone.now(),
         )
         _session_update_audio(session_id, audio_bytes, bytes_per_second)
     return transcript

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
+from transcription.db import DATABASE_AWAY, db_call
 from transcription.selectors import grants_revoked
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,16 @@ class AccessWatch:
         if not grants:
             return
         try:
-            revoked = await database_sync_to_async(grants_revoked)(grants)
+            revoked = await db_call(grants_revoked, grants=grants)
+        except DATABASE_AWAY as exc:
+            logger.warning(
+                "access check of %d grants: database unavailable (%s); "
+                "trying again in %g s",
+                len(grants),
+                exc.__class__.__name__,
+                settings.ACCESS_CHECK_SECONDS,
+            )
+            return
         except Exception:
             logger.exception(
                 "access check of %d grants failed; trying again in %g s",

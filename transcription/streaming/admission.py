@@ -15,7 +15,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from accounts.middleware import AUTH_REFUSALS
+from accounts.middleware import AUTH_REFUSALS, UNAVAILABLE
 from transcription import selectors
 from transcription.runtime import shutdown
 from transcription.streaming import protocol
@@ -49,6 +49,11 @@ class Client:
     @property
     def throttled(self) -> bool:
         return self.auth_method == "throttled"
+
+    @property
+    def database_unavailable(self) -> bool:
+        """Not authenticated: the database did not answer (try again later)."""
+        return self.auth_method == UNAVAILABLE
 
     def auth_refusal(self) -> Close | None:
         if self.auth_method in AUTHENTICATED:

@@ -127,6 +127,20 @@ NOT_STORED: Final = Close(
 SERVER_ERROR: Final = Close(
     CLOSE_SERVER_ERROR, "Transcription failed: server error.", "server"
 )
+DATABASE_UNAVAILABLE: Final = Close(
+    CLOSE_TRY_AGAIN, "The database is unavailable: try again later.", "database"
+)
+
+
+def database_away(seconds: float) -> Close:
+    """The database stayed away too long (DB_OUTAGE_SECONDS): what was heard is
+    kept, and stored once it answers."""
+    return Close(
+        CLOSE_SERVER_ERROR,
+        f"Transcription stopped: the database has been unavailable for {seconds:g} "
+        "seconds. What was transcribed is kept and stored once it is back.",
+        "database",
+    )
 
 
 def ended(reason: str = "") -> Close:

@@ -1,18 +1,32 @@
 """A session's record: its row, what it counts, each write off the event loop.
 
 Services write (transcription.services); this calls them through
-`database_sync_to_async` and counts the session's audio and finals, so that what is
-stored, logged and measured when it ends comes from one place.
+`database_sync_to_async`, each call bounded by DATABASE_TIMEOUT_SECONDS, and counts
+the session's audio and finals, so that what is stored, logged and measured when it
+ends comes from one place.
+
+The database may be away (a crash, a failover): finals are then held in memory, in
+order, bounded per session (MAX_HELD_FINALS) and per process (MAX_HELD_BYTES), and
+stored as soon as it answers; a session that ends meanwhile is recorded then, by a
+task of its own (docs/operations.md, "Outages").
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import dataclasses
+import datetime as dt
 import logging
+import time
 import uuid
+from typing import Any
 
-from channels.db import database_sync_to_async
+from django.db import IntegrityError
+from django.utils import timezone
 
 from transcription import metrics, services
+from transcription.db import DATABASE_AWAY, db_call
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.models import Transcript
 from transcription.services.sessions import LatencySummary
@@ -22,8 +36,35 @@ from transcription.streaming.protocol import Close
 logger = logging.getLogger(__name__)
 
 
+MAX_HELD_FINALS = 1000  # per session
+MAX_HELD_BYTES = 8 * 1024 * 1024  # per process: the finals' text, and a charge each
+HELD_CHARGE = 256  # bytes counted per held final besides its text
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
+
+_held_bytes = 0  # this process's finals held in memory
+_later: set[asyncio.Task] = set()  # records finished once the database is back
+
+
 class StoreFailed(Exception):
     """A final could not be stored: the session must not go on as if it were."""
+
+
+class DatabaseAway(Exception):
+    """The database did not answer (within DATABASE_TIMEOUT_SECONDS)."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Held:
+    seq: int
+    event: TranscriptEvent
+    audio_bytes: int
+    silence_seconds: float | None
+    heard_at: dt.datetime
+
+    @property
+    def cost(self) -> int:
+        return len(self.event.text.encode()) + HELD_CHARGE
 
 
 class SessionRecord:
@@ -35,6 +76,10 @@ class SessionRecord:
         self.bytes_per_second: int | None = None  # PCM's byte rate; else None
         self.audio_bytes = 0
         self.finals = 0
+        self.held: collections.deque[_Held] = collections.deque()
+        self.holding = asyncio.Event()  # set while finals are held
+        self.away_since: float | None = None  # monotonic: the database went away
+        self._storing = asyncio.Lock()
 
     @property
     def audio_seconds(self) -> float:
@@ -42,15 +87,20 @@ class SessionRecord:
         return self.audio_bytes / rate if rate else 0.0
 
     async def start(self, client: Client, params: StreamParams | None) -> None:
-        """The row, before anything is decided (bad parameters are kept too)."""
-        session = await database_sync_to_async(services.session_start)(
-            user=client.user,
-            token=client.token,
-            auth_method=client.auth_method or "",
-            engine=self.engine,
-            params=params,
-            client=client.address,
-        )
+        """The row, before anything is decided (DatabaseAway: no row)."""
+        try:
+            session = await db_call(
+                services.session_start,
+                user=client.user,
+                token=client.token,
+                auth_method=client.auth_method or "",
+                engine=self.engine,
+                params=params,
+                client=client.address,
+            )
+        except DATABASE_AWAY as exc:
+            logger.warning("session refused: database unavailable (%s)", _name(exc))
+            raise DatabaseAway from exc
         self.session_id = session.pk
 
     def streaming(self, params: StreamParams) -> None:
@@ -59,26 +109,100 @@ class SessionRecord:
 
     async def final(
         self, event: TranscriptEvent, *, silence_seconds: float | None
-    ) -> Transcript:
-        """Store one final as it arrives (StoreFailed when it cannot be)."""
+    ) -> list[Transcript]:
+        """Store one final as it arrives, after those held before it: what was
+        stored now, in order (none while the database is away: held). StoreFailed
+        beyond the bounds, or on a failure that is not the database being away."""
         self.finals += 1
-        try:
-            return await database_sync_to_async(services.transcript_add_final)(
-                session_id=self.session_id,
-                seq=self.finals,
-                event=event,
-                audio_bytes=self.audio_bytes,
-                bytes_per_second=self.bytes_per_second,
-                silence_seconds=silence_seconds,
+        item = _Held(
+            seq=self.finals,
+            event=event,
+            audio_bytes=self.audio_bytes,
+            silence_seconds=silence_seconds,
+            heard_at=timezone.now(),
+        )
+        global _held_bytes
+        if (
+            len(self.held) >= MAX_HELD_FINALS
+            or _held_bytes + item.cost > MAX_HELD_BYTES
+        ):
+            logger.error(
+                "session %s: final not stored: %d finals held, the database away",
+                self.session_id,
+                len(self.held),
             )
-        except Exception as exc:
-            logger.exception("session %s: final not stored", self.session_id)
-            raise StoreFailed from exc
+            raise StoreFailed
+        self.held.append(item)
+        _held_bytes += item.cost
+        self.holding.set()
+        return await self.store_held()
+
+    async def store_held(self) -> list[Transcript]:
+        """The held finals, stored in order until the database fails (if it does)."""
+        global _held_bytes
+        stored: list[Transcript] = []
+        async with self._storing:
+            while self.held:
+                item = self.held[0]
+                try:
+                    stored.append(await self._store(item))
+                except DATABASE_AWAY as exc:
+                    self._away(exc)
+                    return stored
+                except IntegrityError:
+                    # An earlier attempt was stored, its answer lost with the
+                    # connection: stored it is.
+                    logger.warning(
+                        "session %s: final %d was stored already",
+                        self.session_id,
+                        item.seq,
+                    )
+                except Exception as exc:
+                    logger.exception("session %s: final not stored", self.session_id)
+                    raise StoreFailed from exc
+                self.held.popleft()
+                _held_bytes -= item.cost
+            self.holding.clear()
+            if self.away_since is not None:
+                logger.warning(
+                    "session %s: the database is back after %.1f s: held finals stored",
+                    self.session_id,
+                    time.monotonic() - self.away_since,
+                )
+                self.away_since = None
+        return stored
+
+    async def _store(self, item: _Held) -> Transcript:
+        return await db_call(
+            services.transcript_add_final,
+            session_id=self.session_id,
+            seq=item.seq,
+            event=item.event,
+            audio_bytes=item.audio_bytes,
+            bytes_per_second=self.bytes_per_second,
+            silence_seconds=item.silence_seconds,
+            heard_at=item.heard_at,
+        )
+
+    def _away(self, exc: BaseException) -> None:
+        if self.away_since is None:
+            self.away_since = time.monotonic()
+            logger.warning(
+                "session %s: database unavailable (%s): finals held in memory "
+                "until it answers",
+                self.session_id,
+                _name(exc),
+            )
+
+    def away_for(self) -> float:
+        """Seconds since the database stopped answering this session (0: it does)."""
+        return 0.0 if self.away_since is None else time.monotonic() - self.away_since
 
     async def heartbeat(self) -> None:
         """The row says the session lives, with its audio so far."""
         try:
-            await database_sync_to_async(services.session_heartbeat)(
+            await db_call(
+                services.session_heartbeat,
                 session_id=self.session_id,
                 audio_bytes=self.audio_bytes,
                 bytes_per_second=self.bytes_per_second,
@@ -125,22 +249,64 @@ class SessionRecord:
             self.audio_seconds,
             self.finals,
         )
-        await self._write(
-            services.session_end,
-            session_id=self.session_id,
-            close_code=code,
-            reason=reason,
-            audio_bytes=self.audio_bytes,
-            bytes_per_second=self.bytes_per_second,
-            latency=latency,
-            error_kind=error_kind,
-            failed=failed,
-        )
+        end = {
+            "session_id": self.session_id,
+            "close_code": code,
+            "reason": reason,
+            "audio_bytes": self.audio_bytes,
+            "bytes_per_second": self.bytes_per_second,
+            "latency": latency,
+            "error_kind": error_kind,
+            "failed": failed,
+        }
+        if not await self._finish(end):
+            logger.warning(
+                "session %s: ended while the database is away: recorded once it "
+                "answers (%d finals held)",
+                self.session_id,
+                len(self.held),
+            )
+            task = asyncio.create_task(self._finish_later(end))
+            _later.add(task)
+            task.add_done_callback(_later.discard)
+
+    async def _finish(self, end: dict[str, Any]) -> bool:
+        """The held finals, then the row's end: True once both are stored (or a
+        failure that is not an outage was logged)."""
+        try:
+            await self.store_held()
+        except StoreFailed:
+            return True  # logged; the rest of what is held cannot be stored either
+        if self.held:
+            return False
+        try:
+            await db_call(services.session_end, **end)
+        except DATABASE_AWAY:
+            return False
+        except Exception:
+            logger.exception("session %s: end not recorded", self.session_id)
+        return True
+
+    async def _finish_later(self, end: dict[str, Any]) -> None:
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            if await self._finish(end):
+                logger.info(
+                    "session %s: recorded, the database is back", self.session_id
+                )
+                return
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def _write(self, service, **kwargs) -> None:
         try:
-            await database_sync_to_async(service)(**kwargs)
+            await db_call(service, **kwargs)
         except Exception:
             # The socket is already closed; a record left active is closed later as
             # abandoned (its heartbeat stopped).
             logger.exception("session %s: end not recorded", self.session_id)
+
+
+def _name(exc: BaseException) -> str:
+    # The class only: a driver's message may quote the database's address.
+    return exc.__class__.__name__

@@ -37,14 +37,20 @@ from transcription.engines import (
     TranscriptionEngine,
     audio_backlog_limit,
 )
-from transcription.models import HEARTBEAT_SECONDS
+from transcription.models import HEARTBEAT_SECONDS, Transcript
 from transcription.runtime import capacity, shutdown, worker_runner
 from transcription.streaming import admission, protocol
 from transcription.streaming.access import Handle, access_watch
 from transcription.streaming.admission import Client
 from transcription.streaming.latency import SessionLatency
 from transcription.streaming.protocol import Close, ProtocolError, StreamParams
-from transcription.streaming.records import SessionRecord, StoreFailed
+from transcription.streaming.records import (
+    RETRY_FIRST_SECONDS,
+    RETRY_MAX_SECONDS,
+    DatabaseAway,
+    SessionRecord,
+    StoreFailed,
+)
 from transcription.streaming.timers import SessionClock
 from transcription.voice_loop.replies import ReplyEvent
 from transcription.voice_loop.session_voice import SessionVoice
@@ -176,13 +182,20 @@ class StreamSession:
             assert refused is not None  # noqa: S101 (throttled is not authenticated)
             await self._close_now(refused)
             return
+        if self.client.database_unavailable:
+            await self._unavailable()
+            return
         params: StreamParams | None = None
         bad_parameters = None
         try:
             params = protocol.parse_params(self.query_string, self.engine.capabilities)
         except ProtocolError as exc:
             bad_parameters = protocol.bad_parameters(str(exc))
-        await self.record.start(self.client, params)
+        try:
+            await self.record.start(self.client, params)
+        except DatabaseAway:
+            await self._unavailable()
+            return
         refusal = await admission.refusal(
             self.client, bad_parameters=bad_parameters, has_slot=self.slot is not None
         )
@@ -191,6 +204,14 @@ class StreamSession:
             return
         assert params is not None  # noqa: S101 (bad parameters are a refusal)
         await self._start(params)
+
+    async def _unavailable(self) -> None:
+        """The database is away: {"error"} and 1013 (try again later), no row."""
+        close = protocol.DATABASE_UNAVAILABLE
+        metrics.session_ended(
+            close_code=close.code, engine=self.engine.name, audio_seconds=0.0
+        )
+        await self._close_now(close)
 
     async def _refuse(self, refusal: Close) -> None:
         """CONNECTING → CLOSED: one {"error"}, the close, then the record."""
@@ -361,6 +382,7 @@ class StreamSession:
                     group.create_task(self._relay_events(self.stream))
                     group.create_task(self._watch_time())
                     group.create_task(self._heartbeat())
+                    group.create_task(self._store_held())
                     group.create_task(self._until_concluded())
             except* _Concluded:
                 pass
@@ -404,18 +426,52 @@ class StreamSession:
             await self._relay_final(event)
 
     async def _relay_final(self, event: TranscriptEvent) -> None:
-        """Stored first, then sent: a final the client has seen is never lost."""
+        """Stored first (or held while the database is away), then sent: a final
+        the client has seen is never lost."""
         silence = self.voice.silence_seconds if self.voice is not None else None
-        transcript = await self.record.final(event, silence_seconds=silence)
-        if self.voice:
-            self.voice.final_stored(transcript)
+        stored = await self.record.final(event, silence_seconds=silence)
+        self._joined_batches(stored)
         await self._send(protocol.event_message(event, detail=self.params.detail))
-        batch = transcript.batch
+        batch = (
+            stored[-1].batch
+            if stored and stored[-1].seq == self.record.finals
+            else None
+        )
         self.latency.on_final(
             event,
             asyncio.get_running_loop().time(),
             str(batch.batch_id) if batch is not None else None,
         )
+
+    def _joined_batches(self, stored: list[Transcript]) -> None:
+        if self.voice:
+            for transcript in stored:
+                self.voice.final_stored(transcript)
+
+    async def _store_held(self) -> None:
+        """While the database is away: the finals held are stored once it answers;
+        after DB_OUTAGE_SECONDS the session ends (they are stored later)."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            await self.record.holding.wait()
+            await asyncio.sleep(delay)
+            try:
+                self._joined_batches(await self.record.store_held())
+            except StoreFailed:
+                self.conclude(protocol.NOT_STORED)
+                return
+            if not self.record.held:
+                delay = RETRY_FIRST_SECONDS
+            elif (away := self.record.away_for()) >= settings.DB_OUTAGE_SECONDS:
+                logger.warning(
+                    "session %s: the database has been away %.0f s: ending",
+                    self.session_id,
+                    away,
+                )
+                self.conclude(protocol.database_away(settings.DB_OUTAGE_SECONDS))
+                return
+            else:
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def _watch_time(self) -> None:
         """Idle timeout, longest session, and a bound on the final flush."""

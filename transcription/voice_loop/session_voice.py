@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from transcription import selectors, services
@@ -20,6 +19,7 @@ from transcription.channel_layer import (
     layer_health,
     next_delay,
 )
+from transcription.db import DATABASE_AWAY, db_call
 from transcription.models import Transcript
 from transcription.voice_loop.receiver import exchange_budget, receiver_config
 from transcription.voice_loop.replies import (
@@ -120,8 +120,8 @@ class SessionVoice:
         if not self.waiting:
             return
         try:
-            batches = await database_sync_to_async(selectors.batch_outcomes)(
-                batch_ids=set(self.waiting)
+            batches = await db_call(
+                selectors.batch_outcomes, batch_ids=set(self.waiting)
             )
         except Exception:  # the database is away too: the next look finds them
             logger.warning(
@@ -171,7 +171,13 @@ class SessionVoice:
         (or until `until`, loop time, if sooner)."""
         if not self.waiting:
             return
-        await database_sync_to_async(services.batch_flush)(session_id=self.session_id)
+        try:
+            await db_call(services.batch_flush, session_id=self.session_id)
+        except DATABASE_AWAY:
+            # No worker can answer before the database does: the batch goes when
+            # its silence is over, and its reply is stored.
+            logger.warning("session %s: last batch not sent now", self.session_id)
+            return
         self.wake()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + exchange_budget() + 2.0

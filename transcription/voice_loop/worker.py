@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from transcription import metrics, selectors, services
 from transcription.channel_layer import LAYER_ERRORS, layer_health
+from transcription.db import DATABASE_AWAY
 from transcription.models import WORKER_HEARTBEAT_SECONDS, ReceiverBatch
 from transcription.voice_loop.receiver import (
     ReceiverError,
@@ -77,8 +78,16 @@ class BatchWorker:
                     await self._heartbeat()
                     await self.claim_due()
                     delay = await self._next_delay()
+                except DATABASE_AWAY as exc:
+                    # The database is away: try again later (one line a poll).
+                    logger.warning(
+                        "batch worker %s: database unavailable (%s)",
+                        self.worker_id,
+                        exc.__class__.__name__,
+                    )
+                    delay = POLL_SECONDS
                 except Exception:
-                    # A database hiccup must not end the worker: try again later.
+                    # Nor must a bug: try again later.
                     logger.exception("batch worker %s: claiming failed", self.worker_id)
                     delay = POLL_SECONDS
                 if self.stopping:
