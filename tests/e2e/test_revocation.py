@@ -21,10 +21,13 @@ from django.test import Client
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from accounts.services import api_token_create
+from accounts.models import ApiToken
+from accounts.services import api_token_create, api_token_revoke
+from tests.audio import chunks, read_pcm
 from tests.e2e.servers import ROOT, drain, run_daphne, server_env
 from tests.helpers import eventually
-from transcription.models import SessionError
+from tests.transcription.engine_helpers import WEATHER, words
+from transcription.models import AudioSession, SessionError
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -103,6 +106,57 @@ async def test_deactivating_the_user_ends_the_running_session(echo_server, token
         assert ws.close_code == 1008
     assert "deactivated" in messages[-1]["error"]
     assert await session_errors(api_token.pk) == [(1008, messages[-1]["error"])]
+
+
+async def speak_until_heard(ws: ClientConnection, audio: bytes, rate: int) -> dict:
+    """Real speech in real time, until the first message comes back."""
+
+    async def speak() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index, piece in enumerate(chunks(audio)):
+            await ws.send(piece)
+            due = start + (index + 1) * len(piece) / (rate * 2)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    speaker = asyncio.create_task(speak())
+    try:
+        return json.loads(await asyncio.wait_for(ws.recv(), 60))
+    finally:
+        speaker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await speaker
+
+
+def revoke(token_pk: int) -> None:
+    """What the admin's "revoke" action does to a token."""
+    api_token_revoke(token=ApiToken.objects.get(pk=token_pk))
+
+
+async def test_revoking_ends_a_whisper_session_whose_decoder_has_a_backlog(token):
+    """The default engine, decoding for real: the token is revoked while its
+    decoder works through a backlog of speech, and the close does not wait for it."""
+    api_token, raw = token
+    audio, rate = read_pcm("two_utterances.wav")
+    env = {"TRANSCRIPTION_ENGINE": "whisper", "OFFLINE_DECODER_PROCESSES": "1"}
+    with run_daphne(env) as server:
+        url = f"{server.ws_url}/?token={raw}&sampleRate={rate}&sendPartials=false"
+        async with connect(url) as ws:
+            heard = await speak_until_heard(ws, audio, rate)
+            for piece in chunks(audio * 6):  # 43 s of speech at once: a backlog
+                await ws.send(piece)
+            await sync_to_async(revoke)(api_token.pk)
+            messages = await ended_within(ws, 5)
+            assert ws.close_code == 1008
+    assert words(heard.get("transcript", "")) == WEATHER, heard
+    assert messages[-1] == {"error": "Your API token was revoked."}
+    assert await session_errors(api_token.pk) == [(1008, messages[-1]["error"])]
+    session = await AudioSession.objects.aget(token_id=api_token.pk)
+    assert (session.engine, session.status, session.close_code) == (
+        "whisper",
+        "failed",
+        1008,
+    )
 
 
 @pytest.fixture

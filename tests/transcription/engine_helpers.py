@@ -3,8 +3,13 @@
 import asyncio
 import re
 
+from asgiref.sync import sync_to_async
+
+from accounts.services import api_token_revoke
 from tests.audio import chunks
+from tests.helpers import receive_until_close
 from transcription.engines import SpeechToText
+from transcription.models import SessionError
 
 WAIT = 60  # bound on any one recognition; the fixtures decode in about a second
 
@@ -43,3 +48,20 @@ LIGHTS = "please turn on the lights"
 def words(text: str) -> str:
     """Lower case, punctuation dropped: Whisper writes "Hello world."."""
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+REVOKED = "Your API token was revoked."
+
+
+async def revoked_mid_stream(ws, token, audio: bytes) -> None:
+    """Through a consumer (`ws`, a WebsocketCommunicator): `audio` sent, `token`
+    revoked as the admin does it; then {"error"} and 1008 must come within 5 s
+    (ACCESS_CHECK_SECONDS short), recorded as the session's error."""
+    for piece in chunks(audio):
+        await ws.send_to(bytes_data=piece)
+    await sync_to_async(api_token_revoke)(token=token)
+    messages, close = await receive_until_close(ws, wait=5)
+    assert messages[-1] == {"error": REVOKED}
+    assert close["code"] == 1008
+    rows = SessionError.objects.values_list("close_code", "kind", "message")
+    assert [row async for row in rows] == [(1008, "revoked", REVOKED)]

@@ -2,6 +2,9 @@
 
 import asyncio
 import contextlib
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from transcription.close_codes import CLOSE_SERVER_ERROR
 from transcription.engines import (
@@ -10,6 +13,7 @@ from transcription.engines import (
     StreamParams,
     TranscriptEvent,
 )
+from transcription.engines.pool import DecoderPool, OfflineStream, _Worker
 from transcription.engines.stream import BacklogStream
 
 CAPS = Capabilities(
@@ -186,3 +190,47 @@ class FastThrottledEngine(ThrottledEngine):
 
     rate = 4_000_000
     chunk = 400_000
+
+
+class _BusyDecoder:
+    """A worker module (see `pool`) whose every call decodes until the test lets
+    it go: `busy` is set while a call runs, `free` ends it. Threads, not
+    processes, so that the test holds the decoder."""
+
+    def __init__(self) -> None:
+        self.busy = threading.Event()
+        self.free = threading.Event()
+
+    def feed(self, key: str, data: bytes, last: bool, partials: bool) -> list:
+        self.busy.set()
+        self.free.wait(30)  # bounded: a failing test does not hang the run
+        return []
+
+    def session_close(self, key: str) -> None:
+        pass
+
+
+class BusyDecoderEngine:
+    """The offline engines' own stream (`OfflineStream`: its decode loop, its
+    aclose()) over a decoder that stays busy until `decoder.free` is set; one
+    decoding thread for every session (shut it down with `executor`)."""
+
+    name = "busy-decoder"
+    capabilities = CAPS
+
+    def __init__(self) -> None:
+        self.decoder = _BusyDecoder()
+        self.executor = ThreadPoolExecutor(max_workers=1)
+        self.pool = DecoderPool(1, module=self.decoder)  # type: ignore[arg-type]
+        self.pool.workers = [_Worker(self.executor)]  # type: ignore[arg-type]
+
+    async def open(self, params: StreamParams) -> OfflineStream:
+        worker = self.pool.acquire()
+        return OfflineStream(
+            pool=self.pool,
+            worker=worker,
+            executor=self.executor,  # type: ignore[arg-type]
+            key=uuid.uuid4().hex,
+            worker_pid=0,
+            params=params,
+        )

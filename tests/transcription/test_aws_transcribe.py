@@ -8,6 +8,7 @@ from asgiref.sync import sync_to_async
 
 from tests.audio import chunks, fixture_pcm
 from tests.helpers import receive_until_close, until
+from tests.transcription.engine_helpers import revoked_mid_stream
 from tests.transcription.fake_transcribe import Play, running_fake
 from transcription.engines import EngineError, StreamParams, _load, aws_transcribe
 from transcription.engines.aws_transcribe import AwsTranscribeEngine
@@ -220,6 +221,15 @@ async def test_speaker_labels_reach_clients_that_ask_for_detail(
     assert [(m["transcript"], m["speaker"]) for m in messages] == [
         ("hello there", "spk_0")
     ]
+
+
+@pytestmark_db
+async def test_consumer_closes_1008_when_the_token_is_revoked(
+    aws, connect, api_token, settings
+):
+    settings.ACCESS_CHECK_SECONDS = 0.05
+    ws = await connect(token=api_token[1])
+    await revoked_mid_stream(ws, api_token[0], fixture_pcm("hello_world.wav"))
 
 
 START_ERRORS = [

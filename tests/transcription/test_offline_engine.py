@@ -10,7 +10,7 @@ import soxr
 
 from tests.audio import chunks, read_pcm
 from tests.helpers import receive_until_close
-from tests.transcription.engine_helpers import WAIT, stream_all
+from tests.transcription.engine_helpers import WAIT, revoked_mid_stream, stream_all
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import pocketsphinx_worker as worker
 from transcription.engines.pocketsphinx import PocketsphinxEngine
@@ -177,3 +177,12 @@ async def test_consumer_streams_partials_and_final(engine, connect, api_token):
     assert len(messages) >= 3
     assert all(set(m) == {"partialTranscript"} for m in messages[:-1])
     assert close["code"] == 1000
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_consumer_closes_1008_when_the_token_is_revoked(
+    engine, connect, api_token, settings
+):
+    settings.ACCESS_CHECK_SECONDS = 0.05
+    ws = await connect(token=api_token[1])
+    await revoked_mid_stream(ws, api_token[0], read_pcm("hello_world.wav")[0])

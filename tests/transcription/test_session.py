@@ -8,10 +8,13 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
 from accounts.middleware import AUTH_REFUSALS
-from tests.helpers import until
+from accounts.services import api_token_revoke
+from tests.helpers import eventually, until
+from tests.transcription.fake_engines import BusyDecoderEngine
 from transcription.engines.echo import EchoEngine
-from transcription.models import AudioSession, Transcript
+from transcription.models import AudioSession, SessionError, Transcript
 from transcription.runtime import capacity
+from transcription.streaming.access import Grant
 from transcription.streaming.admission import Client
 from transcription.streaming.session import State, StreamSession
 
@@ -35,10 +38,12 @@ class RecordingTransport:
         self.closed = (code, reason)
 
 
-def token_client(api_token) -> Client:
+def token_client(api_token, *, watched: bool = False) -> Client:
+    """The client of `api_token`; `watched`: its access is watched (revocation)."""
     token, _ = api_token
+    grant = Grant(token_id=token.pk, user_id=token.user_id) if watched else None
     return Client(
-        auth_method="token", user=token.user, token=token, address="", grant=None
+        auth_method="token", user=token.user, token=token, address="", grant=grant
     )
 
 
@@ -130,3 +135,49 @@ async def test_a_throttled_client_is_refused_and_never_recorded():
     assert session.session_id is None
     assert await AudioSession.objects.acount() == 0
     assert capacity.open_count() == 0
+
+
+@pytest.mark.parametrize("flushing", [False, True], ids=["streaming", "flushing"])
+async def test_a_revocation_closes_the_session_while_its_decoder_is_busy(
+    api_token, settings, flushing
+):
+    """The close reaches the client within seconds, whatever the engine is doing:
+    here its decoder is in the middle of a call that ends only when the test lets
+    it, so the engine cannot let go of the session before then."""
+    settings.ACCESS_CHECK_SECONDS = 0.05
+    engine = BusyDecoderEngine()
+    session = StreamSession(
+        client=await sync_to_async(token_client)(api_token, watched=True),
+        query_string=b"sampleRate=16000",
+        engine=engine,
+    )
+    transport = RecordingTransport("revoked")
+    await session.open(transport)
+    try:
+        await session.receive_audio(b"\0" * 3200)
+        await until(engine.decoder.busy.is_set)
+        if flushing:
+            await session.receive_text("END_OF_STREAM")
+            assert session.state is State.FLUSHING
+        await sync_to_async(api_token_revoke)(token=api_token[0])
+
+        await until(lambda: transport.closed is not None, 5)
+        assert transport.messages == [{"error": "Your API token was revoked."}]
+        assert transport.closed == (1008, None)
+        records = AudioSession.objects.filter(pk=session.session_id)
+        assert await eventually(lambda: list(records.values_list("close_code"))) == [
+            (1008,)
+        ]
+        assert not engine.decoder.free.is_set()  # none of it waited for the decoder
+    finally:
+        engine.decoder.free.set()
+    assert session.supervisor is not None
+    await asyncio.wait_for(session.supervisor, 10)
+    record = await records.aget()
+    assert record.status == "failed"
+    errors = SessionError.objects.filter(session=record)
+    assert [e async for e in errors.values_list("close_code", "kind", "message")] == [
+        (1008, "revoked", "Your API token was revoked.")
+    ]
+    assert capacity.open_count() == 0
+    engine.executor.shutdown()

@@ -383,17 +383,19 @@ class StreamSession:
                     group.create_task(self._watch_time())
                     group.create_task(self._heartbeat())
                     group.create_task(self._store_held())
-                    group.create_task(self._until_concluded())
+                    # Awaited here, in the group's body, not by a task of the group:
+                    # before Python 3.12.3 (gh-116720) a task that fails while the
+                    # group exits leaves this task's cancellation counted, and the
+                    # close below (an engine's aclose()) took it for a cancel of the
+                    # session: no {"error"}, no close frame.
+                    await self.concluded.wait()
+                    raise _Concluded
             except* _Concluded:
                 pass
             except* Exception:
                 logger.exception("session %s: server error", self.session_id)
                 self.conclude(protocol.SERVER_ERROR)
         await self._close_session()
-
-    async def _until_concluded(self) -> None:
-        await self.concluded.wait()
-        raise _Concluded
 
     async def _relay_events(self, stream: SpeechToText) -> None:
         try:
@@ -504,30 +506,45 @@ class StreamSession:
     # --- CLOSING → CLOSED ------------------------------------------------------------
 
     async def _close_session(self) -> None:
-        """Exactly once: the engine released, replies awaited, the transport closed,
-        and only then the record (so a failed write never leaves the socket open)."""
+        """Exactly once: replies awaited, the transport closed, and only then the
+        record (so a failed write never leaves the socket open); meanwhile the
+        engine lets go of the session."""
         close = self.conclusion or protocol.ended(self.close_reason)
         self._enter(State.CLOSING)
         if self.access is not None:
             self.access.cancel()
-        if self.stream is not None:
+        # Beside the close, not before it: an engine may take seconds to let go (a
+        # decoder ends the call it is in first, behind other sessions' calls), and
+        # the client hears why its session ended first. It starts at the next
+        # await, which frees a sender waiting for room before replies are awaited.
+        engine_closed = asyncio.create_task(self._close_engine())
+        try:
+            if close.kind == protocol.SHUTDOWN and self.voice:
+                await self.voice.flush_and_wait(until=self.clock.drain_deadline)
+            if close.is_error:
+                await self._send(protocol.error_message(close.message))
+            elif self.voice:
+                await self.voice.flush_and_wait()
+            await self._close_transport(close)
+            self._enter(State.CLOSED)
+            self.release()
+            await self.record.end(
+                close.code,
+                close.message,
+                latency=self.latency.summary(),
+                error_kind=close.kind,
+                failed=close.is_failure,
+            )
+        finally:
+            await engine_closed
+
+    async def _close_engine(self) -> None:
+        if self.stream is None:
+            return
+        try:
             await self.stream.aclose()  # also frees a sender waiting for room
-        if close.kind == protocol.SHUTDOWN and self.voice:
-            await self.voice.flush_and_wait(until=self.clock.drain_deadline)
-        if close.is_error:
-            await self._send(protocol.error_message(close.message))
-        elif self.voice:
-            await self.voice.flush_and_wait()
-        await self._close_transport(close)
-        self._enter(State.CLOSED)
-        self.release()
-        await self.record.end(
-            close.code,
-            close.message,
-            latency=self.latency.summary(),
-            error_kind=close.kind,
-            failed=close.is_failure,
-        )
+        except Exception:
+            logger.exception("session %s: the engine did not close", self.session_id)
 
     async def transport_lost(self, code: int) -> None:
         """The client's socket is gone: the session ends, what it said is kept."""
