@@ -148,13 +148,15 @@ async def test_bad_handshakes_opened_at_once_get_no_more_lookups_than_the_limit(
     )
     assert results[-1] is True  # the valid token, in the middle of the flood
     errors = [error for error, _ in results[:-1]]
-    assert errors.count(AUTH_REFUSALS["bad_token"]) == LIMIT
-    assert errors.count(AUTH_REFUSALS["throttled"]) == 200 - LIMIT
+    within = errors.count(AUTH_REFUSALS["bad_token"])
+    # LIMIT, or one less when the valid attempt was still in flight among the first.
+    assert LIMIT - 1 <= within <= LIMIT
+    assert errors.count(AUTH_REFUSALS["throttled"]) == 200 - within
 
     after = await asyncio.to_thread(scrape, server)
-    # Exactly LIMIT bad tokens were authenticated, and the valid one.
+    # Only the bad tokens within the limit were authenticated, and the valid one.
     authenticated = lookups(after, "authenticate") - lookups(before, "authenticate")
-    assert authenticated == LIMIT + 1
+    assert authenticated == within + 1
     # Over the limit, attempts are checked in batches: never more than one query each.
     probes = lookups(after, "probe") - lookups(before, "probe")
     assert probes <= 200 - LIMIT + 1
