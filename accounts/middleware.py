@@ -8,18 +8,19 @@ consumer:
 - scope["auth_method"]: "token" (a usable token), "session" (a logged-in cookie session
   from an allowed Origin), or a refusal, the keys of AUTH_REFUSALS: None (no
   credentials), "bad_token" (a token that is not usable), "bad_origin" (a cookie
-  session from another origin), "throttled" (a token from an address with too many
-  failures: refused without looking the token up).
+  session from another origin), "throttled" (any of these from an address over the
+  failed-attempt limit; see ApiTokenAuthMiddleware),
   "unavailable" (the database did not answer: the consumer says "try again later").
 - scope["client_address"]: the client's address (see client_address).
-- scope["api_token"] and, when known, scope["user"].
+- scope["api_token"] and scope["user"] (AnonymousUser for every refusal).
 
 The consumer accepts the handshake and refuses with `{"error": AUTH_REFUSALS[method]}`
-and close 1008, as docs/protocol.md §2 requires.
+and close 1008, as docs/protocol.md §2 requires, without storing the attempt.
 """
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -33,9 +34,13 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.request import split_domain_port, validate_host
 from django.utils.cache import add_never_cache_headers
 
+from accounts.probes import token_probe
 from accounts.services import api_token_authenticate
-from accounts.throttle import auth_failures
-from accounts.tokens import percent_decoded, text_holds_token
+from accounts.throttle import Attempt, auth_failures
+from accounts.tokens import percent_decoded, text_holds_token, token_looks_valid
+from transcription import metrics
+
+logger = logging.getLogger(__name__)
 
 AUTH_REFUSALS: dict[str | None, str] = {
     None: "Missing token: pass ?token=<API token> or an "
@@ -43,7 +48,7 @@ AUTH_REFUSALS: dict[str | None, str] = {
     "bad_token": "Invalid token: it is unknown, revoked or expired.",
     "bad_origin": "Origin not allowed: a logged-in browser session must come from a "
     "page of this server (same scheme, host and port) or of a trusted origin.",
-    # Says nothing about the token: a throttled attempt is never looked up.
+    # Says nothing about the token: the same text whatever the attempt held.
     "throttled": "Too many failed authentications from your address: "
     "try again in a minute.",
 }
@@ -212,10 +217,16 @@ class ApiTokenAuthMiddleware:
     """Resolves scope["auth_method"], scope["client_address"], scope["api_token"] and
     scope["user"] (see the module docstring); never refuses by itself.
 
-    A token from an address over AUTH_FAILURES_PER_MINUTE is marked "throttled" before
-    any database work: no session lookup, no token lookup. Attempts without a token
-    (cookie sessions) are not throttled, so a browser behind the same NAT as a token
-    guesser keeps working.
+    Every attempt is charged to its address at once, in one step with the check
+    (accounts.throttle), and given back when it authenticates. Within
+    AUTH_FAILURES_PER_MINUTE a token is authenticated as usual. Over it, an attempt
+    costs its own client, never a valid one behind the same address (a NAT, a proxy):
+    a token that could be one (`token_looks_valid`) is checked in a batch with the
+    other over-limit attempts of the moment (accounts.probes: one indexed query for
+    the batch, no write), and one that matches is authenticated and accepted; a
+    cookie session costs its own lookup (the session row, then its user). Whatever
+    fails over the limit is "throttled": the session waits
+    AUTH_FAILURE_DELAY_SECONDS before it refuses.
     """
 
     def __init__(self, inner):
@@ -228,43 +239,45 @@ class ApiTokenAuthMiddleware:
         scope = dict(scope)
         scope["client_address"] = address = client_address(scope)
         scope["api_token"] = None
-        if raw_token_from_scope(scope) is not None and auth_failures.refuses(
+        scope["auth_attempt"] = auth_failures.charge(
             address, limit=settings.AUTH_FAILURES_PER_MINUTE
-        ):
-            scope["auth_method"] = "throttled"
-            scope["user"] = AnonymousUser()
-            return await self.inner(scope, receive, send)
+        )
         return await self.with_session(scope, receive, send)
 
     async def resolve(self, scope, receive, send):
         scope = dict(scope)
+        attempt: Attempt = scope.pop("auth_attempt")
         raw = raw_token_from_scope(scope)
-        if scope.get("auth_method") == UNAVAILABLE:
-            pass  # the cookie session could not be read
-        elif raw is not None:
-            try:
-                async with asyncio.timeout(settings.DATABASE_TIMEOUT_SECONDS):
-                    token = await database_sync_to_async(api_token_authenticate)(
-                        raw=raw
-                    )
-            except DATABASE_AWAY:
-                scope["auth_method"] = UNAVAILABLE
-                return await self.inner(scope, receive, send)
-            scope["api_token"] = token
-            if token:
-                scope["auth_method"] = "token"
-                scope["user"] = token.user
-            else:
-                scope["auth_method"] = "bad_token"
-                auth_failures.record_failure(scope["client_address"])
-        else:
-            user = scope.get("user")
-            if user is None or not user.is_authenticated:
-                scope["auth_method"] = None
-            else:
-                scope["auth_method"] = (
-                    "session" if origin_allowed(scope) else "bad_origin"
-                )
+        if scope.get("auth_method") == UNAVAILABLE:  # the cookie session: unread
+            return await self.unavailable(scope, attempt, receive, send)
+        try:
+            async with asyncio.timeout(settings.DATABASE_TIMEOUT_SECONDS):
+                if raw is not None:
+                    token = await _authenticate(raw, over_limit=attempt.over_limit)
+                    scope["api_token"] = token
+                    if token:
+                        scope["auth_method"] = "token"
+                        scope["user"] = token.user
+                    else:
+                        scope["auth_method"] = "bad_token"
+                else:
+                    user = scope.get("user")
+                    if user is None or not user.is_authenticated:
+                        scope["auth_method"] = None
+                    else:
+                        scope["auth_method"] = (
+                            "session" if origin_allowed(scope) else "bad_origin"
+                        )
+        except DATABASE_AWAY:
+            return await self.unavailable(scope, attempt, receive, send)
+        _settle(scope, attempt)
+        return await self.inner(scope, receive, send)
+
+    async def unavailable(self, scope, attempt: Attempt, receive, send):
+        """The database did not answer: not the client's failure (its charge is
+        given back); the consumer tells it to try again later."""
+        auth_failures.succeeded(attempt)
+        scope.update(auth_method=UNAVAILABLE, api_token=None, user=AnonymousUser())
         return await self.inner(scope, receive, send)
 
 
@@ -279,6 +292,41 @@ class _SessionUser(AuthMiddleware):
         except DATABASE_AWAY:
             scope["user"]._wrapped = AnonymousUser()
             scope["auth_method"] = UNAVAILABLE
+
+
+async def _authenticate(raw: str, *, over_limit: bool):
+    """The usable token for `raw`, or None; over the limit, only after a probe."""
+    if not token_looks_valid(raw):
+        return None  # nothing the database could match
+    if over_limit and not await token_probe.matches(raw):
+        return None
+    metrics.TOKEN_LOOKUPS.labels(kind="authenticate").inc()
+    return await database_sync_to_async(api_token_authenticate)(raw=raw)
+
+
+def _settle(scope: dict, attempt: Attempt) -> None:
+    """A success gives its charge back; a failure keeps it, and over the limit is
+    "throttled". Each failure is in the log: one line each within the limit, and
+    the throttle's lines beyond it."""
+    method = scope["auth_method"]
+    if method in ("token", "session"):
+        auth_failures.succeeded(attempt)
+        return
+    scope["user"] = AnonymousUser()
+    scope["api_token"] = None
+    limit = settings.AUTH_FAILURES_PER_MINUTE
+    if attempt.over_limit:
+        scope["auth_method"] = "throttled"
+        auth_failures.refused(attempt, limit=limit)
+    else:
+        logger.info(
+            "WebSocket authentication from %s failed (%s): %d failed attempts of "
+            "the %d a minute allowed",
+            scope["client_address"],
+            method or "missing_token",
+            auth_failures.failures(scope["client_address"]),
+            limit,
+        )
 
 
 def ApiTokenAuthMiddlewareStack(inner):

@@ -1,5 +1,8 @@
 """Reads for accounts: API tokens with their usage."""
 
+from collections import defaultdict
+from collections.abc import Iterable
+
 from django.contrib.auth.models import User
 from django.db.models import Count, FloatField, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
@@ -23,3 +26,13 @@ def api_token_list(*, username: str | None = None) -> QuerySet[ApiToken]:
 def api_token_get_own(*, user: User, token_id: int) -> ApiToken | None:
     """The user's token with this id; None when it does not exist or is not theirs."""
     return ApiToken.objects.filter(user=user, pk=token_id).first()
+
+
+def api_token_digests(*, prefixes: Iterable[str]) -> dict[str, list[str]]:
+    """prefix → the digests of the usable tokens with that prefix, for `prefixes`
+    (one query on the prefix index; nothing is written)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    rows = ApiToken.objects.usable().filter(prefix__in=list(prefixes))
+    for prefix, digest in rows.values_list("prefix", "digest"):
+        found[prefix].append(digest)
+    return dict(found)

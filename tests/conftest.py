@@ -17,6 +17,17 @@ hypothesis_settings.register_profile("explore", max_examples=1000)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_failure_counts():
+    """Each test starts with no failed authentications counted in this process (the
+    counter is in memory: refusals of one test would throttle the next)."""
+    from accounts.throttle import auth_failures
+
+    auth_failures.clear()
+    yield
+    auth_failures.clear()
+
+
 @pytest.fixture
 def user(db):
     return get_user_model().objects.create_user(username="alice", password="pw-alice-1")

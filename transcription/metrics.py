@@ -79,9 +79,18 @@ CHANNEL_LAYER_ERRORS = Counter(
     "Channel-layer (Redis) calls that failed, by operation (sessions go on).",
     ["operation"],
 )
-AUTH_THROTTLED = Counter(
-    "voiceproject_auth_throttled",
-    "WebSocket token attempts refused because their address failed too often.",
+AUTH_REFUSED = Counter(
+    "voiceproject_auth_refused",
+    "WebSocket connections refused before authentication (never stored), by reason: "
+    "missing_token, bad_token, bad_origin, throttled (a failure over the limit).",
+    ["reason"],
+)
+TOKEN_LOOKUPS = Counter(
+    "voiceproject_token_lookups",
+    "Database lookups of WebSocket tokens: authenticate (one attempt within the "
+    "failed-attempt limit, or a token that matched), probe (one batch of attempts "
+    "over it).",
+    ["kind"],
 )
 
 

@@ -160,9 +160,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
-# Failed token authentications one client address may make per minute; beyond,
-# its token attempts are refused without a lookup (accounts.throttle).
+# Failed WebSocket authentications (no, bad or unusable credentials) one client
+# address may make per minute; beyond, its failing attempts wait
+# AUTH_FAILURE_DELAY_SECONDS and are refused, checked in batches (accounts.throttle,
+# accounts.probes). A valid token or browser session is never refused for them.
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
+AUTH_FAILURE_DELAY_SECONDS = env.float("AUTH_FAILURE_DELAY_SECONDS", default=1.0)
 # Usable (not revoked, not expired) API tokens one user may hold.
 MAX_TOKENS_PER_USER = env.int("MAX_TOKENS_PER_USER", default=20)
 LOGIN_URL = "/accounts/login/"

@@ -1,12 +1,14 @@
 """WebSocket authentication: cookie sessions checked against Origin, client addresses,
-and the throttle on failed token authentications (WebsocketCommunicator on the app)."""
+and the throttle on failed authentications (WebsocketCommunicator on the app)."""
 
+import asyncio
 import logging
 
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
+from prometheus_client import REGISTRY
 
 from accounts.middleware import (
     AUTH_REFUSALS,
@@ -15,20 +17,12 @@ from accounts.middleware import (
     client_address,
     parse_origin,
 )
-from accounts.throttle import auth_failures
 from tests.helpers import receive_until_close
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("echo_engine"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_failure_counts():
-    auth_failures.clear()
-    yield
-    auth_failures.clear()
 
 
 @pytest.fixture
@@ -216,9 +210,10 @@ async def test_scope_carries_client_address_and_auth_method():
     assert seen["api_token"] is None
 
 
-# --- Throttle on failed token authentications ---------------------------------
+# --- Throttle on failed authentications ---------------------------------------
 # At the middleware's boundary: what it tells the consumer in the scope (the consumer
-# turns auth_method into AUTH_REFUSALS[auth_method] and close 1008).
+# turns auth_method into AUTH_REFUSALS[auth_method] and close 1008), and the token
+# lookups it makes, read from their Prometheus counter.
 
 
 class Recorder:
@@ -231,20 +226,20 @@ class Recorder:
         self.scopes.append(scope)
 
 
-@pytest.fixture
-def lookups(monkeypatch) -> list[str]:
-    """Calls of the token lookup (the database work a token attempt does)."""
-    from accounts import middleware
+def lookups() -> dict[str, float]:
+    """Token lookups so far, by kind (transcription.metrics.TOKEN_LOOKUPS)."""
+    return {
+        kind: REGISTRY.get_sample_value(
+            "voiceproject_token_lookups_total", {"kind": kind}
+        )
+        or 0.0
+        for kind in ("authenticate", "probe")
+    }
 
-    calls: list[str] = []
-    original = middleware.api_token_authenticate
 
-    def counting(*, raw):
-        calls.append(raw)
-        return original(raw=raw)
-
-    monkeypatch.setattr(middleware, "api_token_authenticate", counting)
-    return calls
+def since(before: dict[str, float]) -> dict[str, float]:
+    now = lookups()
+    return {kind: now[kind] - before[kind] for kind in now}
 
 
 async def _attempt(app, peer, *, query: str = "", headers=()) -> dict:
@@ -259,65 +254,114 @@ async def _attempt(app, peer, *, query: str = "", headers=()) -> dict:
     return app.inner.scopes[-1]
 
 
-async def test_too_many_bad_tokens_from_one_address_are_refused_without_lookup(
-    settings, api_token, lookups, caplog
+BAD = "token=vp_guessedguessedguessedxx"
+
+
+async def test_over_the_limit_failures_are_throttled_and_valid_tokens_still_accepted(
+    settings, api_token, caplog
 ):
     settings.AUTH_FAILURES_PER_MINUTE = 3
     _, raw = api_token
     app = ApiTokenAuthMiddlewareStack(Recorder())
+    before = lookups()
     for _ in range(3):
-        scope = await _attempt(app, "203.0.113.7", query="token=vp_guessedguessedxx")
+        scope = await _attempt(app, "203.0.113.7", query=BAD)
         assert scope["auth_method"] == "bad_token"
-    assert len(lookups) == 3
+    assert since(before) == {"authenticate": 3, "probe": 0}
 
-    with caplog.at_level(logging.WARNING, logger="accounts.throttle"):
+    before = lookups()
+    with caplog.at_level(logging.INFO):
         for query, headers in [
-            ("token=vp_guessedguessedxx", ()),
-            (f"token={raw}", ()),  # even the right token: it is not looked up
-            ("", [(b"authorization", f"Bearer {raw}".encode())]),
+            (BAD, ()),  # one probe
+            ("token=nope", ()),  # cannot be a token: not even probed
+            ("", ()),  # no credentials
         ]:
             scope = await _attempt(app, "203.0.113.7", query=query, headers=headers)
             assert scope["auth_method"] == "throttled"
             assert scope["api_token"] is None
             assert not scope["user"].is_authenticated
             assert scope["client_address"] == "203.0.113.7"
-    assert len(lookups) == 3
+        assert since(before) == {"authenticate": 0, "probe": 1}
+
+        # The valid token, from the same address: probed, then authenticated.
+        before = lookups()
+        for query, headers in [
+            (f"token={raw}", ()),
+            ("", [(b"authorization", f"Bearer {raw}".encode())]),
+        ]:
+            scope = await _attempt(app, "203.0.113.7", query=query, headers=headers)
+            assert scope["auth_method"] == "token"
+            assert scope["user"].username == "alice"
+        assert since(before) == {"authenticate": 2, "probe": 2}
     warnings = [r for r in caplog.records if r.name == "accounts.throttle"]
-    assert len(warnings) == 1  # one line per address and window, not per attempt
+    assert len(warnings) == 2  # the 1st and 2nd refusal of the window, then the 4th…
     assert "203.0.113.7" in warnings[0].getMessage()
     assert raw not in caplog.text
+    assert "vp_guessedguessedguessedxx" not in caplog.text
 
-    # Another address is not locked out.
-    scope = await _attempt(app, "198.51.100.2", query=f"token={raw}")
-    assert scope["auth_method"] == "token"
+    # Another address is not throttled.
+    scope = await _attempt(app, "198.51.100.2", query=BAD)
+    assert scope["auth_method"] == "bad_token"
 
 
-async def test_a_local_proxy_client_is_counted_by_its_forwarded_address(
-    settings, lookups
+async def test_missing_credentials_count_towards_the_limit(settings):
+    settings.AUTH_FAILURES_PER_MINUTE = 2
+    app = ApiTokenAuthMiddlewareStack(Recorder())
+    methods = [(await _attempt(app, "203.0.113.7"))["auth_method"] for _ in range(3)]
+    assert methods == [None, None, "throttled"]
+
+
+async def test_concurrent_bad_attempts_get_no_more_lookups_than_the_limit(
+    settings, api_token
 ):
+    settings.AUTH_FAILURES_PER_MINUTE = 5
+    _, raw = api_token
+    app = ApiTokenAuthMiddlewareStack(Recorder())
+    before = lookups()
+    await asyncio.gather(
+        *(
+            _attempt(app, "203.0.113.7", query=f"token=vp_guess{n:016d}")
+            for n in range(60)
+        ),
+        _attempt(app, "203.0.113.7", query=f"token={raw}"),
+    )
+    methods = [scope["auth_method"] for scope in app.inner.scopes]
+    assert methods.count("token") == 1
+    assert methods.count("bad_token") == 5
+    assert methods.count("throttled") == 55
+    counted = since(before)
+    # Five bad tokens within the limit, and the valid one (within or over it).
+    assert counted["authenticate"] == 6
+    assert counted["probe"] <= 56  # at most one per attempt over the limit
+
+
+async def test_a_local_proxy_client_is_counted_by_its_forwarded_address(settings):
     settings.AUTH_FAILURES_PER_MINUTE = 1
     app = ApiTokenAuthMiddlewareStack(Recorder())
     first = [(b"x-forwarded-for", b"203.0.113.7")]
     second = [(b"x-forwarded-for", b"198.51.100.2")]
-    bad = "token=vp_guessedguessedxx"
-    assert (await _attempt(app, "127.0.0.1", query=bad, headers=first))[
+    assert (await _attempt(app, "127.0.0.1", query=BAD, headers=first))[
         "auth_method"
     ] == "bad_token"
-    assert (await _attempt(app, "127.0.0.1", query=bad, headers=first))[
+    assert (await _attempt(app, "127.0.0.1", query=BAD, headers=first))[
         "auth_method"
     ] == "throttled"
-    assert (await _attempt(app, "127.0.0.1", query=bad, headers=second))[
+    assert (await _attempt(app, "127.0.0.1", query=BAD, headers=second))[
         "auth_method"
     ] == "bad_token"
 
 
 async def test_throttled_address_keeps_its_cookie_sessions(settings, session_cookie):
     settings.AUTH_FAILURES_PER_MINUTE = 1
+    settings.AUTH_FAILURE_DELAY_SECONDS = 0.01
     peer = ("203.0.113.7", 1)
     ws = await _open(query="token=vp_guessedguessedguessed", peer=peer)
     assert "Invalid token" in await _error(ws)
     ws = await _open(session_cookie, "http://127.0.0.1:8765", peer=peer)
     assert await _streams(ws)
+    # Over the limit, a session from another origin is a failure like any other.
+    ws = await _open(session_cookie, "http://evil.example", peer=peer)
+    assert (await _error(ws)) == AUTH_REFUSALS["throttled"]
 
 
 def test_every_refusal_has_a_message_and_throttled_reveals_nothing():

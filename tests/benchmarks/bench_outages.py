@@ -2,7 +2,7 @@
 
 Run from the repository root (not collected by pytest):
 
-    .venv/bin/python tests/benchmarks/bench_outages.py [--outage 8] [--only redis|postgres]
+    .venv/bin/python tests/benchmarks/bench_outages.py [--outage 8] [--only redis]
 
 For each dependency it starts a server of its own (redis-server, or an `initdb` cluster,
 on a free port), daphne on it (the words engine of the tests: each frame is one final;
@@ -179,7 +179,9 @@ async def main() -> None:
         try:
             pg.manage("migrate", "--noinput")
             token = pg.manage("create_token", "bench", "--create-user").split()[-1]
-            await scenario("PostgreSQL", pg, {"DATABASE_URL": pg.url}, token, args.outage)
+            await scenario(
+                "PostgreSQL", pg, {"DATABASE_URL": pg.url}, token, args.outage
+            )
         finally:
             pg.remove()
 

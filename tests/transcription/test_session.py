@@ -88,20 +88,50 @@ async def test_a_session_goes_on_over_a_new_transport(api_token):
     assert texts == ["received 1750 bytes"]
 
 
-async def test_a_refused_session_closes_its_transport_and_never_streams():
+@pytest.mark.parametrize(
+    ("auth_method", "query"),
+    [
+        (None, b""),
+        ("bad_token", b""),
+        ("bad_origin", b""),
+        (None, b"sampleRate=fast"),  # bad parameters too: credentials come first
+    ],
+)
+async def test_an_unauthenticated_client_is_refused_and_never_recorded(
+    auth_method, query
+):
     session = StreamSession(
-        client=Client(auth_method=None, user=None, token=None, address="", grant=None),
-        query_string=b"",
+        client=Client(
+            auth_method=auth_method, user=None, token=None, address="", grant=None
+        ),
+        query_string=query,
         engine=EchoEngine(),
     )
     transport = RecordingTransport("refused")
     await session.open(transport)
     assert session.state is State.CLOSED
     assert session.supervisor is None
-    assert [set(m) for m in transport.messages] == [{"error"}]
+    assert transport.messages == [{"error": AUTH_REFUSALS[auth_method]}]
     assert transport.closed == (1008, None)
+    assert session.session_id is None
+    assert await AudioSession.objects.acount() == 0
+    assert await SessionError.objects.acount() == 0
+    assert capacity.open_count() == 0
+
+
+async def test_an_authenticated_client_with_bad_parameters_is_recorded(api_token):
+    session = StreamSession(
+        client=await sync_to_async(token_client)(api_token),
+        query_string=b"sampleRate=fast",
+        engine=EchoEngine(),
+    )
+    transport = RecordingTransport("bad parameters")
+    await session.open(transport)
+    assert "sampleRate" in transport.messages[0]["error"]
     record = await AudioSession.objects.aget(pk=session.session_id)
-    assert record.close_code == 1008
+    assert (record.status, record.close_code) == ("rejected", 1008)
+    kinds = [k async for k in SessionError.objects.values_list("kind", flat=True)]
+    assert kinds == ["parameters"]
 
 
 async def test_state_moves_only_forward(api_token):
@@ -119,7 +149,8 @@ async def test_state_moves_only_forward(api_token):
     assert (record.close_code, record.close_reason) == (1006, "client disconnected")
 
 
-async def test_a_throttled_client_is_refused_and_never_recorded():
+async def test_a_throttled_client_waits_holding_no_slot_then_is_refused(settings):
+    settings.AUTH_FAILURE_DELAY_SECONDS = 0.3
     session = StreamSession(
         client=Client(
             auth_method="throttled", user=None, token=None, address="", grant=None
@@ -128,7 +159,15 @@ async def test_a_throttled_client_is_refused_and_never_recorded():
         engine=EchoEngine(),
     )
     transport = RecordingTransport("throttled")
-    await session.open(transport)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    opening = asyncio.create_task(session.open(transport))
+    await asyncio.sleep(0.1)
+    assert not opening.done()  # the delay…
+    assert transport.messages == []
+    assert capacity.open_count() == 0  # …costs the process no slot
+    await opening
+    assert loop.time() - started >= 0.3
     assert transport.messages == [{"error": AUTH_REFUSALS["throttled"]}]
     assert transport.closed == (1008, None)
     assert session.state is State.CLOSED

@@ -1,9 +1,11 @@
 """Who may open a session: the client from the handshake, and the refusals in order.
 
-Checked once a session is recorded (its parameters, even bad ones, are kept with
-it): credentials, parameters, the server shutting down, the process at capacity,
-the token's and the user's quotas. A throttled address is refused before that and
-never recorded (an attacker guessing tokens cannot fill the database).
+A client that is not authenticated (`Client.auth_refusal`) is refused first and never
+recorded: no credentials, bad ones, a browser session from another origin, or any of
+these over the failed-attempt limit (nobody can fill the database without a token).
+An authenticated client is recorded (its parameters, even bad ones, kept with it),
+then checked: parameters, the server shutting down, the process at capacity, the
+token's and the user's quotas.
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ class Client:
 async def refusal(
     client: Client, *, bad_parameters: Close | None, has_slot: bool
 ) -> Close | None:
-    """The first reason to refuse this (recorded) session, or None to admit it."""
-    if refused := client.auth_refusal() or bad_parameters:
-        return refused
+    """The first reason to refuse this authenticated (and recorded) client's
+    session, or None to admit it."""
+    if bad_parameters is not None:
+        return bad_parameters
     if shutdown.draining():
         return protocol.SHUTTING_DOWN
     if not has_slot:

@@ -175,15 +175,11 @@ class StreamSession:
     async def open(self, transport: Transport) -> None:
         """Admit or refuse the session, then start streaming."""
         await self.attach(transport)
-        if self.client.throttled:
-            # Counted in logs by the middleware, never stored per attempt.
-            metrics.AUTH_THROTTLED.inc()
-            refused = self.client.auth_refusal()
-            assert refused is not None  # noqa: S101 (throttled is not authenticated)
-            await self._close_now(refused)
-            return
         if self.client.database_unavailable:
             await self._unavailable()
+            return
+        if (unauthenticated := self.client.auth_refusal()) is not None:
+            await self._refuse_unauthenticated(unauthenticated)
             return
         params: StreamParams | None = None
         bad_parameters = None
@@ -212,6 +208,18 @@ class StreamSession:
             close_code=close.code, engine=self.engine.name, audio_seconds=0.0
         )
         await self._close_now(close)
+
+    async def _refuse_unauthenticated(self, refusal: Close) -> None:
+        """CONNECTING → CLOSED before authentication: counted (the middleware's log,
+        a metric), never stored, whatever the parameters. Over the failed-attempt
+        limit the client waits first, holding no slot of the process."""
+        self.release()
+        metrics.AUTH_REFUSED.labels(
+            reason=self.client.auth_method or "missing_token"
+        ).inc()
+        if self.client.throttled:
+            await asyncio.sleep(settings.AUTH_FAILURE_DELAY_SECONDS)
+        await self._close_now(refusal)
 
     async def _refuse(self, refusal: Close) -> None:
         """CONNECTING → CLOSED: one {"error"}, the close, then the record."""
