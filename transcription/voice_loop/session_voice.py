@@ -123,9 +123,11 @@ class SessionVoice:
             batches = await db_call(
                 selectors.batch_outcomes, batch_ids=set(self.waiting)
             )
-        except Exception:  # the database is away too: the next look finds them
+        except DATABASE_AWAY as exc:  # away too: the next look finds them
             logger.warning(
-                "session %s: stored replies not read", self.session_id, exc_info=True
+                "session %s: stored replies not read (%s)",
+                self.session_id,
+                exc.__class__.__name__,
             )
             return
         for batch in batches:
