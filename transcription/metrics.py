@@ -74,6 +74,11 @@ RECEIVER_FAILURES = Counter(
 TTS_FAILURES = Counter(
     "voiceproject_tts_failures", "Replies sent without speech (TTS failed)."
 )
+READY_CHECK_FAILURES = Counter(
+    "voiceproject_ready_check_failures",
+    "Readiness checks (/readyz) that failed, by check: its dependency down or slow.",
+    ["check"],
+)
 AUTH_THROTTLED = Counter(
     "voiceproject_auth_throttled",
     "WebSocket token attempts refused because their address failed too often.",
