@@ -170,7 +170,8 @@ _warm_ups: dict[int, asyncio.Task] = {}
 async def engine() -> Check:
     """The engine loads, and its warm-up (offline: its decoding processes start)
     finished once; later checks cost nothing."""
-    speech = await run_blocking(PROBE_POOL, get_engine)
+    # Not on PROBE_POOL: a hung database there must not make the engine look late.
+    speech = await asyncio.to_thread(get_engine)
     warm_up = getattr(speech, "warm_up", None)
     if warm_up is None:
         return OK
