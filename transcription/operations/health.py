@@ -138,7 +138,9 @@ async def _redis_ping(host: dict) -> None:
             **host,
             "socket_connect_timeout": PROBE_REDIS_SECONDS,
             "socket_timeout": PROBE_REDIS_SECONDS,
-            "retry_on_error": [],  # one try: the check's verdict is its answer
+            # One try: the check's verdict is its answer.
+            "retry": None,
+            "retry_on_error": [],
         }
     )
     try:
