@@ -70,14 +70,10 @@ run: ports-free migrate
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_demo --url http://$(HOST):$(PORT)/
 	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
-	@# The demo receiver answers beside daphne unless a receiver is configured.
-	@export PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/$(METRICS_DIR); \
-	if [ -z "$$RECEIVER_HOST$$RECEIVER_URL" ]; then \
-	  $(PY) manage.py run_receiver --host 127.0.0.1 --port $(RECEIVER_PORT) & \
-	  trap "kill $$! 2>/dev/null" EXIT; \
-	  export RECEIVER_HOST=127.0.0.1 RECEIVER_PORT=$(RECEIVER_PORT); \
-	fi; \
-	$(VENV)/bin/daphne --bind $(HOST) --port $(PORT) voiceproject.asgi:application
+	@# daphne and (unless a receiver is configured) the demo receiver, under one
+	@# process that Ctrl-C or SIGTERM stops with both (transcription/.../run_local.py).
+	@PROMETHEUS_MULTIPROC_DIR=$(abspath $(METRICS_DIR)) exec $(PY) manage.py run_local \
+	  --host $(HOST) --port $(PORT) --receiver-port $(RECEIVER_PORT)
 
 # A new demo password and token on purpose (browsers logged in as demo are logged out).
 demo-reset: migrate

@@ -74,6 +74,11 @@ RECEIVER_FAILURES = Counter(
 TTS_FAILURES = Counter(
     "voiceproject_tts_failures", "Replies sent without speech (TTS failed)."
 )
+READY_CHECK_FAILURES = Counter(
+    "voiceproject_ready_check_failures",
+    "Readiness checks (/readyz) that failed, by check: its dependency down or slow.",
+    ["check"],
+)
 CHANNEL_LAYER_ERRORS = Counter(
     "voiceproject_channel_layer_errors",
     "Channel-layer (Redis) calls that failed, by operation (sessions go on).",

@@ -36,8 +36,8 @@ django.setup()
 
 from websockets.asyncio.client import connect  # noqa: E402
 
-from tests.e2e.postgres import PostgresCluster  # noqa: E402
-from tests.e2e.servers import RedisServer, run_daphne  # noqa: E402
+from tests.e2e.servers import PostgresCluster, RedisServer, run_daphne  # noqa: E402
+from tests.e2e.test_database_outage import manage  # noqa: E402
 from tests.transcription.voice_fakes import TcpReceiver  # noqa: E402
 
 WORD_SECONDS = 0.5
@@ -161,18 +161,11 @@ async def main() -> None:
     parser.add_argument("--only", choices=["redis", "postgres"])
     args = parser.parse_args()
     if args.only in (None, "redis"):
-        redis = RedisServer()
-        redis.start()
-        pg = PostgresCluster()
-        pg.start()
-        try:
-            pg.manage("migrate", "--noinput")
-            token = pg.manage("create_token", "bench", "--create-user").split()[-1]
+        with RedisServer() as redis, PostgresCluster() as pg:
+            manage(pg, "migrate", "--noinput")
+            token = manage(pg, "create_token", "bench", "--create-user").split()[-1]
             env = {"REDIS_URL": redis.url, "DATABASE_URL": pg.url}
             await scenario("Redis", redis, env, token, args.outage)
-        finally:
-            redis.stop()
-            pg.remove()
     if args.only in (None, "postgres"):
         pg = PostgresCluster()
         pg.start()

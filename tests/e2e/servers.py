@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -159,3 +162,210 @@ def wait_gone(pids: set[int], timeout: float = 20) -> set[int]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
+
+
+def _wait_port(port: int, timeout: float, alive=lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the server for port {port} exited")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+class RedisServer:
+    """A redis-server of a test's own on a free loopback port, nothing persisted.
+
+    start() (again after stop() or kill(), on the same port), stop(immediate=True)
+    (SIGKILL, as a crash; immediate=False: SIGTERM), kill(), url; a context manager.
+    pause() and resume(): a server that hangs (SIGSTOP, SIGCONT).
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--loglevel", "warning"]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        process = self.process
+        _wait_port(self.port, 10, alive=lambda: process.poll() is None)
+
+    def stop(self, immediate: bool = True) -> None:
+        if self.process is None:
+            return
+        if immediate:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def kill(self) -> None:
+        self.stop(immediate=True)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections open, nothing answers (a hung server)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def postgres_bin() -> Path | None:
+    """The newest PostgreSQL server binaries of this machine (Debian's layout)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
+    )
+    return found[-1].parent if found else None
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of a test's own: initdb in a temporary folder, a free
+    loopback port, trust authentication, one database (`database`) created at the
+    first start. As root, its programs run as the `postgres` user.
+
+    start() (again after stop() or kill(), same data and port), stop(immediate=True)
+    (`pg_ctl stop -m immediate`, as a crash or a failover; immediate=False: `-m
+    fast`), kill() (SIGKILL to the postmaster and its processes), url; a context
+    manager that removes the folder at exit. pause() and resume(): a server that
+    hangs (SIGSTOP, SIGCONT to all its processes: TCP connects, nothing answers).
+    """
+
+    def __init__(self, database: str = "voiceproject", port: int | None = None) -> None:
+        self.database = database
+        self.port = port or free_port()
+        self.bin = postgres_bin()
+        if self.bin is None:
+            raise RuntimeError(
+                "no PostgreSQL server binaries under /usr/lib/postgresql"
+            )
+        self.folder = Path(tempfile.mkdtemp(prefix="pg-cluster-"))
+        self.data = self.folder / "data"
+        self.log = self.folder / "server.log"
+        self._as_root = os.geteuid() == 0
+        if self._as_root:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.folder, pw.pw_uid, pw.pw_gid)
+        self._created = False
+        self._paused = False
+
+    @staticmethod
+    def available() -> bool:
+        if postgres_bin() is None:
+            return False
+        if os.geteuid() != 0:
+            return True
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return False
+        return shutil.which("runuser") is not None
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [str(self.bin / program), *args]
+        if self._as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60, cwd="/")
+
+    def start(self) -> None:
+        if not self._created:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust")
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.folder} -c fsync=off"
+        )
+        self._run(
+            "pg_ctl", "start", "-w", "-D", str(self.data), "-l", str(self.log),
+            "-o", options,
+        )  # fmt: skip
+        if not self._created:
+            self._run(
+                "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                self.database,
+            )  # fmt: skip
+            self._created = True
+
+    def stop(self, immediate: bool = True) -> None:
+        if not (self.data / "postmaster.pid").exists():
+            return
+        mode = "immediate" if immediate else "fast"
+        self._run("pg_ctl", "stop", "-w", "-D", str(self.data), "-m", mode)
+
+    def _postmaster(self) -> int | None:
+        pid_file = self.data / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        return int(pid_file.read_text().split()[0])
+
+    def _signal_all(self, signum: int) -> None:
+        postmaster = self._postmaster()
+        if postmaster is None:
+            return
+        try:
+            pids = {postmaster, *children(postmaster)}
+        except FileNotFoundError:  # gone already
+            pids = {postmaster}
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def kill(self) -> None:
+        postmaster = self._postmaster()
+        if postmaster is None:
+            return
+        self._signal_all(signal.SIGKILL)
+        wait_gone({postmaster}, timeout=10)
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+
+    def pause(self) -> None:
+        self._paused = True
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._paused = False
+        self._signal_all(signal.SIGCONT)
+
+    def __enter__(self) -> PostgresCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if self._paused:
+                self.resume()
+            self.stop(immediate=False)
+        except (OSError, subprocess.SubprocessError):
+            self.kill()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,7 +1,7 @@
 """PostgreSQL may fail: what was said is not lost, sessions end, new ones are told to
 try again later.
 
-Each test runs daphne on a PostgreSQL cluster of its own (tests.e2e.postgres),
+Each test runs daphne on a PostgreSQL cluster of its own (tests.e2e.servers),
 stops it as a crash does (`pg_ctl stop -m immediate`) mid-session, starts it again,
 and compares what the client saw with what is stored.
 """
@@ -9,47 +9,59 @@ and compares what the client saw with what is stored.
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 
+import psycopg
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.e2e.postgres import PostgresCluster, postgres_bin
-from tests.e2e.servers import run_daphne
+from tests.e2e.servers import ROOT, PostgresCluster, run_daphne, server_env
 from tests.transcription.voice_fakes import TcpReceiver
 
-pytestmark = pytest.mark.skipif(postgres_bin() is None, reason="needs initdb")
+pytestmark = pytest.mark.skipif(
+    not PostgresCluster.available(), reason="needs PostgreSQL's server binaries"
+)
+
+
+def manage(pg: PostgresCluster, *args: str) -> str:
+    """A manage.py command against the cluster; its output."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=server_env({"DATABASE_URL": pg.url}),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def query(pg: PostgresCluster, sql: str) -> list[tuple]:
+    with psycopg.connect(pg.url, autocommit=True) as connection:
+        cursor = connection.execute(sql)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    pg = PostgresCluster()
-    pg.start()
-    pg.manage("migrate", "--noinput")
-    yield pg
-    pg.remove()
+    with PostgresCluster() as pg:
+        manage(pg, "migrate", "--noinput")
+        yield pg
 
 
 @pytest.fixture
 def pg(cluster):
-    if not _answers(cluster):  # a test that failed midway left it stopped
-        cluster.start()
-    cluster.query("TRUNCATE transcription_audiosession CASCADE")
+    if not (cluster.data / "postmaster.pid").exists():
+        cluster.start()  # a test that failed midway left it stopped
+    query(cluster, "TRUNCATE transcription_audiosession CASCADE")
     return cluster
-
-
-def _answers(cluster) -> bool:
-    try:
-        cluster.query("SELECT 1")
-    except Exception:
-        return False
-    return True
 
 
 @pytest.fixture
 def raw_token(cluster):
     name = f"u{time.monotonic_ns()}"
-    out = cluster.manage("create_token", name, "--create-user")
+    out = manage(cluster, "create_token", name, "--create-user")
     return out.strip().splitlines()[-1]
 
 
@@ -79,15 +91,17 @@ async def next_message(ws, seconds: float = 15) -> dict:
 
 def stored(pg) -> tuple[list[tuple], list[tuple]]:
     """(close_code, finals) of each session; (text, batch status) of each final."""
-    sessions = pg.query(
+    sessions = query(
+        pg,
         "SELECT s.close_code, count(t.id) FROM transcription_audiosession s "
         "LEFT JOIN transcription_transcript t ON t.session_id = s.id "
-        "GROUP BY s.id, s.started_at ORDER BY s.started_at"
+        "GROUP BY s.id, s.started_at ORDER BY s.started_at",
     )
-    finals = pg.query(
+    finals = query(
+        pg,
         "SELECT t.text, b.status FROM transcription_transcript t "
         "LEFT JOIN transcription_receiverbatch b ON b.id = t.batch_id "
-        "ORDER BY t.session_id, t.seq"
+        "ORDER BY t.session_id, t.seq",
     )
     return sessions, finals
 

@@ -7,71 +7,24 @@ mid-session and start it again (on the same port, empty: it keeps nothing).
 import asyncio
 import contextlib
 import json
-import shutil
-import subprocess
-import time
 
 import pytest
 from websockets.asyncio.client import connect
 
 from accounts.services import api_token_create
-from tests.e2e.servers import free_port, run_daphne
+from tests.e2e.servers import RedisServer, run_daphne
 from tests.transcription.voice_fakes import TcpReceiver
 from transcription.models import AudioSession, ReceiverBatch
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-class RedisServer:
-    """A redis-server of the test's own on a free port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while (
-            b"PONG"
-            not in subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
-            ).stdout
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def redis():
-    if shutil.which("redis-server") is None:
+    if not RedisServer.available():
         pytest.skip("needs redis-server")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.kill()
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from transcription import services
 from transcription.models import ReceiverBatch, WorkerHeartbeat
 
 # Also on PostgreSQL and the Redis channel layer (`make test`'s second run).
-pytestmark = [pytest.mark.django_db, pytest.mark.services]
+# Committed rows: the checks read on a connection of their own.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 
 @pytest.fixture(autouse=True)
