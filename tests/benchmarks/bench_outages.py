@@ -167,16 +167,11 @@ async def main() -> None:
             env = {"REDIS_URL": redis.url, "DATABASE_URL": pg.url}
             await scenario("Redis", redis, env, token, args.outage)
     if args.only in (None, "postgres"):
-        pg = PostgresCluster()
-        pg.start()
-        try:
-            pg.manage("migrate", "--noinput")
-            token = pg.manage("create_token", "bench", "--create-user").split()[-1]
-            await scenario(
-                "PostgreSQL", pg, {"DATABASE_URL": pg.url}, token, args.outage
-            )
-        finally:
-            pg.remove()
+        with PostgresCluster() as pg:
+            manage(pg, "migrate", "--noinput")
+            token = manage(pg, "create_token", "bench", "--create-user").split()[-1]
+            env = {"DATABASE_URL": pg.url}
+            await scenario("PostgreSQL", pg, env, token, args.outage)
 
 
 if __name__ == "__main__":

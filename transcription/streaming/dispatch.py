@@ -15,7 +15,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from transcription.channel_layer import LAYER_ERRORS, RETRY_FIRST_SECONDS, next_delay
+from transcription.channel_layer import LAYER_ERRORS, layer_health
 from voiceproject.server.versions import require_versions, tested
 
 # The dispatch below reimplements Channels' own loop (channels.consumer.AsyncConsumer
@@ -33,7 +33,7 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
     Channels, handlers run one at a time, each message source in order, and an
     exception or StopConsumer from any handler ends the consumer. Unlike Channels,
     a layer that fails (Redis away) does not: `layer_failed()` is told, and the
-    receive is tried again with backoff until the layer answers.
+    receive is tried again once the layer answers.
 
     The one difference: `websocket.receive` (each frame) is dispatched without
     `aclose_old_connections`, so a subclass's receive() must reach the ORM through
@@ -82,17 +82,15 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
 
     async def _dispatch_layer(self, consumer_task: asyncio.Task) -> None:
         """Channel-layer messages, one at a time with the client's."""
-        delay = RETRY_FIRST_SECONDS
         try:
             while True:
                 try:
                     message = await self.channel_receive()
                 except LAYER_ERRORS as exc:
+                    layer_health.failed("receive", exc)
                     self.layer_failed(exc)
-                    await asyncio.sleep(delay)
-                    delay = next_delay(delay)
+                    await layer_health.until_back()
                     continue
-                delay = RETRY_FIRST_SECONDS
                 async with self._dispatching:
                     await self.dispatch_layer(message)
         except asyncio.CancelledError:
@@ -102,7 +100,8 @@ class StreamingWebsocketConsumer(AsyncWebsocketConsumer):
             consumer_task.cancel()
 
     def layer_failed(self, exc: BaseException) -> None:
-        """The channel layer failed to receive (a subclass rejoins its groups)."""
+        """The channel layer failed to receive (counted already; a subclass
+        rejoins its groups)."""
 
     async def dispatch_layer(self, message: dict) -> None:
         """A channel-layer message (a subclass may route some itself)."""

@@ -29,7 +29,6 @@ from typing import Protocol
 from django.conf import settings
 
 from transcription import metrics
-from transcription.channel_layer import layer_health
 from transcription.engines import (
     EngineError,
     SpeechToText,
@@ -361,9 +360,7 @@ class StreamSession:
         """The transport's channel layer failed: the session goes on; its replies
         come once the layer answers (or from the database)."""
         if self.voice is not None:
-            self.voice.layer_lost("receive", exc)
-        else:
-            layer_health.failed("receive", exc)
+            self.voice.rejoin_later()
 
     async def reply(self, event: ReplyEvent) -> None:
         """A worker's reply to one of this session's batches."""

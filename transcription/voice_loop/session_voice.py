@@ -13,12 +13,7 @@ from typing import Any
 from django.conf import settings
 
 from transcription import selectors, services
-from transcription.channel_layer import (
-    LAYER_ERRORS,
-    RETRY_FIRST_SECONDS,
-    layer_health,
-    next_delay,
-)
+from transcription.channel_layer import LAYER_ERRORS, layer_health
 from transcription.db import DATABASE_AWAY, db_call
 from transcription.models import Transcript
 from transcription.voice_loop.receiver import exchange_budget, receiver_config
@@ -41,9 +36,10 @@ class SessionVoice:
     waits (bounded) for its reply.
 
     The channel layer may fail (Redis away): the session goes on. A failed join, or
-    a transport that lost its layer, starts `_rejoin`: with backoff until the layer
-    answers, then the replies stored meanwhile are read from the database and
-    handed to `deliver`, as if pushed. A reply is sent once, whichever way it came.
+    a transport that lost its layer, starts `_rejoin`: once the layer answers, the
+    group is joined again and the replies stored meanwhile are read from the
+    database and handed to `deliver`, as if pushed. A reply is sent once, whichever
+    way it came.
     """
 
     def __init__(
@@ -84,28 +80,26 @@ class SessionVoice:
         try:
             await channel_layer.group_add(self.group, channel_name)
         except LAYER_ERRORS as exc:
-            self.layer_lost("group_add", exc)
+            layer_health.failed("group_add", exc)
+            self.rejoin_later()
         else:
             layer_health.answered()
 
-    def layer_lost(self, operation: str, exc: BaseException) -> None:
-        """A layer call failed: the group may be gone (a restarted Redis keeps
+    def rejoin_later(self) -> None:
+        """The layer failed: the group may be gone (a restarted Redis keeps
         nothing), so join it again once the layer answers."""
-        layer_health.failed(operation, exc)
         if self.joined is not None and self.rejoining is None:
             self.rejoining = asyncio.create_task(self._rejoin())
 
     async def _rejoin(self) -> None:
-        delay = RETRY_FIRST_SECONDS
         try:
             while self.joined is not None:
-                await asyncio.sleep(delay)
+                await layer_health.until_back()
                 channel_layer, channel_name = self.joined
                 try:
                     await channel_layer.group_add(self.group, channel_name)
                 except LAYER_ERRORS as exc:
-                    layer_health.failed("group_add", exc)
-                    delay = next_delay(delay)
+                    layer_health.failed("group_add", exc)  # probed again
                     continue
                 layer_health.answered()
                 await self.pick_up_stored()
