@@ -6,11 +6,14 @@ Each variable, its default and meaning: docs/settings.md.
 import datetime as dt
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+
+from voiceproject.placeholders import is_placeholder, placeholder_error
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -241,6 +244,21 @@ READY_MAX_BATCH_AGE = env.float("READY_MAX_BATCH_AGE", default=120.0)
 # prometheus-client itself (transcription.metrics), not here.
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# A secret still at a placeholder (deploy/voiceproject.env.example's change-me…) stops
+# every start, naming the variable: `check --deploy` would pass the example's key, and
+# /metrics would open to anyone who read the example.
+_placeholders = [
+    name
+    for name, value in (
+        ("DJANGO_SECRET_KEY", env.str("DJANGO_SECRET_KEY", default="")),
+        ("METRICS_TOKEN", METRICS_TOKEN),
+        ("DATABASE_URL's password", DATABASES["default"].get("PASSWORD") or ""),
+        ("REDIS_URL's password", urlsplit(REDIS_URL).password or ""),
+    )
+    if value and is_placeholder(value)
+]
+if _placeholders:
+    raise ImproperlyConfigured(placeholder_error(_placeholders))
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 if LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")

@@ -1,14 +1,24 @@
 """Authentication against a real daphne on loopback, with a real WebSocket client."""
 
 import http.client
+import ssl
+import sys
 from urllib.parse import quote
 
 import pytest
+import trustme
 from django.conf import settings
 from django.test import Client
 from websockets.asyncio.client import connect
 
-from tests.e2e.servers import drain, run_daphne
+from tests.e2e.servers import (
+    LiveServer,
+    _wait_until_listening,
+    drain,
+    free_port,
+    run_daphne,
+    run_process,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
@@ -67,6 +77,56 @@ async def test_cookie_sessions_only_from_this_origin_or_a_listed_one(server, coo
         messages, code = await _session(server, cookie, origin, talk=False)
         assert code == 1008, origin
         assert messages[0]["error"].startswith("Origin not allowed"), origin
+
+
+@pytest.fixture
+def tls_server(transactional_db, tmp_path):
+    """daphne serving TLS itself (`-e ssl:…`), with a throw-away CA's certificate for
+    127.0.0.1; `server.tls` trusts it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
+    port = free_port()
+    pem = tmp_path / "server.pem"
+    endpoint = f"ssl:{port}:interface=127.0.0.1:privateKey={pem}:certKey={pem}"
+    args = [
+        sys.executable,
+        "-m",
+        "daphne",
+        "-e",
+        endpoint,
+        "voiceproject.asgi:application",
+    ]
+    env = {"TRANSCRIPTION_ENGINE": "echo", "DJANGO_SECRET_KEY": settings.SECRET_KEY}
+    with run_process(args, env, name="daphne") as (process, log):
+        server = LiveServer(port=port, process=process, log_path=log)
+        _wait_until_listening(server, 60)
+        server.tls = ssl.create_default_context()
+        ca.configure_trust(server.tls)
+        yield server
+
+
+async def test_over_daphnes_own_tls_a_cookie_session_from_its_https_page_is_accepted(
+    tls_server, cookie
+):
+    """daphne's websocket scope has no scheme: without one the server's own origin
+    was http://…, and every browser on https://… was refused."""
+    url = f"wss://127.0.0.1:{tls_server.port}/?sendPartials=false"
+
+    async def session(origin: str) -> tuple[list[dict], int]:
+        headers = {"Cookie": cookie, "Origin": origin}
+        async with connect(url, ssl=tls_server.tls, additional_headers=headers) as ws:
+            if origin.startswith("https"):
+                await ws.send(b"\0" * 64)
+                await ws.send("END_OF_STREAM")
+            messages = await drain(ws)
+            return messages, ws.close_code
+
+    own = f"https://127.0.0.1:{tls_server.port}"
+    assert await session(own) == ([{"transcript": "received 64 bytes"}], 1000)
+    messages, code = await session(own.replace("https://", "http://"))
+    assert code == 1008
+    assert messages[0]["error"].startswith("Origin not allowed")
 
 
 def _get(server, path: str) -> tuple[int, str, str]:

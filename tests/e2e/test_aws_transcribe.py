@@ -89,6 +89,23 @@ async def test_service_errors_reach_the_client_as_close_codes(
     assert session.close_code == code
 
 
+async def test_an_option_ending_in_a_newline_is_refused_before_any_request(
+    aws_server, raw_token
+):
+    url = f"{aws_server.ws_url}/?token={raw_token}&vocabularyName=medical%0A"
+    async with connect(url) as ws:
+        messages = await drain(ws)
+        assert ws.close_code == 1008
+    assert messages == [
+        {
+            "error": "Invalid vocabularyName 'medical\\n': use a name of letters, "
+            "digits, '.', '_' or '-'."
+        }
+    ]
+    assert aws_server.fake.received == []  # no stream was opened
+    assert "Traceback" not in aws_server.output()
+
+
 async def _until(condition, bound: float = 20.0) -> None:
     """Wait for what the fake (in its thread) or daphne reports, bounded."""
     async with asyncio.timeout(bound):

@@ -53,13 +53,16 @@ def _procfile_daphne(port: int) -> list[str]:
     return [sys.executable, "-m", "daphne", *args[1:]]
 
 
-def _nginx_conf(tmp: Path, *, https: int, http: int, upstream: int, ca) -> Path:
+def _nginx_conf(
+    tmp: Path, *, https: int, http: int, upstream: int, ca, site: str | None = None
+) -> Path:
+    """nginx.conf in `tmp` for the kit's site (or `site`, an edited copy of it)."""
     cert = ca.issue_cert(HOST)
     cert.cert_chain_pems[0].write_to_path(tmp / "cert.pem")
     for pem in cert.cert_chain_pems[1:]:
         pem.write_to_path(tmp / "cert.pem", append=True)
     cert.private_key_pem.write_to_path(tmp / "key.pem")
-    site = (DEPLOY / "nginx/voiceproject.conf").read_text()
+    site = site or (DEPLOY / "nginx/voiceproject.conf").read_text()
     site = re.sub(r"\n\s*listen \[::\].*;", "", site)  # IPv4 only here
     site = site.replace("listen 443 ssl http2;", f"listen 127.0.0.1:{https} ssl http2;")
     site = site.replace("listen 80;", f"listen 127.0.0.1:{http};")
@@ -190,6 +193,84 @@ def test_nginx_site_and_daphne_command_line_serve_a_session_over_tls(django_user
     assert (messages, code) == ([{"transcript": "received 3200 bytes"}], 1000)
     session_record = AudioSession.objects.get()
     assert session_record.client == "127.0.0.1"  # nginx's view, not the forged header
+
+
+FORGED = "203.0.113.9"
+OVERWRITE = "proxy_set_header X-Forwarded-For $remote_addr;"
+APPEND = "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+
+
+def _forged_through(site: str, *, server: LiveServer, ca, raw: str) -> tuple[str, bool]:
+    """A page and a session through nginx running `site`, each with a forged
+    X-Forwarded-For: (the session's recorded client, whether daphne's output
+    names the forged address)."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.check_hostname = False
+    https, plain = free_port(), free_port()
+    start = len(server.output())
+
+    async def session():
+        async with connect(
+            f"wss://{HOST}:{https}/?sendPartials=false",
+            host="127.0.0.1",
+            port=https,
+            ssl=context,
+            additional_headers={
+                "Authorization": f"Bearer {raw}",
+                "X-Forwarded-For": FORGED,
+            },
+        ) as ws:
+            await ws.send("END_OF_STREAM")
+            await drain(ws)
+            return ws.close_code
+
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = _nginx_conf(
+            Path(tmp), https=https, http=plain, upstream=server.port, ca=ca, site=site
+        )
+        with _nginx(conf, https):
+            headers = {"X-Forwarded-For": FORGED}
+            page = _get(https, "/accounts/login/", context=context, headers=headers)
+            assert page.status == 200
+            assert asyncio.run(session()) == 1000
+    record = AudioSession.objects.order_by("-started_at").first()
+    return record.client, FORGED in server.output()[start:]
+
+
+@pytest.mark.skipif(
+    NGINX is None, reason="nginx is not installed (apt-get install nginx)"
+)
+def test_the_site_overwrites_a_forged_x_forwarded_for_and_appending_would_not(
+    django_user_model,
+):
+    """daphne's --proxy-headers takes the FIRST X-Forwarded-For entry as the client,
+    the application's address_of the last: only a proxy that overwrites the header
+    gives both the address it saw. Appending (nginx's usual $proxy_add_x_forwarded_for)
+    hands daphne what the client wrote, and the forged address becomes the client's
+    for the throttle, the records and the logs."""
+    shipped = (DEPLOY / "nginx/voiceproject.conf").read_text()
+    assert shipped.count(OVERWRITE) == 1
+    raw = api_token_create(
+        user=django_user_model.objects.create_user(username="ops"), name="kit"
+    )[1]
+    ca = trustme.CA()
+    port = free_port()
+    env = {
+        "DJANGO_BEHIND_TLS_PROXY": "true",
+        "DJANGO_DEBUG": "false",
+        "DJANGO_ALLOWED_HOSTS": HOST,
+        "TRANSCRIPTION_ENGINE": "echo",
+    }
+    with run_process(_procfile_daphne(port), env, name="daphne") as (process, log):
+        server = LiveServer(port, process, log)
+        _wait_until_listening(server, 60)
+        shipped_sees = _forged_through(shipped, server=server, ca=ca, raw=raw)
+        appended = shipped.replace(OVERWRITE, APPEND)
+        appending_sees = _forged_through(appended, server=server, ca=ca, raw=raw)
+    # The record and daphne's access log (its lines for the page and the socket).
+    assert shipped_sees == ("127.0.0.1", False)
+    assert appending_sees == (FORGED, True)
 
 
 @pytest.mark.skipif(

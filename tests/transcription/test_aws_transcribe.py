@@ -153,6 +153,23 @@ async def test_bad_option_values_are_refused_before_any_request(aws, name, value
     assert aws.received == []
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["vocabularyName", "vocabularyFilterName", "languageModelName", "piiEntityTypes"],
+)
+@pytest.mark.parametrize("ending", ["%0A", "%0D%0A", "%0Ax-injected:%201"])
+def test_a_name_with_a_trailing_newline_is_refused(name, ending):
+    """`match` with `^…$` took them: `$` also matches before a final newline."""
+    caps = AwsTranscribeEngine.capabilities
+    params = protocol.parse_params(f"{name}=NAME{ending}".encode(), caps)
+    assert "\n" in params.options[name]  # the parser decodes it and passes it on
+    with pytest.raises(EngineError) as caught:
+        aws_transcribe.sdk_options(params.options)
+    assert caught.value.close_code == 1008
+    assert caught.value.message.startswith(f"Invalid {name} 'NAME")
+    assert aws_transcribe.sdk_options({name: "NAME"})  # the same name, no newline
+
+
 def test_validation_uses_the_aws_lists():
     caps = AwsTranscribeEngine.capabilities
     query = b"language=de-DE&sampleRate=8000&encoding=flac&vocabularyName=v1"

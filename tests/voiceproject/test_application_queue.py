@@ -3,8 +3,10 @@
 import asyncio
 
 import pytest
+from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-from voiceproject.server.application_queue import FlowQueue
+from voiceproject.server.application_queue import FlowQueue, websocket_scheme
 
 
 class Transport:
@@ -66,3 +68,8 @@ async def test_a_woken_getter_cancelled_hands_the_message_to_the_next():
     with pytest.raises(asyncio.CancelledError):
         await first
     assert queue.held == 0
+
+
+def test_the_scheme_is_wss_over_twisteds_tls_and_ws_otherwise():
+    assert websocket_scheme(TLSMemoryBIOProtocol(None, Protocol())) == "wss"
+    assert websocket_scheme(Transport()) == "ws"

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tests.e2e.servers import ROOT, server_env
+from tests.e2e.servers import ROOT, run_process, server_env
+from voiceproject.placeholders import is_placeholder
 
 pytestmark = pytest.mark.django_db
 
@@ -88,3 +89,82 @@ def test_the_tokens_page_offers_wss_urls_behind_the_tls_proxy(client, user, sett
     raw = response.context["raw_token"]
     body = response.content.decode()
     assert f"wss://speech.example.com/?token={raw}&amp;language=en-US" in body
+
+
+# --- placeholders (deploy/voiceproject.env.example) are refused at start-up ----------
+
+EXAMPLE = ROOT / "deploy/voiceproject.env.example"
+
+
+def _example_env() -> dict[str, str]:
+    """The example file as systemd's EnvironmentFile reads it."""
+    lines = EXAMPLE.read_text().splitlines()
+    return dict(
+        line.split("=", 1) for line in lines if line and not line.startswith("#")
+    )
+
+
+def test_every_secret_of_the_example_is_a_placeholder_and_real_ones_are_not():
+    example = _example_env()
+    database_password = example["DATABASE_URL"].split(":")[2].split("@")[0]
+    for value in (
+        example["DJANGO_SECRET_KEY"],
+        example["METRICS_TOKEN"],
+        database_password,
+    ):
+        assert is_placeholder(value), value
+    for value in ("change-me", "CHANGEME", "change_me_please", "replace-me", "secret"):
+        assert is_placeholder(value), value
+    for value in (
+        secrets.token_urlsafe(50),
+        "test-only-secret-key",  # the keys of the test run
+        "e2e-test-secret-key",
+        "correct-horse-battery-staple",
+    ):
+        assert not is_placeholder(value), value
+
+
+def test_daphne_refuses_to_start_with_the_example_environment():
+    args = [
+        sys.executable,
+        "-m",
+        "daphne",
+        "--port",
+        "0",
+        "voiceproject.asgi:application",
+    ]
+    with run_process(args, _example_env(), name="daphne") as (process, log):
+        code = process.wait(timeout=60)
+        output = log.read_text()
+    assert code != 0, output
+    assert (
+        "ImproperlyConfigured: DJANGO_SECRET_KEY and METRICS_TOKEN and DATABASE_URL's "
+        "password are still placeholders (the values in "
+        "deploy/voiceproject.env.example" in output
+    )
+    assert _example_env()["DJANGO_SECRET_KEY"] not in output  # names, never values
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DJANGO_SECRET_KEY", "change-me"),
+        ("METRICS_TOKEN", "change-me-too"),
+        ("REDIS_URL", "redis://:changeme@127.0.0.1:6379/0"),
+    ],
+)
+def test_check_deploy_fails_naming_the_placeholder(name, value):
+    env = {**PRODUCTION, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), name: value}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        cwd=ROOT,
+        env=server_env(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"django.core.exceptions.ImproperlyConfigured: {name}")
+    assert "is still a placeholder" in last

@@ -57,7 +57,8 @@ CLOSE_TIMEOUT_SECONDS = 5.0
 COALESCE_SECONDS = 0.05  # tiny frames wait this long to travel together
 MAX_EVENT_BYTES = 32 * 1024  # the service's largest audio event
 _NO_AUDIO = re.compile(r"no new audio was received", re.IGNORECASE)
-_NAME = re.compile(r"^[0-9A-Za-z._-]{1,200}$")
+# fullmatch: `$` would also match before a trailing newline ("v1\n").
+_NAME = re.compile(r"[0-9A-Za-z._-]{1,200}")
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -70,7 +71,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 
 def _name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError("a name of letters, digits, '.', '_' or '-'")
     return value
 

@@ -6,6 +6,10 @@ it holds and pauses reading the socket above a high-water mark, resuming below a
 one, and it says so in the scope (`flow_control` describes the contract). daphne's
 `Server` has one other patch: `shutdown` (`kill_all_applications`).
 
+The same function gives a websocket's scope the `scheme` daphne leaves out: `wss` when
+daphne serves TLS itself (`-e ssl:…`), else `ws`, so that the origin check
+(accounts.middleware.own_origin) knows a browser reached `https://host`.
+
 Written against daphne 4.2 (`Server.create_application`, `Server.connections`);
 `install()` refuses other versions.
 """
@@ -19,6 +23,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
+from twisted.internet.interfaces import ISSLTransport
 
 from voiceproject.server.versions import require_versions, tested
 
@@ -91,11 +96,18 @@ def high_water_bytes() -> int:
     return max(HIGH_WATER_BYTES, 2 * settings.MAX_FRAME_BYTES)
 
 
+def websocket_scheme(transport) -> str:
+    """`wss` over daphne's own TLS (Twisted's TLS transport), else `ws`."""
+    return "wss" if ISSLTransport.providedBy(transport) else "ws"
+
+
 def create_application(self, protocol, scope):
-    """daphne 4.2's `Server.create_application`, with a FlowQueue for websockets."""
+    """daphne 4.2's `Server.create_application`, with a FlowQueue for websockets
+    and their scheme in the scope."""
     assert "application_instance" not in self.connections[protocol]  # noqa: S101
     input_queue: asyncio.Queue | FlowQueue
     if scope.get("type") == "websocket":
+        scope.setdefault("scheme", websocket_scheme(protocol.transport))
         input_queue = FlowQueue(protocol.transport, high_water=high_water_bytes())
         scope.setdefault("extensions", {})[FLOW_CONTROL] = {
             "disconnected": input_queue.disconnected
