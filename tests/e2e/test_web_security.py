@@ -61,13 +61,18 @@ def output_holding(read, marker: str) -> str:
         ("//evil.example/?token=1", "/%2Fevil.example/"),
         ("///evil.example/?token=1&a=2", "/%2F/evil.example/?a=2"),
         ("/\\evil.example/?token=1", "/%5Cevil.example/"),
-        ("//evil.example/?next=/%3Ftoken%3Dvp_abcdefghijkl", "/%2Fevil.example/?next=/"),
+        (
+            "//evil.example/?next=/%3Ftoken%3Dvp_abcdefghijkl",
+            "/%2Fevil.example/?next=/",
+        ),
     ],
 )
 def test_a_token_url_with_a_network_path_is_redirected_to_a_path(
     server, method, status, target, location
 ):
-    got, headers, _ = send(server, method, target, body=b"" if method == "POST" else None)
+    got, headers, _ = send(
+        server, method, target, body=b"" if method == "POST" else None
+    )
     assert got == status
     assert headers["Location"] == location
 
@@ -156,6 +161,14 @@ def test_a_login_username_cannot_forge_a_log_line(server):
     assert 'user_agent: "ua\\x1b[2K\\x1b[1Aforged"' in output
     assert lines_forged(output) == []
     assert "\x1b" not in output
+
+
+@pytest.mark.parametrize("value", ["ua\r x", "ua\x85x"])
+def test_a_header_with_a_line_break_or_a_high_byte_is_refused(server, value):
+    status, _, _ = send(
+        server, "GET", "/accounts/login/", headers={"User-Agent": value}
+    )
+    assert status == 400
 
 
 def test_a_path_cannot_forge_an_access_log_line(server):
