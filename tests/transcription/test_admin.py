@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -298,7 +299,12 @@ def test_session_detail_shows_only_the_tables_with_rows(admin_client, history):
     assert 'id="errors-group"' not in html  # no errors: no table of headers alone
     assert 'id="batches-group"' not in html
     # The inlines' title rows (each record's str, cut short) are hidden.
-    assert ".inline-group .tabular td.original p { display: none; }" in html
+    # (in static/css/admin-session.css: the CSP allows no inline style)
+    assert "css/admin-session.css" in html
+    from django.contrib.staticfiles import finders
+
+    css = Path(finders.find("css/admin-session.css")).read_text()
+    assert ".inline-group .tabular td.original p { display: none; }" in css
     failed = admin_client.get(session_url(history["failed"])).content.decode()
     assert 'id="errors-group"' in failed
 
