@@ -15,28 +15,12 @@ import json
 import logging
 import re
 
+from voiceproject.log_text import escape_controls
+
 # Lines about a session start with "session <uuid>" (STYLE: the id in every line).
 SESSION_ID = re.compile(
     r"\bsession ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 )
-
-
-# C0 controls (CR, LF, TAB, ESC…), DEL, C1 controls, and the Unicode line and
-# paragraph separators some viewers break lines at.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match[0]
-    if char in _NAMED:
-        return _NAMED[char]
-    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
-
-
-def escape_controls(text: str) -> str:
-    """`text` with every control character written as an escape (`\\r`, `\\x1b`)."""
-    return CONTROL.sub(_escape, text)
 
 
 TRACEBACK_INDENT = "    "

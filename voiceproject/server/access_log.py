@@ -15,7 +15,7 @@ forge another: control characters are escaped as in the plain log format.
 import re
 
 from accounts.tokens import REDACTED, TOKEN_TAG, text_holds_token
-from transcription.operations.log_format import escape_controls
+from voiceproject.log_text import escape_controls
 from voiceproject.server.versions import require_versions, tested
 
 TESTED_VERSIONS = tested("daphne")
