@@ -29,6 +29,13 @@ from accounts.services import (
 )
 
 
+def may_mint_tokens_for(request: HttpRequest, user) -> bool:
+    """Who may see a new raw token of `user` (create one, or rotate one): a superuser,
+    or `user` themselves. Other staff, whatever their permissions, may not: the raw
+    token would let them stream as that user (a superuser, say)."""
+    return request.user.is_superuser or user.pk == request.user.pk
+
+
 class ApiTokenAddForm(forms.ModelForm):
     class Meta:
         model = ApiToken
@@ -121,6 +128,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if request.method == "POST" and self.has_add_permission(request):
             form = self.get_form(request)(request.POST)
             if form.is_valid():
+                if not may_mint_tokens_for(request, form.cleaned_data["user"]):
+                    raise PermissionDenied
                 try:
                     token, raw = api_token_create(
                         user=form.cleaned_data["user"],
@@ -228,6 +237,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def rotate_view(self, request: HttpRequest, token_id: int):
         token = self._token_for_action(request, token_id)
+        if not may_mint_tokens_for(request, token.user):
+            raise PermissionDenied
         if token.revoked_at is not None:
             self.message_user(
                 request,
@@ -252,8 +263,11 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return self._raw_token_response(request, new, raw, rotated=token)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        token = self.get_object(request, object_id)
+        may_rotate = token is not None and may_mint_tokens_for(request, token.user)
         extra = {
             **(extra_context or {}),
+            "may_rotate": may_rotate,
             # Nothing on a token is editable: revoke and rotate are the actions.
             "show_save": False,
             "show_save_and_continue": False,

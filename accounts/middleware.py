@@ -22,7 +22,14 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import (
+    SplitResult,
+    parse_qs,
+    parse_qsl,
+    urlencode,
+    urlsplit,
+    urlunsplit,
+)
 
 from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
@@ -33,6 +40,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.request import split_domain_port, validate_host
 from django.utils.cache import add_never_cache_headers
+from django.utils.http import escape_leading_slashes
 
 from accounts.probes import token_probe
 from accounts.services import api_token_authenticate
@@ -346,8 +354,17 @@ def url_without_token(url: str, *, depth: int = 0) -> str | None:
     A `token` parameter (any case) goes; so does any other parameter whose value,
     decoded, still holds one (`next=/?token=…`), after an attempt to keep it with the
     token taken out of it.
+
+    A URL without a scheme is a path and stays one: only its path and query are
+    rebuilt, and a leading `//` (which urlsplit, and a browser, would read as a
+    network location: an open redirect to `//evil.example/`) is written `/%2F`.
     """
-    parts = urlsplit(url)
+    if urlsplit(url).scheme:
+        parts = urlsplit(url)
+    else:
+        rest, _, fragment = url.partition("#")
+        path, _, query = rest.partition("?")
+        parts = SplitResult("", "", escape_leading_slashes(path), query, fragment)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     kept: list[tuple[str, str]] = []
     for key, value in pairs:

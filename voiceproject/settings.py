@@ -68,6 +68,7 @@ MIDDLEWARE = [
     # First: /healthz, /readyz and /metrics, before host checks and redirects.
     "transcription.operations.middleware.operations_endpoints",
     "django.middleware.security.SecurityMiddleware",
+    "voiceproject.csp.ContentSecurityPolicyMiddleware",
     # Before anything that redirects (login_required, LoginView): no token in a URL.
     "accounts.middleware.TokenOutOfUrlsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -80,6 +81,23 @@ MIDDLEWARE = [
     # Last, as django-axes asks: it turns a locked-out login into its 429 page.
     "axes.middleware.AxesMiddleware",
 ]
+
+# What a page may load (voiceproject/csp.py, docs/operations.md §11): its own static
+# scripts and styles only (no inline code), the socket to this server (CSP 3's
+# 'self' covers ws:/wss: of the page's host), reply audio as blob: URLs.
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "media-src": ["'self'", "blob:"],
+    "connect-src": ["'self'"],
+    "worker-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 
 ROOT_URLCONF = "voiceproject.urls"
 ASGI_APPLICATION = "voiceproject.asgi.application"
@@ -267,7 +285,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "transcription.operations.log_format.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
         "json": {"()": "transcription.operations.log_format.JsonFormatter"},
     },
     "handlers": {

@@ -252,3 +252,82 @@ def test_rotating_an_expired_token_at_the_limit_says_why(admin_client, user, set
     assert "has reached the limit of 1 usable API tokens" in response.content.decode()
     expired.refresh_from_db()
     assert expired.revoked_at is None  # the rotation did not happen at all
+
+
+# --- Who may mint a raw token for whom (issue 20 item 4) ---------------------------
+
+
+@pytest.fixture
+def staff_client(client, django_user_model):
+    """A staff user (not a superuser) with the permissions named, logged in."""
+    from django.contrib.auth.models import Permission
+
+    def _login(*codenames):
+        staff = django_user_model.objects.create_user(
+            username="staffer", password="pw-staff-1", is_staff=True
+        )
+        staff.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+        client.force_login(staff)
+        return staff
+
+    return _login
+
+
+def add_form(user):
+    return {"user": user.pk, "name": "mine", "expires_at_0": "", "expires_at_1": ""}
+
+
+@pytest.mark.parametrize("owner", ["superuser", "other"])
+def test_staff_cannot_create_a_token_for_someone_else(
+    staff_client, client, admin_user, user, owner
+):
+    staff_client("add_apitoken", "view_apitoken")
+    target = admin_user if owner == "superuser" else user
+    response = client.post(ADD, add_form(target))
+    assert response.status_code == 403
+    assert 'id="raw-token"' not in response.content.decode()
+    assert not ApiToken.objects.filter(user=target).exists()
+
+
+def test_staff_may_create_their_own_token(staff_client, client):
+    staff = staff_client("add_apitoken", "view_apitoken")
+    response = client.post(ADD, add_form(staff))
+    assert response.status_code == 200
+    token = api_token_authenticate(raw=raw_on_page(response.content.decode()))
+    assert token.user == staff
+
+
+def test_superuser_may_create_a_token_for_anyone(admin_client, user):
+    response = admin_client.post(ADD, add_form(user))
+    assert response.status_code == 200
+    assert (
+        api_token_authenticate(raw=raw_on_page(response.content.decode())).user == user
+    )
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_staff_cannot_rotate_someone_elses_token(
+    staff_client, client, admin_user, method
+):
+    staff_client("change_apitoken", "view_apitoken")
+    token, raw = api_token_create(user=admin_user, name="root")
+    url = reverse("admin:accounts_apitoken_rotate", args=[token.pk])
+    response = getattr(client, method)(url)
+    assert response.status_code == 403
+    token.refresh_from_db()
+    assert token.revoked_at is None
+    assert ApiToken.objects.filter(user=admin_user).count() == 1
+    page = client.get(change_url(token)).content.decode()
+    assert url not in page  # no Rotate button to press
+    assert api_token_authenticate(raw=raw) == token
+
+
+def test_staff_may_rotate_their_own_token(staff_client, client):
+    staff = staff_client("change_apitoken", "view_apitoken")
+    token, _ = api_token_create(user=staff, name="mine")
+    url = reverse("admin:accounts_apitoken_rotate", args=[token.pk])
+    assert url in client.get(change_url(token)).content.decode()
+    response = client.post(url)
+    assert response.status_code == 200
+    new = api_token_authenticate(raw=raw_on_page(response.content.decode()))
+    assert new.user == staff

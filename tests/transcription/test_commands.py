@@ -60,7 +60,7 @@ def test_export_one_session_by_id_or_prefix(sessions):
 
 def test_export_csv_of_sessions(sessions):
     output = run("export_transcripts", "--format", "csv")
-    assert output.splitlines()[0].startswith("id,user,token_name,token_prefix,")
+    assert output.splitlines()[0].startswith('"id","user","token_name","token_prefix",')
     assert len(output.splitlines()) == 4
 
 

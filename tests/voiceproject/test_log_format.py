@@ -10,7 +10,7 @@ import pytest
 from tests.e2e.servers import ROOT
 from tests.helpers import eventually, receive_until_close
 from transcription.models import AudioSession
-from transcription.operations.log_format import JsonFormatter
+from transcription.operations.log_format import JsonFormatter, PlainFormatter
 
 SESSION = "3f2a9c1e-0b1d-4c6e-9a7f-1234567890ab"
 
@@ -93,3 +93,42 @@ async def test_session_start_and_end_are_logged_with_its_id(
     [line] = started
     session_id = line.split()[1]
     assert f"session {session_id} ended (1000): 0.1 s of audio, 1 finals" in lines
+
+
+PLAIN = PlainFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+FORGED = "2099-01-01 00:00:00,000 ERROR forged"
+
+
+@pytest.mark.parametrize(
+    ("sent", "written"),
+    [
+        (f"x\r\n{FORGED}", f"x\\r\\n{FORGED}"),
+        ("a\x1b[31mb\x00c\x7f", "a\\x1b[31mb\\x00c\\x7f"),
+        ("a\x85b\u2028c\td", "a\\x85b\\u2028c\\td"),
+        ("é ü 日本", "é ü 日本"),  # printable text as it is
+    ],
+)
+def test_plain_line_escapes_control_characters(sent, written):
+    """A failed login's username, as django-axes would log it unmasked."""
+    line = PLAIN.format(_record('AXES: New login failure by {username: "%s"}', sent))
+    assert line.endswith(f'{{username: "{written}"}}')
+    assert len(line.splitlines()) == 1
+
+
+def test_plain_traceback_is_indented_so_it_forges_no_record():
+    try:
+        raise ValueError(f"bad\n{FORGED}")
+    except ValueError:
+        record = _record("session %s failed", SESSION, exc_info=sys.exc_info())
+    first, *rest = PLAIN.format(record).splitlines()
+    assert first.endswith(f"session {SESSION} failed")
+    assert rest[0] == "    Traceback (most recent call last):"
+    assert rest[-1] == f"    {FORGED}"
+    assert all(line.startswith("    ") for line in rest)
+
+
+def test_json_line_escapes_control_characters():
+    line = JsonFormatter().format(_record("user %s", f"x\r\n{FORGED}\x1b"))
+    assert len(line.splitlines()) == 1
+    assert "\x1b" not in line
+    assert json.loads(line)["message"] == f"user x\r\n{FORGED}\x1b"

@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
@@ -210,10 +211,25 @@ CSV_COLUMNS = (
 )
 
 
+# A spreadsheet reads a cell as a formula when it starts with one of these (OWASP
+# CSV injection). It splits a row on its locale's separator, not necessarily the
+# comma we write, so a trigger right after any separator (`x;=HYPERLINK(…)` where `;`
+# separates) starts a cell too.
+FORMULA_TRIGGERS = "=+-@\t\r"
+_TRIGGER_AFTER_SEPARATOR = re.compile(r"([,;|\t\r\n][ \t\r\n]*)([=+\-@])")
+
+
 def _csv_cell(value) -> str:
-    """Text for a spreadsheet: formulas are defused (OWASP CSV injection)."""
-    text = "" if value is None else str(value)
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """Text for a spreadsheet that no spreadsheet runs: an apostrophe before a
+    formula trigger at the start and after every separator, whatever the locale's
+    separator. Numbers are written as they are (`-1` stays a number). Every cell
+    is quoted too (export_csv)."""
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    text = _TRIGGER_AFTER_SEPARATOR.sub(r"\1'\2", str(value))
+    if text[:1] in FORMULA_TRIGGERS:
         return "'" + text
     return text
 
@@ -226,7 +242,7 @@ def _count(session: AudioSession, name: str) -> int | None:
 def export_csv(sessions: Iterable[AudioSession]) -> str:
     """One row per session (no transcript text): who, what, when, how it ended."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(CSV_COLUMNS)
     for s in sessions:
         duration = s.duration_seconds

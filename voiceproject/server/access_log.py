@@ -7,11 +7,15 @@ times percent-encoded: the value of every `token` parameter, and anything shaped
 a raw token (its tag `vp_` and at least eight token characters). Then it checks its
 own work on the fully decoded result; what still looks like a token there loses the
 whole query (or the whole path) rather than risk it.
+
+daphne writes the path decoded, so `%0D%0A` in a request would end the line and
+forge another: control characters are escaped as in the plain log format.
 """
 
 import re
 
 from accounts.tokens import REDACTED, TOKEN_TAG, text_holds_token
+from voiceproject.log_text import escape_controls
 from voiceproject.server.versions import require_versions, tested
 
 TESTED_VERSIONS = tested("daphne")
@@ -69,7 +73,7 @@ def install() -> None:
 
     def __call__(self, protocol, action, details):
         if isinstance(details.get("path"), str):
-            details = {**details, "path": redact(details["path"])}
+            details = {**details, "path": escape_controls(redact(details["path"]))}
         return original(self, protocol, action, details)
 
     AccessLogGenerator.__call__ = __call__
