@@ -289,8 +289,8 @@ class StreamSession:
             self.frame_too_big(len(chunk))  # servers without flow control's limits
             return
         stream = self.stream
-        if self.state is not State.STREAMING or stream is None:
-            return
+        if self.state is not State.STREAMING or stream is None or not chunk:
+            return  # an empty frame is no audio: it does not reset the idle timer
         if stream.backlog_full():
             gone = self.transport.gone if self.transport is not None else None
             if gone is None:
