@@ -50,6 +50,11 @@ READING_PAUSED = Gauge(
     "their session, which waits for its engine (flow control).",
     multiprocess_mode="livesum",
 )
+OUTBOUND_OVERFLOWS = Counter(
+    "voiceproject_outbound_overflows",
+    "WebSocket connections dropped because more than MAX_OUTBOUND_BYTES waited to be "
+    "sent to them (a client that does not read).",
+)
 SESSIONS = Counter(
     "voiceproject_sessions",
     "Sessions ended (refused ones included), by close code (a client's own code "

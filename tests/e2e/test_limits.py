@@ -310,3 +310,35 @@ def _sessions(close_code: str) -> tuple:
         "voiceproject_sessions_total",
         (("close_code", close_code), ("engine", "echo")),
     )
+
+
+def test_a_client_that_pings_and_never_reads_is_dropped_and_recorded(
+    transactional_db, raw_token
+):
+    """docs/protocol.md §7: autobahn answers every ping; a client that floods pings
+    and never reads has its pongs pile up in the server's buffer until more than
+    MAX_OUTBOUND_BYTES wait: then it is dropped (1006), counted and recorded."""
+    with run_daphne({"TRANSCRIPTION_ENGINE": "echo"}) as server:
+        sock = raw_websocket.open_websocket(
+            server.port, f"/?token={raw_token}", receive_buffer=4096
+        )
+        sock.sendall(raw_websocket.binary(b"\0" * 1024))  # the session streams
+        pings = raw_websocket.ping(b"p" * 125) * 200_000  # 26 MB of pings
+        sent = raw_websocket.send_until_stalled(sock, pings, timeout=20)
+        sock.close()
+        error = asyncio.run(
+            eventually(lambda: list(SessionError.objects.values("kind", "message")))
+        )
+        figures = scrape_until(
+            f"{server.http_url}/metrics",
+            lambda f: f.get(("voiceproject_outbound_overflows_total", ())) == 1,
+        )
+        output = server.output()
+    assert sent < len(pings)  # dropped before all were sent
+    assert [e["kind"] for e in error] == ["outbound"]
+    assert "(MAX_OUTBOUND_BYTES)" in error[0]["message"]
+    session = AudioSession.objects.get()
+    assert (session.close_code, session.status) == (1006, "failed")
+    assert figures[_sessions("1006")] == 1
+    assert "MAX_OUTBOUND_BYTES (1048576): the client does not read" in output
+    assert "Traceback" not in output

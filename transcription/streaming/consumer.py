@@ -75,6 +75,12 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         if self.session is not None:
             self.session.layer_lost(exc)
 
+    async def websocket_disconnect(self, message: dict) -> None:
+        if "outbound_overflow" in message and self.session is not None:
+            # The server dropped the socket: the client did not read (flow control).
+            self.session.outbound_overflow(message["outbound_overflow"])
+        await super().websocket_disconnect(message)
+
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
             await self.session.transport_lost(code)

@@ -189,6 +189,17 @@ UNKNOWN_PATH: Final = Close(
 )
 
 
+def not_reading(pending: int, limit: int) -> Close:
+    """Not sent (the client does not read): recorded when the server drops a
+    connection whose unsent data passed MAX_OUTBOUND_BYTES; the client sees 1006."""
+    return Close(
+        1006,
+        f"The client did not read what it was sent: {pending} bytes waited, more "
+        f"than the limit of {limit} bytes (MAX_OUTBOUND_BYTES). Connection dropped.",
+        "outbound",
+    )
+
+
 def access_ended(reason: str) -> Close:
     """The token was revoked or expired, the user deactivated or logged out."""
     return Close(CLOSE_POLICY, reason, "revoked")
