@@ -19,6 +19,8 @@ import os
 
 from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
+from transcription.close_codes import close_code_group
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,9 +44,21 @@ ACTIVE_SESSIONS = Gauge(
     "WebSocket sessions open now (a host's processes added up).",
     multiprocess_mode="livesum",
 )
+READING_PAUSED = Gauge(
+    "voiceproject_reading_paused",
+    "WebSocket connections whose socket is not read now: what they sent waits for "
+    "their session, which waits for its engine (flow control).",
+    multiprocess_mode="livesum",
+)
+OUTBOUND_OVERFLOWS = Counter(
+    "voiceproject_outbound_overflows",
+    "WebSocket connections dropped because more than MAX_OUTBOUND_BYTES waited to be "
+    "sent to them (a client that does not read).",
+)
 SESSIONS = Counter(
     "voiceproject_sessions",
-    "Sessions ended (refused ones included), by close code and engine.",
+    "Sessions ended (refused ones included), by close code (a client's own code "
+    "outside docs/protocol.md §6: other) and engine.",
     ["close_code", "engine"],
 )
 AUDIO_SECONDS = Counter(
@@ -87,7 +101,8 @@ CHANNEL_LAYER_ERRORS = Counter(
 AUTH_REFUSED = Counter(
     "voiceproject_auth_refused",
     "WebSocket connections refused before authentication (never stored), by reason: "
-    "missing_token, bad_token, bad_origin, throttled (a failure over the limit).",
+    "missing_token, bad_token, bad_origin, throttled (a failure over the limit), "
+    "unknown_path (a path that is no endpoint: refused before any lookup).",
     ["reason"],
 )
 TOKEN_LOOKUPS = Counter(
@@ -101,6 +116,6 @@ TOKEN_LOOKUPS = Counter(
 
 def session_ended(*, close_code: int | None, engine: str, audio_seconds: float) -> None:
     """Count one session as it ends (or is refused)."""
-    SESSIONS.labels(close_code=str(close_code or ""), engine=engine).inc()
+    SESSIONS.labels(close_code=close_code_group(close_code), engine=engine).inc()
     if audio_seconds > 0:
         AUDIO_SECONDS.inc(audio_seconds)

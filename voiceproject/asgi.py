@@ -12,7 +12,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from accounts.middleware import ApiTokenAuthMiddlewareStack  # noqa: E402
 from transcription.runtime import shutdown  # noqa: E402
 from transcription.runtime.startup import StartOnFirstConnection  # noqa: E402
-from transcription.streaming.routing import websocket_urlpatterns  # noqa: E402
+from transcription.streaming.routing import websocket_routes  # noqa: E402
 from voiceproject import server  # noqa: E402
 
 server.install(drain=shutdown.drain, stopped=shutdown.stop_process)
@@ -21,7 +21,7 @@ application = StartOnFirstConnection(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": ApiTokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+            "websocket": URLRouter(websocket_routes(ApiTokenAuthMiddlewareStack)),
         }
     )
 )

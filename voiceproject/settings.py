@@ -233,6 +233,9 @@ MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=8)
 # encodings without a fixed byte rate. Beyond it the server stops reading the socket.
 MAX_AUDIO_BACKLOG_SECONDS = env.float("MAX_AUDIO_BACKLOG_SECONDS", default=60.0)
 MAX_AUDIO_BACKLOG_BYTES = env.int("MAX_AUDIO_BACKLOG_BYTES", default=4 * 1024 * 1024)
+# What may wait to be sent to one client (beyond the kernel's buffers): a client that
+# does not read while it is sent more (pongs to a ping flood) is dropped beyond it.
+MAX_OUTBOUND_BYTES = env.int("MAX_OUTBOUND_BYTES", default=1024 * 1024)
 # On SIGTERM or SIGINT, open sessions get this long to flush what they heard before
 # they close 1001 (voiceproject.server.shutdown, transcription.runtime.shutdown).
 DRAIN_SECONDS = env.float("DRAIN_SECONDS", default=10.0)

@@ -369,3 +369,30 @@ class PostgresCluster:
             self.kill()
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a /metrics page: (name, sorted labels) → value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def scrape_until(url: str, done, *, timeout: float = 20) -> dict:
+    """Scrape until `done(samples)` holds; bounded (AssertionError with the last)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        figures = scrape(url)
+        if done(figures) or time.monotonic() > deadline:
+            ours = {k: v for k, v in figures.items() if k[0].startswith("voiceproject")}
+            assert done(figures), ours
+            return figures
+        time.sleep(0.05)

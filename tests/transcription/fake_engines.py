@@ -94,6 +94,25 @@ class StuckEngine:
         return _Stream(flush)
 
 
+class _StalledStream(BacklogStream):
+    """Takes audio into its backlog and decodes none: once full, it stays full."""
+
+    async def aclose(self) -> None:
+        self._backlog.close()
+        self._end_events()
+
+
+class StalledEngine:
+    """An engine that never takes audio from its backlog: a session that fills it
+    waits for room for ever (until the client leaves)."""
+
+    name = "stalled"
+    capabilities = CAPS
+
+    async def open(self, params: StreamParams):
+        return _StalledStream(params)
+
+
 class BrokenEngine:
     """Fails mid-stream with an unexpected exception (a bug, not an EngineError)."""
 

@@ -18,10 +18,13 @@ from channels.testing import WebsocketCommunicator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from transcription.close_codes import DOCUMENTED, OTHER, close_code_group
 from transcription.engines import Capabilities
 from transcription.engines.echo import EchoEngine
 from transcription.streaming.protocol import (
+    CLOSE_MEANINGS,
     KNOWN_PARAMETERS,
+    MAX_PARAMETER_CHARS,
     ProtocolError,
     parse_params,
 )
@@ -32,6 +35,8 @@ DOCUMENTED_CLOSES = {1000, 1008, 1009, 1011, 1013}
 values = st.one_of(
     st.sampled_from(["en-US", "pcm", "16000", "8000", "true", "false", "", "48000"]),
     st.text(max_size=12),
+    # Past MAX_PARAMETER_CHARS, and past int()'s 4,300 digits.
+    st.text(alphabet="0123456789", min_size=250, max_size=6000),
 )
 queries = st.dictionaries(
     st.one_of(st.sampled_from(sorted(KNOWN_PARAMETERS)), st.text(max_size=6)),
@@ -55,6 +60,25 @@ def test_parse_params_accepts_or_explains(query):
     assert params.encoding in CAPS.encodings
     assert CAPS.min_sample_rate <= params.sample_rate <= CAPS.max_sample_rate
     assert isinstance(params.send_partials, bool)
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_PARAMETERS - {"token"}))
+def test_every_parameter_is_capped_before_it_is_parsed(name):
+    with pytest.raises(ProtocolError, match=f"Parameter {name} is too long"):
+        parse_params(f"{name}={'1' * (MAX_PARAMETER_CHARS + 1)}".encode(), CAPS)
+    with contextlib.suppress(ProtocolError):  # at the cap: parsed as usual
+        parse_params(f"{name}={'1' * MAX_PARAMETER_CHARS}".encode(), CAPS)
+
+
+def test_close_codes_outside_the_documented_set_are_one_group():
+    assert set(CLOSE_MEANINGS) == DOCUMENTED  # one set: the Talk page, the labels
+    assert [close_code_group(c) for c in (1000, 1006, 1013, None)] == [
+        "1000",
+        "1006",
+        "1013",
+        "",
+    ]
+    assert {close_code_group(c) for c in (1002, 1005, 3000, 4999, 65535)} == {OTHER}
 
 
 @given(raw=st.binary(max_size=200))

@@ -49,3 +49,49 @@ def test_the_reason_is_utf8_cut_at_a_character_within_123_bytes(reason, sent):
 
 def test_no_code_means_a_normal_close():
     assert close("done", code=None) == (1000, b"done")
+
+
+class Buffered:
+    """Twisted's write buffer, as `pending_bytes` reads it."""
+
+    def __init__(self, buffered: int, written: int = 0, waiting: int = 0) -> None:
+        self.dataBuffer = b"x" * buffered
+        self.offset = written
+        self._tempDataLen = waiting
+        self.aborted = False
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+class Wrapper:  # a TLS transport over the TCP one
+    def __init__(self, transport) -> None:
+        self.transport = transport
+
+
+def test_pending_bytes_reads_twisted_buffer_through_tls():
+    assert websocket_protocol.pending_bytes(Buffered(100, 30, 5)) == 75
+    assert websocket_protocol.pending_bytes(Wrapper(Buffered(10))) == 10
+    assert websocket_protocol.pending_bytes(object()) == 0
+
+
+class Queue(list):
+    def put_nowait(self, item):
+        self.append(item)
+
+
+@pytest.mark.parametrize(("buffered", "dropped"), [(1024, False), (1025, True)])
+def test_over_max_outbound_bytes_the_connection_is_dropped_once(
+    settings, buffered, dropped
+):
+    settings.MAX_OUTBOUND_BYTES = 1024
+    protocol = WebSocketProtocol.__new__(WebSocketProtocol)
+    protocol.transport = Buffered(buffered)
+    protocol.client_addr = ("127.0.0.1", 5000)
+    protocol.application_queue = Queue()
+    websocket_protocol._limit_outbound(protocol)
+    websocket_protocol._limit_outbound(protocol)  # muted: once
+    assert protocol.transport.aborted is dropped
+    assert protocol.muted is dropped
+    expected = {"type": "websocket.disconnect", "code": 1006, "outbound_overflow": 1025}
+    assert protocol.application_queue == ([expected] if dropped else [])

@@ -13,6 +13,8 @@ from django.utils.html import format_html
 
 from transcription import selectors
 from transcription.admin import timeline
+from transcription.admin.dashboard import OTHER_LABEL
+from transcription.close_codes import DOCUMENTED, OTHER, close_code_group
 from transcription.models import AudioSession, ReceiverBatch, SessionError, Transcript
 from transcription.streaming.protocol import close_code_label
 from transcription.web import exports
@@ -80,20 +82,33 @@ class ReceiverBatchInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 class CloseCodeFilter(admin.SimpleListFilter):
+    """The close codes of the rows, one option each for the documented ones and one
+    for all the others (a client chooses its own: 3000-4999)."""
+
     title = "close code"
     parameter_name = "close_code"
 
     def lookups(self, request, model_admin):
         codes = (
-            AudioSession.objects.exclude(close_code=None)
+            model_admin.model.objects.exclude(close_code=None)
             .order_by("close_code")
             .values_list("close_code", flat=True)
             .distinct()
         )
-        return [(str(code), close_code_label(code)) for code in codes]
+        groups = {close_code_group(code): code for code in codes}
+        options = [
+            (str(code), close_code_label(code))
+            for group, code in groups.items()
+            if group != OTHER
+        ]
+        if OTHER in groups:
+            options.append((OTHER, OTHER_LABEL))
+        return options
 
     def queryset(self, request, queryset):
         value = self.value()
+        if value == OTHER:
+            return queryset.exclude(close_code__in=DOCUMENTED).exclude(close_code=None)
         if value and value.isdigit():
             return queryset.filter(close_code=int(value))
         return queryset
@@ -344,7 +359,7 @@ class TranscriptAdmin(SessionRecordAdmin):
 @admin.register(SessionError)
 class SessionErrorAdmin(SessionRecordAdmin):
     list_display = ["created_at", "session_link", "kind", "close_code", "message"]
-    list_filter = ["kind", "close_code", "created_at"]
+    list_filter = ["kind", CloseCodeFilter, "created_at"]
     search_fields = ["message", "session__user__username"]
     list_select_related = ["session", "session__user"]
     date_hierarchy = "created_at"

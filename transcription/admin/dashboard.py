@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from django.utils import timezone
 
 from transcription import selectors
+from transcription.close_codes import OTHER, close_code_group
 from transcription.models import SessionError
 from transcription.streaming.protocol import CLOSE_NORMAL, close_code_label
 
@@ -33,7 +34,7 @@ class Window:
 
 @dataclass(frozen=True)
 class CloseCodeRate:
-    code: int | None
+    code: int | str | None  # OTHER for the undocumented codes together
     label: str
     sessions: int
     percent: float
@@ -66,17 +67,28 @@ def _window(since: dt.datetime) -> Window:
     return Window(sessions, _minutes(seconds))
 
 
+OTHER_LABEL = "other (a client's own code)"
+
+
 def close_code_rates(*, since: dt.datetime) -> list[CloseCodeRate]:
-    """Closed sessions since `since` by close code, with their share of all sessions."""
+    """Closed sessions since `since` by close code, with their share of all sessions;
+    the codes docs/protocol.md §6 does not document (a client's own) as one row."""
     total, counts = selectors.close_code_counts(since=since)
+    grouped: dict[int | str | None, tuple[str, int]] = {}
+    for code, n in counts:
+        if close_code_group(code) == OTHER:
+            n += grouped.get(OTHER, ("", 0))[1]
+            grouped[OTHER] = (OTHER_LABEL, n)
+        else:
+            grouped[code] = (close_code_label(code), n)
     return [
         CloseCodeRate(
             code=code,
-            label=close_code_label(code),
+            label=label,
             sessions=n,
             percent=round(100 * n / total, 1) if total else 0.0,
         )
-        for code, n in counts
+        for code, (label, n) in sorted(grouped.items(), key=lambda item: -item[1][1])
     ]
 
 

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import asyncio
 
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from transcription import metrics
 from transcription.engines import get_engine
+from transcription.streaming import protocol
 from transcription.streaming.admission import Client
 from transcription.streaming.dispatch import StreamingWebsocketConsumer
 from transcription.streaming.session import StreamSession
@@ -71,6 +75,12 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
         if self.session is not None:
             self.session.layer_lost(exc)
 
+    async def websocket_disconnect(self, message: dict) -> None:
+        if "outbound_overflow" in message and self.session is not None:
+            # The server dropped the socket: the client did not read (flow control).
+            self.session.outbound_overflow(message["outbound_overflow"])
+        await super().websocket_disconnect(message)
+
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
             await self.session.transport_lost(code)
@@ -79,3 +89,15 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
 
     async def send_text(self, text: str) -> None:
         await self.send(text_data=text)
+
+
+class UnknownPathConsumer(AsyncWebsocketConsumer):
+    """A WebSocket to a path that is not an endpoint: accepted, then one {"error"}
+    and 1008, before any authentication (counted, never looked up or stored)."""
+
+    async def connect(self) -> None:
+        metrics.AUTH_REFUSED.labels(reason="unknown_path").inc()
+        await self.accept()
+        close = protocol.UNKNOWN_PATH
+        await self.send(text_data=protocol.error_message(close.message))
+        await self.close(code=close.code)

@@ -182,6 +182,24 @@ def backlog_full(held: str, setting: str) -> Close:
     )
 
 
+UNKNOWN_PATH: Final = Close(
+    CLOSE_POLICY,
+    "Unknown path: connect to / (or /ws/transcribe/).",
+    "path",
+)
+
+
+def not_reading(pending: int, limit: int) -> Close:
+    """Not sent (the client does not read): recorded when the server drops a
+    connection whose unsent data passed MAX_OUTBOUND_BYTES; the client sees 1006."""
+    return Close(
+        1006,
+        f"The client did not read what it was sent: {pending} bytes waited, more "
+        f"than the limit of {limit} bytes (MAX_OUTBOUND_BYTES). Connection dropped.",
+        "outbound",
+    )
+
+
 def access_ended(reason: str) -> Close:
     """The token was revoked or expired, the user deactivated or logged out."""
     return Close(CLOSE_POLICY, reason, "revoked")
@@ -197,6 +215,9 @@ def engine_error(exc: EngineError) -> Close:
 KNOWN_PARAMETERS: Final = frozenset(
     {"token", "language", "encoding", "sampleRate", "sendPartials", "detail"}
 )
+# The longest value a parameter the server reads may have (the token excepted: the
+# middleware reads it). Checked before any parsing: `int()` of 5,000 digits raises.
+MAX_PARAMETER_CHARS: Final = 256
 
 
 class ProtocolError(Exception):
@@ -221,12 +242,23 @@ def _listed(allowed: tuple[str, ...], limit: int = 12) -> str:
     return shown + (f" and {len(allowed) - limit} more" if len(allowed) > limit else "")
 
 
+def _check_lengths(query: dict[str, list[str]], caps: Capabilities) -> None:
+    read = (KNOWN_PARAMETERS - {"token"}) | set(caps.options)
+    for name in sorted(read & query.keys()):
+        if (length := len(query[name][-1])) > MAX_PARAMETER_CHARS:
+            raise ProtocolError(
+                f"Parameter {name} is too long: {length} characters, at most "
+                f"{MAX_PARAMETER_CHARS}."
+            )
+
+
 def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
     """Validate the connection's query parameters against the engine's capabilities."""
     try:
         query = parse_qs(query_string.decode("utf-8"), strict_parsing=False)
     except UnicodeDecodeError as exc:
         raise ProtocolError("The query string is not valid UTF-8.") from exc
+    _check_lengths(query, caps)
 
     language = query.get("language", ["en-US"])[-1]
     if language not in caps.languages:

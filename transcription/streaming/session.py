@@ -123,6 +123,7 @@ class StreamSession:
         self.waiting_for_room = False
         self.close_reason = ""
         self.conclusion: Close | None = None
+        self.lost_because: Close | None = None  # the server dropped the socket
         self.concluded = asyncio.Event()
         self.wake_watch = asyncio.Event()
         shutdown.session_opened(self)
@@ -288,8 +289,8 @@ class StreamSession:
             self.frame_too_big(len(chunk))  # servers without flow control's limits
             return
         stream = self.stream
-        if self.state is not State.STREAMING or stream is None:
-            return
+        if self.state is not State.STREAMING or stream is None or not chunk:
+            return  # an empty frame is no audio: it does not reset the idle timer
         if stream.backlog_full():
             gone = self.transport.gone if self.transport is not None else None
             if gone is None:
@@ -551,6 +552,11 @@ class StreamSession:
         except Exception:
             logger.exception("session %s: the engine did not close", self.session_id)
 
+    def outbound_overflow(self, pending: int) -> None:
+        """The server dropped the socket: `pending` bytes waited for a client that
+        did not read (MAX_OUTBOUND_BYTES); `transport_lost` follows."""
+        self.lost_because = protocol.not_reading(pending, settings.MAX_OUTBOUND_BYTES)
+
     async def transport_lost(self, code: int) -> None:
         """The client's socket is gone: the session ends, what it said is kept."""
         self.transport = None
@@ -572,7 +578,15 @@ class StreamSession:
             await self.voice.leave()
         self.release()
         self._enter(State.CLOSED)
-        if left_first:
+        if left_first and (lost := self.lost_because) is not None:
+            await self.record.end(
+                code,
+                lost.message,
+                latency=self.latency.summary(),
+                error_kind=lost.kind,
+                failed=True,
+            )
+        elif left_first:
             await self.record.end(
                 code, "client disconnected", latency=self.latency.summary()
             )

@@ -1,9 +1,11 @@
 """The queue daphne gives each application (`daphne.server.Server.create_application`).
 
 daphne puts every frame in an unbounded `asyncio.Queue` for the application. For a
-websocket, `create_application` here gives a `FlowQueue` instead: it counts the bytes
-it holds and pauses reading the socket above a high-water mark, resuming below a low
-one, and it says so in the scope (`flow_control` describes the contract). daphne's
+websocket, `create_application` here gives a `FlowQueue` instead: it counts what it
+holds (each message at its cost in memory: its payload and a fixed charge, so that
+empty frames count too) and pauses reading the socket above a high-water mark,
+resuming below a low one, and it says so in the scope (`flow_control` describes the
+contract). daphne's
 `Server` has one other patch: `shutdown` (`kill_all_applications`).
 
 The same function gives a websocket's scope the `scheme` daphne leaves out: `wss` when
@@ -25,19 +27,30 @@ from typing import Any
 from django.conf import settings
 from twisted.internet.interfaces import ISSLTransport
 
+from transcription import metrics
 from voiceproject.server.versions import require_versions, tested
 
 FLOW_CONTROL = "voiceproject.flow_control"
 TESTED_VERSIONS = tested("daphne")
 HIGH_WATER_BYTES = 256 * 1024
+# What a queued message costs beside its payload: daphne's dict of two keys (184
+# bytes), the payload's object header (33 bytes for bytes, 40-80 for a str), the
+# deque's slot, rounded up (tests/voiceproject/test_application_queue.py measures
+# it). An empty frame is 6 bytes on the wire and this much in the queue.
+MESSAGE_COST = 256
 
 
-def _size(message: dict[str, Any]) -> int:
-    return len(message.get("bytes") or message.get("text") or b"")
+def message_cost(message: dict[str, Any]) -> int:
+    """The memory a queued message holds: its payload (a str at up to 4 bytes a
+    character) and MESSAGE_COST."""
+    if (text := message.get("text")) is not None:
+        return MESSAGE_COST + (len(text) if text.isascii() else 4 * len(text))
+    return MESSAGE_COST + len(message.get("bytes") or b"")
 
 
 class FlowQueue:
-    """An application's input queue that pauses its socket while it holds too much.
+    """An application's input queue that pauses its socket while it holds too much
+    (`held`: the `message_cost` of what it holds).
 
     What daphne's `asyncio.Queue` does for an application (`put_nowait`, `get`), with
     one deque and a future only while the application waits: a session keeps its queue
@@ -56,12 +69,16 @@ class FlowQueue:
 
     def put_nowait(self, item: dict[str, Any]) -> None:
         self._items.append(item)
-        self.held += _size(item)
+        self.held += message_cost(item)
         if item.get("type") == "websocket.disconnect":
             self.disconnected.set()
+            if self.paused:  # the socket is gone: nothing to resume
+                self.paused = False
+                metrics.READING_PAUSED.dec()
         elif self.held > self.high_water and not self.paused:
             self.paused = True
             self.transport.pauseProducing()
+            metrics.READING_PAUSED.inc()
         self._wake_next()
 
     async def get(self) -> dict[str, Any]:
@@ -78,10 +95,11 @@ class FlowQueue:
                     self._wake_next()  # woken, then cancelled: the next one takes it
                 raise
         item = self._items.popleft()
-        self.held -= _size(item)
+        self.held -= message_cost(item)
         if self.paused and self.held <= self.low_water:
             self.paused = False
             self.transport.resumeProducing()
+            metrics.READING_PAUSED.dec()
         return item
 
     def _wake_next(self) -> None:

@@ -1,6 +1,6 @@
 """Frame size and flow control for daphne (docs/protocol.md §7): the public API.
 
-Two things daphne does not do for an audio relay:
+Three things daphne does not do for an audio relay:
 
 - Frames over MAX_FRAME_BYTES. autobahn learns a frame's length from its header and
   daphne's own limit (1 MiB) then drops the TCP connection: the client sees 1006 and
@@ -16,10 +16,14 @@ Two things daphne does not do for an audio relay:
   says so with `scope["extensions"][FLOW_CONTROL]`, which also carries an event set
   when the client disconnects (a consumer waiting for room can stop waiting).
 
+- Bounding what waits to be sent. A client that does not read while the server sends
+  (autobahn answers every ping) is dropped once more than MAX_OUTBOUND_BYTES wait in
+  Twisted's buffer for it, and its consumer told why (`outbound_overflow`).
+
 The patches themselves live with the class they change: `websocket_protocol`
-(`install_frame_limits`) and `application_queue` (`FlowQueue`, daphne's
-`Server.create_application`). Written against daphne 4.2 and autobahn 26.11;
-`install()` refuses other versions.
+(`install_frame_limits`, `install_outbound_limit`) and `application_queue`
+(`FlowQueue`, daphne's `Server.create_application`). Written against daphne 4.2,
+autobahn 26.11 and Twisted 26.10; `install()` refuses other versions.
 """
 
 from voiceproject.server import application_queue, websocket_protocol
@@ -44,7 +48,7 @@ __all__ = [
 
 
 def install() -> None:
-    """Both patches once (no-op without daphne); refuses untested versions."""
+    """The three patches once (no-op without daphne); refuses untested versions."""
     try:
         import daphne  # noqa: F401
     except ImportError:  # pragma: no cover - another ASGI server
@@ -52,3 +56,4 @@ def install() -> None:
     require_versions(__name__, TESTED_VERSIONS)
     application_queue.install()
     websocket_protocol.install_frame_limits()
+    websocket_protocol.install_outbound_limit()

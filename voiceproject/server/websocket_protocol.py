@@ -2,11 +2,12 @@
 
 That is `daphne.ws_protocol.WebSocketProtocol`, an autobahn `WebSocketServerProtocol`.
 
-Three patches, each installed on its own, once:
+Four patches, each installed on its own, once:
 
 - close codes (`install_close_codes()`): `handle_reply` for `websocket.close`;
 - frame limits (`install_frame_limits()`, part of `flow_control`): `onConnect`,
   `_max_message_size_exceeded`;
+- the outbound limit (`install_outbound_limit()`, part of `flow_control`): `sendData`;
 - the fast path (`install_fast_path()`, part of `relay_speedups`): `handle_reply` for
   `websocket.send`, `processData`, `sendMessage`, `dataReceived`, `sendData`.
 
@@ -22,6 +23,14 @@ the consumer never hears of it. Here the limit is MAX_FRAME_BYTES, the payload o
 oversized frame is discarded as it arrives (never buffered), and the consumer gets
 `{"type": "websocket.receive", "bytes": b"", "too_big": <length>}`.
 
+**Outbound limit** (docs/protocol.md §7). Nothing in daphne bounds what waits to be
+sent: autobahn answers every ping, daphne registers no producer, and Twisted's write
+buffer grows with each pong to a client that sends pings and never reads. After every
+write, a connection with more than MAX_OUTBOUND_BYTES in Twisted's buffer is dropped
+(no close frame could reach a client that does not read), counted, logged, and its
+consumer told (`{"type": "websocket.disconnect", "code": 1006, "outbound_overflow":
+<bytes>}`) so that the session records why.
+
 **Fast path** (docs/performance.md §3, `relay_speedups`). autobahn formats a debug line
 for every read and write before its logger drops it: with its debug logging off,
 `dataReceived` and the plain path of `sendData` run without it, and `sendData` writes
@@ -31,11 +40,13 @@ and a message that fits one unmasked frame is written in one (`sendMessage`); ev
 other frame (text, control, fragmented, compressed, too big, malformed) takes autobahn's
 own path.
 
-**`handle_reply`** is changed by two of the patches, composed here and only here
-(`_install_handle_reply`): a `websocket.send` on an open socket takes the fast path
-when it is installed; otherwise a `websocket.close` takes the close codes when they
-are installed; everything else is daphne's own. The order in which the two are
-installed does not matter.
+**`handle_reply`** and **`sendData`** are each changed by two of the patches, composed
+here and only here (`_install_handle_reply`, `_install_send_data`): a
+`websocket.send` on an open socket takes the fast path when it is installed;
+otherwise a `websocket.close` takes the close codes when they are installed;
+everything else is daphne's own. Every write takes the fast path's `write_now` when
+it can, then the outbound limit's check when it is installed. The order in which
+the patches are installed does not matter.
 """
 
 import logging
@@ -44,10 +55,15 @@ from typing import Any
 from django.conf import settings
 from twisted.internet import tcp
 
+from transcription import metrics
 from voiceproject.server.versions import require_versions, tested
+
+logger = logging.getLogger(__name__)
 
 CLOSE_CODES_TESTED = tested("daphne", "autobahn")
 FRAME_LIMITS_TESTED = tested("daphne", "autobahn")
+# Twisted: the write buffer's attributes (pending_bytes).
+OUTBOUND_LIMIT_TESTED = tested("daphne", "autobahn", "twisted")
 MAX_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2 for the code
 
 # Daphne's (and autobahn's) methods as they were before any patch here, for the
@@ -175,6 +191,90 @@ def install_frame_limits() -> None:
     WebSocketProtocol._frame_limits_patched = True
 
 
+# --- sendData: both changes, composed in one place ----------------------------------
+
+
+def _install_send_data(WebSocketProtocol) -> None:
+    """Put the composed `sendData` in place of autobahn's, once."""
+    if "sendData" in ORIGINALS:
+        return
+    autobahn_send = ORIGINALS["sendData"] = WebSocketProtocol.sendData
+    STATE_OPEN = WebSocketProtocol.STATE_OPEN
+    protocol = WebSocketProtocol
+    protocol._outbound_limited = getattr(protocol, "_outbound_limited", False)
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # The fast path: autobahn's own plain path (no chopping, queueing or octet
+        # logging), unlogged, written with write_now.
+        if (
+            getattr(protocol, "_fast_path", False)
+            and not chopsize
+            and not sync
+            and not self.send_queue
+            and self.state == STATE_OPEN
+            and not self.logOctets
+            and not _debug_enabled(self.log)
+        ):
+            write_now(self.transport, data)
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        else:
+            autobahn_send(self, data, sync, chopsize)
+        if protocol._outbound_limited:
+            _limit_outbound(self)
+
+    WebSocketProtocol.sendData = sendData
+
+
+# --- the outbound limit --------------------------------------------------------------
+
+
+def pending_bytes(transport) -> int:
+    """What waits in Twisted's write buffer of `transport` (through TLS to the TCP
+    transport under it); 0 for transports without one (tests)."""
+    while transport is not None and not hasattr(transport, "dataBuffer"):
+        transport = getattr(transport, "transport", None)
+    if transport is None:
+        return 0
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def _limit_outbound(self) -> None:
+    pending = pending_bytes(self.transport)
+    limit = settings.MAX_OUTBOUND_BYTES
+    if pending <= limit or self.muted:
+        return
+    metrics.OUTBOUND_OVERFLOWS.inc()
+    logger.warning(
+        "WebSocket from %s dropped: %d bytes wait to be sent, more than "
+        "MAX_OUTBOUND_BYTES (%d): the client does not read",
+        self.client_addr[0] if self.client_addr else "unknown",
+        pending,
+        limit,
+    )
+    queue = getattr(self, "application_queue", None)
+    if queue is not None:
+        queue.put_nowait(
+            {"type": "websocket.disconnect", "code": 1006, "outbound_overflow": pending}
+        )
+    # daphne's own flag: its onClose then tells the application nothing more (it
+    # was just told why).
+    self.muted = True
+    self.transport.abortConnection()
+
+
+def install_outbound_limit() -> None:
+    """At most MAX_OUTBOUND_BYTES waiting to be sent per connection (no-op without
+    daphne); refuses untested versions."""
+    WebSocketProtocol = _protocol_class()
+    if WebSocketProtocol is None or getattr(
+        WebSocketProtocol, "_outbound_limited", False
+    ):
+        return
+    require_versions("voiceproject.server.flow_control", OUTBOUND_LIMIT_TESTED)
+    _install_send_data(WebSocketProtocol)
+    WebSocketProtocol._outbound_limited = True
+
+
 # --- fast path -----------------------------------------------------------------------
 
 
@@ -263,7 +363,6 @@ def install_fast_path() -> None:
     if WebSocketProtocol is None or getattr(WebSocketProtocol, "_fast_path", False):
         return
     original_received = ORIGINALS["dataReceived"] = WebSocketProtocol.dataReceived
-    original_send = ORIGINALS["sendData"] = WebSocketProtocol.sendData
     original_process = ORIGINALS["processData"] = WebSocketProtocol.processData
     original_message = ORIGINALS["sendMessage"] = WebSocketProtocol.sendMessage
     STATE_OPEN = WebSocketProtocol.STATE_OPEN
@@ -335,24 +434,9 @@ def install_fast_path() -> None:
             return original_received(self, data)
         return self._dataReceived(data)
 
-    def sendData(self, data, sync=False, chopsize=None):
-        # autobahn's own plain path (no chopping, queueing or octet logging), unlogged.
-        if (
-            chopsize
-            or sync
-            or self.send_queue
-            or self.state != STATE_OPEN
-            or self.logOctets
-            or _debug_enabled(self.log)
-        ):
-            return original_send(self, data, sync, chopsize)
-        write_now(self.transport, data)
-        self.trafficStats.outgoingOctetsWireLevel += len(data)
-        return None
-
     _install_handle_reply(WebSocketProtocol)
+    _install_send_data(WebSocketProtocol)
     WebSocketProtocol.dataReceived = dataReceived
-    WebSocketProtocol.sendData = sendData
     WebSocketProtocol.processData = processData
     WebSocketProtocol.sendMessage = sendMessage
     WebSocketProtocol._fast_path = True
