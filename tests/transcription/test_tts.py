@@ -139,7 +139,7 @@ def test_altered_voice_is_refused_naming_the_package(
     assert "reinstall 'altered-voice==9'" in str(raised.value)
 
 
-async def test_corrupt_voice_is_a_tts_error_and_english_stays_unspoken(
+async def test_a_voice_that_does_not_load_is_a_tts_error_naming_the_package(
     tmp_path, monkeypatch
 ):
     # Right size and hash as pinned, but not an ONNX model: loading names the package.
@@ -180,6 +180,8 @@ async def test_polly_splits_long_text(tts_engine):
     many = await PollySpeech().synthesize("word " * 1300, language="en-US")
     assert one == MOTO_SPEECH
     assert many == one * 3
+    pieces = PollySpeech().synthesize_sentences("word " * 1300, language="en-US")
+    assert [piece async for piece in pieces] == [MOTO_SPEECH] * 3
 
 
 async def test_polly_failure_is_a_tts_error(settings, monkeypatch):
