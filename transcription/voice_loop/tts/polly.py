@@ -7,6 +7,7 @@ sentence or word boundaries and the MP3 parts concatenated (MP3 frames join clea
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
 
 import boto3
 from botocore.config import Config
@@ -75,6 +76,13 @@ class PollySpeech:
         except (BotoCoreError, ClientError) as exc:
             raise TtsError(f"Polly failed: {exc}") from exc
         return bytes(audio)
+
+    async def synthesize_sentences(
+        self, text: str, *, language: str
+    ) -> AsyncIterator[bytes]:
+        """One piece per request of at most 3000 characters."""
+        for piece in split_text(text):
+            yield await run_blocking("tts", self.speak_mp3, piece)
 
     async def synthesize(self, text: str, *, language: str) -> bytes:
         return await run_blocking("tts", self.speak_mp3, text)
