@@ -247,7 +247,7 @@ async def _resume_elsewhere(first, second, token: str, *, kill: bool) -> list[di
         _cut(ws)
     resumed = await _resume(second, token, session_id, after=0)
     answer = await _recv(resumed)
-    assert answer["type"] == "resumed", answer
+    assert answer.get("type") == "resumed", (answer, second.output()[-3000:])
     assert answer["id"] == session_id
     assert await _recv(resumed) == {"transcript": "hello one", "seq": 1}
     return await _continue_and_end(resumed, seq=2)

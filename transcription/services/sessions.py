@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections import Counter
 
+from django.conf import settings
 from django.db import models, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -13,6 +14,7 @@ from django.utils import timezone
 from transcription import server_process
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.models import (
+    HEARTBEAT_SECONDS,
     AudioSession,
     ReceiverBatch,
     SessionError,
@@ -196,16 +198,25 @@ def sessions_close_abandoned() -> int:
     Those of this host's processes that are gone (`server_process.is_running`),
     whatever their heartbeat says, and any whose heartbeat stopped (other hosts
     cannot be asked). Each becomes failed, ended at its last heartbeat, with an
-    error saying why; what was said (its finals and batches) stays. Returns how
-    many were closed.
+    error saying why; what was said (its finals and batches) stays. A resumable
+    session is left alone within its resume window (RESUME_SECONDS after its last
+    heartbeat, a heartbeat's time added). Returns how many were closed.
     """
     message = "The server stopped before the session ended."
+    # A resumable session of a stopped server may be resumed here (taken over):
+    # it is left for its resume window, and closed by a later call.
+    window = timezone.now() - dt.timedelta(
+        seconds=settings.RESUME_SECONDS + HEARTBEAT_SECONDS
+    )
     gone = [
         pk
-        for pk, pid, started in AudioSession.objects.filter(
+        for pk, pid, started, parameters, heartbeat in AudioSession.objects.filter(
             status=AudioSession.Status.ACTIVE, server_host=server_process.HOST
-        ).values_list("pk", "server_pid", "server_started_at")
+        ).values_list(
+            "pk", "server_pid", "server_started_at", "parameters", "heartbeat_at"
+        )
         if not server_process.is_running(pid, started)
+        and not (parameters.get("resumable") and heartbeat > window)
     ]
     closed = 0
     for session in _abandoned(gone).only("pk", "heartbeat_at"):

@@ -85,17 +85,11 @@ async def _from_elsewhere(
         selectors.session_stored, session_id=request.session_id, after=request.after
     )
     row = stored.session if stored is not None else None
-    if (
-        stored is None
-        or row is None
-        or row.status != AudioSession.Status.ACTIVE
-        or not row.parameters.get("resumable")
-        or not _same_owner(client, row.user_id, row.token_id)
-        or _served_here(row)  # ended, or not resumed in time, here
-        or _silent_for(row) > settings.RESUME_SECONDS + HEARTBEAT_SECONDS
-    ):
+    if (why := _not_resumable(client, row)) is not None:
+        logger.info("session %s: not resumed: %s", request.session_id, why)
         await _refuse(transport, protocol.RESUME_REFUSED)
         return None
+    assert row is not None  # noqa: S101 (_not_resumable)
     # A live server that does not answer may hold the session still: try again
     # (unless its heartbeat stopped: then it is gone, wherever it ran).
     if (
@@ -139,6 +133,23 @@ async def _from_elsewhere(
         audio_seconds=stored.finalized_seconds,
     )
     return session
+
+
+def _not_resumable(client: Client, row: AudioSession | None) -> str | None:
+    """Why a session recorded elsewhere cannot be resumed (None: it can)."""
+    if row is None:
+        return "no such session"
+    if not _same_owner(client, row.user_id, row.token_id):
+        return "another user's"
+    if row.status != AudioSession.Status.ACTIVE:
+        return "ended"
+    if not row.parameters.get("resumable"):
+        return "not resumable"
+    if _served_here(row):
+        return "ended here (not resumed in time)"
+    if _silent_for(row) > settings.RESUME_SECONDS + HEARTBEAT_SECONDS:
+        return "its server went silent too long ago"
+    return None
 
 
 async def _handed_over(request: ResumeRequest) -> bool:
