@@ -94,7 +94,7 @@ async def _resume(server, token: str, session_id: str, after: int):
 
 async def _until_documents(receiver: TcpReceiver, count: int) -> None:
     async with asyncio.timeout(20):
-        while len(receiver.documents) < count:
+        while len(receiver.documents) < count:  # noqa: ASYNC110 (a test poll)
             await asyncio.sleep(0.02)
 
 
