@@ -168,6 +168,28 @@ async def test_replayed_messages_after_an_older_seq(raw_token):
         await receiver.stop()
 
 
+async def test_resume_while_the_old_socket_still_looks_open(raw_token):
+    """The server has not seen the old socket drop: the resume takes the session,
+    the old socket is closed."""
+    receiver = await TcpReceiver().start()
+    try:
+        with run_daphne(_env(receiver)) as server:
+            old, session_id = await _open(server, raw_token)
+            await old.send(b"hello one")
+            assert (await _recv(old))["seq"] == 1
+            assert (await _recv(old))["seq"] == 2  # the reply
+            resumed = await _resume(server, raw_token, session_id, after=2)
+            assert (await _recv(resumed))["type"] == "resumed"
+            assert await drain(old) == []
+            assert (old.close_code, old.close_reason) == (
+                1000,
+                "Resumed on another connection.",
+            )
+            await _continue_and_end(resumed, seq=3)
+    finally:
+        await receiver.stop()
+
+
 async def test_resume_refused_to_another_user_too_late_or_ended(
     raw_token, django_user_model
 ):
@@ -236,29 +258,32 @@ def _needs_services() -> None:
         pytest.skip("needs REDIS_URL (PostgreSQL and Redis: make test's second run)")
 
 
-async def _resume_elsewhere(first, second, token: str, *, kill: bool) -> list[dict]:
+async def _resume_elsewhere(first, second, token: str, *, first_is: str) -> list[dict]:
     ws, session_id = await _open(first, token)
     await ws.send(b"hello one")
     assert await _recv(ws) == {"transcript": "hello one", "seq": 1}
-    if kill:
+    if first_is == "killed":
         first.process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(first.process.wait, 10)
-    else:
+    elif first_is == "cut":
         _cut(ws)
     resumed = await _resume(second, token, session_id, after=0)
     answer = await _recv(resumed)
     assert answer.get("type") == "resumed", (answer, second.output()[-3000:])
     assert answer["id"] == session_id
     assert await _recv(resumed) == {"transcript": "hello one", "seq": 1}
+    if first_is == "open":  # the first server closed it when it handed over
+        assert await drain(ws) == []
+        assert ws.close_reason == "Resumed on another connection."
     return await _continue_and_end(resumed, seq=2)
 
 
 @pytest.mark.services
-@pytest.mark.parametrize("kill", [True, False], ids=["killed", "alive"])
-def test_resume_on_another_server(raw_token, kill):
+@pytest.mark.parametrize("first_is", ["killed", "cut", "open"])
+def test_resume_on_another_server(raw_token, first_is):
     """The first server killed -9 (its session taken over) or alive (handed over
-    through the channel layer): the second one goes on with the same record and
-    the same open batch."""
+    through the channel layer: its socket cut, or still open as far as it knows):
+    the second one goes on with the same record and the same open batch."""
     _needs_services()
     receiver = TcpReceiver()
 
@@ -266,7 +291,9 @@ def test_resume_on_another_server(raw_token, kill):
         await receiver.start()
         try:
             with _two_servers_and_a_worker(_two_servers_env(receiver)) as servers:
-                messages = await _resume_elsewhere(*servers, raw_token, kill=kill)
+                messages = await _resume_elsewhere(
+                    *servers, raw_token, first_is=first_is
+                )
                 return messages, servers[1].process.pid
         finally:
             await receiver.stop()

@@ -71,6 +71,7 @@ MAX_PENDING_MESSAGES = 1000
 MAX_REPLAY_MESSAGES = 1000
 HAND_OVER = "session.hand_over"  # another server resumes a parked session
 HANDED_OVER = "session.handed_over"
+RESUMED_ELSEWHERE = "Resumed on another connection."  # the old socket's close reason
 
 # This process's resumable sessions that have not ended, by id.
 _resumable: dict[uuid.UUID, StreamSession] = {}
@@ -241,6 +242,7 @@ class StreamSession:
             await self._send(
                 protocol.session_message(self.session_id, settings.RESUME_SECONDS)
             )
+            await self._hand_over_to(transport)
 
     async def continue_here(
         self,
@@ -266,6 +268,7 @@ class StreamSession:
         await self._start(params)
         if self.state is State.STREAMING:
             _resumable[self.session_id] = self
+            await self._hand_over_to(transport)
         if self.voice is not None:
             self.voice.waiting.update(unsent)
             await self.voice.pick_up_stored()
@@ -759,7 +762,8 @@ class StreamSession:
                     if message.get("type") == REPLY_EVENT:
                         await self.reply(message)
                     elif message.get("type") == HAND_OVER:
-                        await self._hand_over(layer, message["reply_to"])
+                        self.parked = None  # not cancelled by release(): its task
+                        await self.hand_over(message["reply_to"])
                         return
         except TimeoutError:
             if self.transport is None and self.state is not State.CLOSED:
@@ -775,13 +779,32 @@ class StreamSession:
                 with contextlib.suppress(*LAYER_ERRORS):
                     await layer.group_discard(resume_group(self.session_id), channel)
 
-    async def _hand_over(self, layer, reply_to: str) -> None:
+    async def _hand_over_to(self, transport: Transport) -> None:
+        """Another server's resume reaches this session over `transport`'s channel
+        too (a dropped socket this server has not noticed yet)."""
+        assert self.session_id is not None  # noqa: S101 (it streams)
+        layer = transport.channel_layer
+        if layer is None:
+            return
+        try:
+            await layer.group_add(  # type: ignore[attr-defined]
+                resume_group(self.session_id), transport.channel_name
+            )
+        except LAYER_ERRORS as exc:  # parked, it listens on a channel of its own
+            layer_health.failed("group_add", exc)
+
+    async def hand_over(self, reply_to: str) -> None:
         """Another server resumes this session: stop here without recording an
-        end (the record is the other server's now), then say so."""
+        end (the record is the other server's now), then say so on `reply_to`."""
         logger.info("session %s: handed over to another server", self.session_id)
-        self.parked = None  # not cancelled by release(): this is its task
+        transport, self.transport = self.transport, None
+        if transport is not None:  # its drop was not noticed yet
+            with contextlib.suppress(Exception):
+                await transport.close(protocol.CLOSE_NORMAL, RESUMED_ELSEWHERE)
         await self._stop()
-        await layer.send(reply_to, {"type": HANDED_OVER, "seq": self.seq})
+        layer = get_channel_layer()
+        if layer is not None:
+            await layer.send(reply_to, {"type": HANDED_OVER, "seq": self.seq})
 
     async def resume(self, transport: Transport, after: int) -> None:
         """The client is back: {"type": "resumed"}, the numbered messages after
@@ -795,7 +818,7 @@ class StreamSession:
             self.parked = None
         if old is not None:  # its drop was not noticed yet: it is not the session's
             with contextlib.suppress(Exception):
-                await old.close(protocol.CLOSE_NORMAL, None)
+                await old.close(protocol.CLOSE_NORMAL, RESUMED_ELSEWHERE)
         self.pending.clear()  # partials, and numbered messages replayed below
         logger.info("session %s: resumed after seq %d", self.session_id, after)
         await transport.send_text(
@@ -807,6 +830,7 @@ class StreamSession:
         self.clock.last_audio = asyncio.get_running_loop().time()
         self.wake_watch.set()
         await self.attach(transport)
+        await self._hand_over_to(transport)
         if self.voice is not None:
             await self.voice.pick_up_stored()  # any reply missed while moving
 
