@@ -26,6 +26,7 @@ from transcription.channel_layer import LAYER_ERRORS
 from transcription.db import DATABASE_AWAY, db_call
 from transcription.engines import StreamParams, TranscriptEvent, get_engine
 from transcription.models import HEARTBEAT_SECONDS, AudioSession, ReceiverBatch
+from transcription.runtime import shutdown
 from transcription.selectors.sessions import StoredSession
 from transcription.streaming import protocol
 from transcription.streaming.admission import Client
@@ -76,6 +77,9 @@ async def resume_session(
             return None
         await local.resume(transport, request.after)
         return local
+    if shutdown.draining():  # takes no session over while it stops
+        await _refuse(transport, protocol.SHUTTING_DOWN)
+        return None
     try:
         return await _from_elsewhere(client, request, transport)
     except DATABASE_AWAY:
