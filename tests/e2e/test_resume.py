@@ -148,6 +148,29 @@ async def test_resume_after_the_socket_is_cut_mid_reply(raw_token):
     await eventually(replies_numbered)
 
 
+async def test_resume_after_end_of_stream_while_the_last_reply_is_prepared(raw_token):
+    """Cut after END_OF_STREAM, while the server waits for the last reply: the
+    session waits for its client, which gets that reply and the 1000."""
+    receiver = await SlowReceiver(pause=1.5).start()
+    try:
+        with run_daphne(_env(receiver, SILENCE_SECONDS="60")) as server:
+            ws, session_id = await _open(server, raw_token)
+            await ws.send(b"hello one")
+            assert (await _recv(ws))["seq"] == 1
+            await ws.send("END_OF_STREAM")
+            await _until_documents(receiver, 1)
+            _cut(ws)
+            resumed = await _resume(server, raw_token, session_id, after=1)
+            assert (await _recv(resumed))["type"] == "resumed"
+            [reply] = await drain(resumed)
+            assert (reply["seq"], reply["message"]) == (2, "You said hello one")
+            assert resumed.close_code == 1000
+    finally:
+        await receiver.stop()
+    session = await sync_to_async(AudioSession.objects.get)(pk=session_id)
+    assert (session.status, session.close_code) == ("completed", 1000)
+
+
 async def test_replayed_messages_after_an_older_seq(raw_token):
     """A client that missed messages gets each stored one after its seq again."""
     receiver = await TcpReceiver().start()

@@ -67,11 +67,8 @@ async def resume_session(
     local = resumable_session(request.session_id)
     if local is not None:
         owner = local.client
-        # Concluded (a timeout while parked, say): it is closing, not resumable.
         if not (
-            local.takes_frames
-            and local.conclusion is None
-            and _same_owner(client, _pk(owner.user), _pk(owner.token))
+            local.can_resume and _same_owner(client, _pk(owner.user), _pk(owner.token))
         ):
             await _refuse(transport, protocol.RESUME_REFUSED)
             return None

@@ -154,6 +154,8 @@ class StreamSession:
         )
         self._numbering = asyncio.Lock()  # seqs go out in order
         self.parked: asyncio.Task | None = None  # lost its socket, may be resumed
+        self.resumed = asyncio.Event()  # given a socket again since it was parked
+        self.transport_closed = False  # the session closed its socket: it ends
         self._background: set[asyncio.Task] = set()
         self.waiting_for_room = False
         self.close_reason = ""
@@ -176,6 +178,15 @@ class StreamSession:
     @property
     def takes_frames(self) -> bool:
         return self.state is State.STREAMING or self.state is State.FLUSHING
+
+    @property
+    def can_resume(self) -> bool:
+        """Parked (also while its end waits for the client), or streaming."""
+        if self.state is State.CLOSED:
+            return False
+        if self.parked is not None and not self.parked.done():
+            return True
+        return self.takes_frames and self.conclusion is None
 
     # --- the transport ----------------------------------------------------------
 
@@ -201,6 +212,7 @@ class StreamSession:
             await self.transport.send_text(text)
 
     async def _close_transport(self, close: Close) -> None:
+        self.transport_closed = True
         if self.transport is not None:
             reason = None if close.is_error else close.message or None
             await self.transport.close(close.code, reason)
@@ -645,6 +657,8 @@ class StreamSession:
                 await self._send(protocol.error_message(close.message))
             elif self.voice:
                 await self.voice.flush_and_wait()
+            if self.parked is not None and close.kind != protocol.SHUTDOWN:
+                await self._until_resumed()  # what it says last reaches the client
             await self._close_transport(close)
             self._enter(State.CLOSED)
             self.release()
@@ -680,15 +694,23 @@ class StreamSession:
         if transport is not None and transport is not self.transport:
             return  # a resume gave the session another socket already
         self.transport = None
-        if (
-            self.resumable
-            and self.takes_frames
-            and self.conclusion is None
-            and self.lost_because is None
-        ):
+        if self._may_park():
             await self._park(code)
             return
         await self._end_lost(code)
+
+    def _may_park(self) -> bool:
+        """Resumable, and neither closed yet (it may have concluded: its last
+        messages then wait for the client), nor dropped by the server, nor on a
+        server that shuts down."""
+        return (
+            self.resumable
+            and self.supervisor is not None
+            and self.state is not State.CLOSED
+            and not self.transport_closed
+            and self.lost_because is None
+            and not shutdown.draining()
+        )
 
     async def _end_lost(self, code: int) -> None:
         left_first = await self._stop()
@@ -731,7 +753,15 @@ class StreamSession:
 
     # --- parked: the socket dropped, the session waits to be resumed ------------
 
+    async def _until_resumed(self) -> None:
+        """A parked session that concluded waits for its client (its parked task
+        ends it as a client that left when RESUME_SECONDS pass)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(settings.RESUME_SECONDS):
+                await self.resumed.wait()
+
     async def _park(self, code: int) -> None:
+        self.resumed.clear()
         if self.voice is not None:
             await self.voice.leave()
         logger.info(
@@ -831,6 +861,7 @@ class StreamSession:
         self.wake_watch.set()
         await self.attach(transport)
         await self._hand_over_to(transport)
+        self.resumed.set()
         if self.voice is not None:
             await self.voice.pick_up_stored()  # any reply missed while moving
 
