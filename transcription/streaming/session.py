@@ -779,35 +779,36 @@ class StreamSession:
         channel = None
         try:
             async with asyncio.timeout(settings.RESUME_SECONDS):
-                if layer is None:
-                    await asyncio.Event().wait()
-                    return
-                channel = await layer.new_channel()
-                assert self.session_id is not None  # noqa: S101 (it streamed)
-                await layer.group_add(resume_group(self.session_id), channel)
-                if self.voice is not None:
-                    await self.voice.join(layer, channel)
-                while True:
-                    message = await layer.receive(channel)
-                    if message.get("type") == REPLY_EVENT:
-                        await self.reply(message)
-                    elif message.get("type") == HAND_OVER:
-                        self.parked = None  # not cancelled by release(): its task
-                        await self.hand_over(message["reply_to"])
-                        return
+                try:
+                    if layer is not None:
+                        channel = await layer.new_channel()
+                        await self._listen(layer, channel)
+                        return  # handed over
+                except LAYER_ERRORS as exc:  # a resume reads replies from the DB
+                    layer_health.failed("receive", exc)
+                await asyncio.Event().wait()  # until the window is over
         except TimeoutError:
             if self.transport is None and self.state is not State.CLOSED:
                 logger.info("session %s: not resumed in time", self.session_id)
-                await self._end_lost(code)
-        except LAYER_ERRORS as exc:  # replies are read from the database on resume
-            layer_health.failed("receive", exc)
-            await asyncio.sleep(settings.RESUME_SECONDS)
-            if self.transport is None and self.state is not State.CLOSED:
                 await self._end_lost(code)
         finally:
             if layer is not None and channel is not None and self.session_id:
                 with contextlib.suppress(*LAYER_ERRORS):
                     await layer.group_discard(resume_group(self.session_id), channel)
+
+    async def _listen(self, layer, channel: str) -> None:
+        assert self.session_id is not None  # noqa: S101 (it streamed)
+        await layer.group_add(resume_group(self.session_id), channel)
+        if self.voice is not None:
+            await self.voice.join(layer, channel)
+        while True:
+            message = await layer.receive(channel)
+            if message.get("type") == REPLY_EVENT:
+                await self.reply(message)
+            elif message.get("type") == HAND_OVER:
+                self.parked = None  # not cancelled by release(): this task
+                await self.hand_over(message["reply_to"])
+                return
 
     async def _hand_over_to(self, transport: Transport) -> None:
         """Another server's resume reaches this session over `transport`'s channel
@@ -832,6 +833,8 @@ class StreamSession:
             with contextlib.suppress(Exception):
                 await transport.close(protocol.CLOSE_NORMAL, RESUMED_ELSEWHERE)
         await self._stop()
+        # The seqs of replies sent are stored before the other server reads them.
+        await asyncio.gather(*self._background, return_exceptions=True)
         layer = get_channel_layer()
         if layer is not None:
             await layer.send(reply_to, {"type": HANDED_OVER, "seq": self.seq})
