@@ -18,7 +18,7 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from accounts.services import api_token_create
-from tests.e2e.servers import drain, run_daphne, run_process
+from tests.e2e.servers import drain, run_daphne, run_process, scrape
 from tests.helpers import eventually
 from tests.transcription.voice_fakes import TcpReceiver
 from transcription.models import AudioSession, ReceiverBatch, Transcript
@@ -249,6 +249,13 @@ async def test_resume_refused_to_another_user_too_late_or_ended(
             again = await _resume(server, raw_token, ended_id, after=0)
             [error] = await drain(again)
             assert again.close_code == 1008
+            figures = await asyncio.to_thread(scrape, f"{server.http_url}/metrics")
+            resumes = {
+                dict(labels)["outcome"]: value
+                for (name, labels), value in figures.items()
+                if name == "voiceproject_resumes_total"
+            }
+            assert resumes == {"same_server": 1.0, "refused": 3.0}
     finally:
         await receiver.stop()
     session = await sync_to_async(AudioSession.objects.get)(pk=session_id)

@@ -21,7 +21,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
-from transcription import selectors, server_process, services
+from transcription import metrics, selectors, server_process, services
 from transcription.channel_layer import LAYER_ERRORS
 from transcription.db import DATABASE_AWAY, db_call
 from transcription.engines import StreamParams, TranscriptEvent, get_engine
@@ -73,6 +73,7 @@ async def resume_session(
             await _refuse(transport, protocol.RESUME_REFUSED)
             return None
         await local.resume(transport, request.after)
+        metrics.RESUMES.labels(outcome="same_server").inc()
         return local
     if shutdown.draining():  # takes no session over while it stops
         await _refuse(transport, protocol.SHUTTING_DOWN)
@@ -98,11 +99,8 @@ async def _from_elsewhere(
     assert row is not None  # noqa: S101 (_not_resumable)
     # A live server that does not answer may hold the session still: try again
     # (unless its heartbeat stopped: then it is gone, wherever it ran).
-    if (
-        _running(row)
-        and not await _handed_over(request)
-        and _silent_for(row) < 2 * HEARTBEAT_SECONDS
-    ):
+    handed_over = _running(row) and await _handed_over(request)
+    if _running(row) and not handed_over and _silent_for(row) < 2 * HEARTBEAT_SECONDS:
         await _refuse(transport, protocol.RESUME_BUSY)
         return None
     if not await db_call(services.session_take_over, session_id=row.pk):
@@ -138,6 +136,8 @@ async def _from_elsewhere(
         unsent=stored.unsent,
         audio_seconds=stored.finalized_seconds,
     )
+    outcome = "handed_over" if handed_over else "taken_over"
+    metrics.RESUMES.labels(outcome=outcome).inc()
     return session
 
 
@@ -257,5 +257,7 @@ def _reply_message(batch: ReceiverBatch) -> str:
 
 async def _refuse(transport: Transport, refusal: Close) -> None:
     logger.info("resume refused (%s): %s", refusal.code, refusal.kind)
+    busy = refusal is protocol.RESUME_BUSY
+    metrics.RESUMES.labels(outcome="busy" if busy else "refused").inc()
     await transport.send_text(protocol.error_message(refusal.message))
     await transport.close(refusal.code, None)
