@@ -105,6 +105,13 @@ AUTH_REFUSED = Counter(
     "unknown_path (a path that is no endpoint: refused before any lookup).",
     ["reason"],
 )
+RESUMES = Counter(
+    "voiceproject_resumes",
+    "Resumes of resumable sessions by outcome: same_server, handed_over (from a "
+    "live server), taken_over (from a dead one), busy (not handed over: 1013), "
+    "refused (any other refusal).",
+    ["outcome"],
+)
 TOKEN_LOOKUPS = Counter(
     "voiceproject_token_lookups",
     "Database lookups of WebSocket tokens: authenticate (one attempt within the "

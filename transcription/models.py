@@ -112,6 +112,8 @@ class Transcript(models.Model):
     end_seconds = models.FloatField(null=True, blank=True)
     result_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The `seq` it was sent with in a resumable session (what a resume replays).
+    message_seq = models.PositiveIntegerField(null=True, blank=True)
     # With a receiver configured, every final joins exactly one batch as it is stored.
     batch = models.ForeignKey(
         "ReceiverBatch",
@@ -224,6 +226,8 @@ class ReceiverBatch(models.Model):
         max_length=8, choices=TtsStatus.choices, default=TtsStatus.NONE, blank=True
     )
     tts_error = models.TextField(blank=True)
+    # The `seq` its reply was sent with in a resumable session (what a resume replays).
+    reply_seq = models.PositiveIntegerField(null=True, blank=True)
 
     objects = ReceiverBatchQuerySet.as_manager()
 

@@ -229,6 +229,9 @@ MAX_SESSION_SECONDS = env.float("MAX_SESSION_SECONDS", default=14400.0)
 MAX_SESSIONS_PER_TOKEN = env.int("MAX_SESSIONS_PER_TOKEN", default=4)
 MAX_SESSIONS_PER_PROCESS = env.int("MAX_SESSIONS_PER_PROCESS", default=1000)
 MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=8)
+# How long a resumable session (resumable=true) whose socket dropped waits for its
+# client to come back (?resume=<id>&after=<seq>) before it ends.
+RESUME_SECONDS = env.float("RESUME_SECONDS", default=30.0)
 # Audio a session may hold waiting for its engine: seconds of PCM, or bytes for
 # encodings without a fixed byte rate. Beyond it the server stops reading the socket.
 MAX_AUDIO_BACKLOG_SECONDS = env.float("MAX_AUDIO_BACKLOG_SECONDS", default=60.0)

@@ -26,7 +26,10 @@ from transcription.streaming.protocol import (
     KNOWN_PARAMETERS,
     MAX_PARAMETER_CHARS,
     ProtocolError,
+    numbered,
     parse_params,
+    resumable,
+    resume_request,
 )
 
 CAPS: Capabilities = EchoEngine.capabilities
@@ -154,3 +157,21 @@ def test_consumer_fuzz_ends_with_a_documented_close(
         query = {**query, "token": api_token[1]}
     query_string = "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items())
     async_to_sync(asyncio.wait_for)(_session(query_string, header_list, frame_list), 30)
+
+
+def test_resume_parameters():
+    session_id = "0b7e3f52-8d4e-4a55-9d8c-2f4d1e0a9b11"
+    request = resume_request(f"resume={session_id}&after=7".encode())
+    assert request is not None
+    assert (str(request.session_id), request.after) == (session_id, 7)
+    assert resume_request(f"resume={session_id}".encode()) == (request[0], 0)
+    assert resume_request(b"language=en-US") is None
+    for bad in ("nope", f"{session_id}&after=-1", f"{session_id}&after=1e3"):
+        with pytest.raises(ProtocolError):
+            resume_request(f"resume={bad}".encode())
+    assert resumable(b"resumable=true")
+    assert not resumable(b"")
+    with pytest.raises(ProtocolError, match="resumable"):
+        resumable(b"resumable=yes")
+    final = numbered('{"transcript": "hi"}', 3)
+    assert json.loads(final) == {"transcript": "hi", "seq": 3}

@@ -14,7 +14,7 @@ from django.utils import timezone
 from transcription import server_process
 from transcription.engines import get_engine
 from transcription.engines.pocketsphinx_worker import stats
-from transcription.models import AudioSession, SessionError
+from transcription.models import HEARTBEAT_SECONDS, AudioSession, SessionError
 from transcription.runtime import startup, worker_runner
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -161,3 +161,45 @@ async def test_a_session_records_the_process_that_serves_it(
     # One value per process, and near enough to what `ps` would say.
     assert session.server_started_at == server_process.STARTED_AT
     assert session.server_started_at <= timezone.now()
+
+
+async def test_resumable_sessions_of_a_gone_process_wait_out_their_resume_window(
+    settings,
+):
+    """Another server may take them over (docs/protocol.md §12): closed only once
+    RESUME_SECONDS (and a heartbeat) passed since their last heartbeat."""
+    settings.TRANSCRIPTION_ENGINE = "echo"
+    settings.RESUME_SECONDS = 30
+    gone = _gone_pid()
+    long_ago = timezone.now() - dt.timedelta(seconds=30 + HEARTBEAT_SECONDS + 5)
+
+    def make():
+        def session(resumable: bool, **fields):
+            return AudioSession.objects.create(
+                engine="echo",
+                server_host=server_process.HOST,
+                server_pid=gone,
+                parameters={"resumable": True} if resumable else {},
+                **fields,
+            )
+
+        return {
+            "resumable, in its window": session(True),
+            "resumable, too late": session(True, heartbeat_at=long_ago),
+            "not resumable": session(False),
+        }
+
+    sessions = await sync_to_async(make)()
+    await _first_connections(startup.StartOnFirstConnection(_app))
+
+    def statuses():
+        return {
+            name: AudioSession.objects.get(pk=s.pk).status
+            for name, s in sessions.items()
+        }
+
+    assert await sync_to_async(statuses)() == {
+        "resumable, in its window": "active",
+        "resumable, too late": "failed",
+        "not resumable": "failed",
+    }

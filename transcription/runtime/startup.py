@@ -15,6 +15,7 @@ from django.conf import settings
 
 from transcription import services
 from transcription.engines import get_engine
+from transcription.models import HEARTBEAT_SECONDS
 from transcription.runtime import worker_runner
 from transcription.voice_loop.receiver import receiver_config
 
@@ -25,11 +26,21 @@ _tasks: set[asyncio.Task] = set()
 
 async def server_started() -> None:
     await database_sync_to_async(services.sessions_close_abandoned)()
+    later = asyncio.create_task(_close_abandoned_after_resume_window())
+    _tasks.add(later)
+    later.add_done_callback(_done)
     if receiver_config() is not None and settings.VOICE_WORKER_IN_PROCESS:
         worker_runner.ensure_in_process()
     warm_up = getattr(get_engine(), "warm_up", None)
     if warm_up is not None:
         await warm_up()
+
+
+async def _close_abandoned_after_resume_window() -> None:
+    """Resumable sessions of a stopped server were left for their resume window
+    (they may be taken over here): those not resumed are closed once it is over."""
+    await asyncio.sleep(settings.RESUME_SECONDS + HEARTBEAT_SECONDS)
+    await database_sync_to_async(services.sessions_close_abandoned)()
 
 
 def _done(task: asyncio.Task) -> None:

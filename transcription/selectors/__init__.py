@@ -34,6 +34,7 @@ from transcription.selectors.sessions import (
     session_find,
     session_history,
     session_latest_in_browser,
+    session_stored,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "session_latencies",
     "session_latest_in_browser",
     "session_list_with_counts",
+    "session_stored",
     "session_totals",
     "sessions_active_now",
     "sessions_per_hour",

@@ -1,9 +1,11 @@
 """Reads for a user's own sessions: history, the latest one, a reply's audio."""
 
+import dataclasses
 import uuid
 from typing import TYPE_CHECKING
 
 from django.db.models import (
+    Max,
     Prefetch,
     Q,
     QuerySet,
@@ -86,3 +88,43 @@ def session_find(*, id_or_prefix: str) -> AudioSession | None:
         return None
     found = list(AudioSession.objects.filter(pk__istartswith=value)[:2])
     return found[0] if len(found) == 1 else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredSession:
+    """What a resume on another server reads of a session (`session_stored`)."""
+
+    session: AudioSession
+    finals: int  # the last final's seq
+    last_seq: int  # the last message seq stored (finals and replies)
+    replay_finals: list[Transcript]  # sent after the client's seq, in order
+    replay_replies: list[ReceiverBatch]  # replies sent after the client's seq
+    unsent: list[str]  # batch ids whose reply was not sent (pending, or never)
+    finalized_seconds: float  # the engine's end time of the last final (0: none)
+
+
+def session_stored(*, session_id: uuid.UUID, after: int) -> StoredSession | None:
+    """A session's row and what a resume after message `after` replays."""
+    session = AudioSession.objects.filter(pk=session_id).first()
+    if session is None:
+        return None
+    transcripts = session.transcripts.all()
+    batches = session.batches.all()
+    stats = transcripts.aggregate(
+        finals=Max("seq"), seq=Max("message_seq"), end=Max("end_seconds")
+    )
+    replies = batches.aggregate(seq=Max("reply_seq"))
+    return StoredSession(
+        session=session,
+        finals=stats["finals"] or 0,
+        last_seq=max(stats["seq"] or 0, replies["seq"] or 0),
+        replay_finals=list(transcripts.filter(message_seq__gt=after)),
+        replay_replies=list(batches.filter(reply_seq__gt=after)),
+        unsent=[
+            str(batch_id)
+            for batch_id in batches.filter(reply_seq__isnull=True).values_list(
+                "batch_id", flat=True
+            )
+        ],
+        finalized_seconds=stats["end"] or 0.0,
+    )

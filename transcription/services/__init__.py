@@ -16,10 +16,12 @@ from transcription.services.batches import (
 )
 from transcription.services.errors import session_error_add
 from transcription.services.sessions import (
+    batch_reply_numbered,
     session_end,
     session_heartbeat,
     session_reject,
     session_start,
+    session_take_over,
     sessions_close_abandoned,
     sessions_purge,
     transcript_add_final,
@@ -32,6 +34,7 @@ __all__ = [
     "batch_record_failure",
     "batch_record_reply",
     "batch_release",
+    "batch_reply_numbered",
     "batch_retry_delay",
     "batches_give_up_exhausted",
     "session_end",
@@ -39,6 +42,7 @@ __all__ = [
     "session_heartbeat",
     "session_reject",
     "session_start",
+    "session_take_over",
     "sessions_close_abandoned",
     "sessions_purge",
     "transcript_add_final",

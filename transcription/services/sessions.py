@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections import Counter
 
+from django.conf import settings
 from django.db import models, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -13,7 +14,9 @@ from django.utils import timezone
 from transcription import server_process
 from transcription.engines import StreamParams, TranscriptEvent
 from transcription.models import (
+    HEARTBEAT_SECONDS,
     AudioSession,
+    ReceiverBatch,
     SessionError,
     Transcript,
 )
@@ -45,16 +48,20 @@ def session_start(
     engine: str,
     params: StreamParams | None,
     client: str = "",
+    resumable: bool = False,
 ) -> AudioSession:
     """Record a new session as active (or, for a refused one, as the caller decides)."""
     fields = {}
     if params is not None:
+        parameters = {"detail": params.detail, **dict(params.options)}
+        if resumable:
+            parameters["resumable"] = True
         fields = {
             "language": params.language,
             "encoding": params.encoding,
             "sample_rate": params.sample_rate,
             "send_partials": params.send_partials,
-            "parameters": {"detail": params.detail, **dict(params.options)},
+            "parameters": parameters,
         }
     return AudioSession.objects.create(
         user=user if user is not None and user.is_authenticated else None,
@@ -91,12 +98,14 @@ def transcript_add_final(
     bytes_per_second: float | None,
     silence_seconds: float | None = None,
     heard_at: dt.datetime | None = None,
+    message_seq: int | None = None,
 ) -> Transcript:
     """Store one final transcript the moment it exists, and the audio count so far.
 
     With `silence_seconds` (a receiver is configured) the final joins the session's
     open batch in the same transaction, so every final is in exactly one batch.
     `heard_at`: when it was heard, for a final stored late (the database was away).
+    `message_seq`: the seq it is sent with (a resumable session).
     """
     with transaction.atomic():
         batch = None
@@ -111,6 +120,7 @@ def transcript_add_final(
             result_id=event.result_id[:64],
             batch=batch,
             created_at=heard_at or timezone.now(),
+            message_seq=message_seq,
         )
         _session_update_audio(session_id, audio_bytes, bytes_per_second)
     return transcript
@@ -167,22 +177,46 @@ def session_heartbeat(
     _session_update_audio(session_id, audio_bytes, bytes_per_second)
 
 
+def session_take_over(*, session_id: uuid.UUID) -> bool:
+    """This process serves an active session from now on (a resume from another
+    server): its process fields and heartbeat. False: it is not active any more."""
+    return bool(
+        AudioSession.objects.filter(
+            pk=session_id, status=AudioSession.Status.ACTIVE
+        ).update(heartbeat_at=timezone.now(), **server_process.current())
+    )
+
+
+def batch_reply_numbered(*, batch_id: str, seq: int) -> None:
+    """The seq a batch's reply was sent with (a resumable session)."""
+    ReceiverBatch.objects.filter(batch_id=batch_id).update(reply_seq=seq)
+
+
 def sessions_close_abandoned() -> int:
     """Close the records of sessions whose server stopped without closing them.
 
     Those of this host's processes that are gone (`server_process.is_running`),
     whatever their heartbeat says, and any whose heartbeat stopped (other hosts
     cannot be asked). Each becomes failed, ended at its last heartbeat, with an
-    error saying why; what was said (its finals and batches) stays. Returns how
-    many were closed.
+    error saying why; what was said (its finals and batches) stays. A resumable
+    session is left alone within its resume window (RESUME_SECONDS after its last
+    heartbeat, a heartbeat's time added). Returns how many were closed.
     """
     message = "The server stopped before the session ended."
+    # A resumable session of a stopped server may be resumed here (taken over):
+    # it is left for its resume window, and closed by a later call.
+    window = timezone.now() - dt.timedelta(
+        seconds=settings.RESUME_SECONDS + HEARTBEAT_SECONDS
+    )
     gone = [
         pk
-        for pk, pid, started in AudioSession.objects.filter(
+        for pk, pid, started, parameters, heartbeat in AudioSession.objects.filter(
             status=AudioSession.Status.ACTIVE, server_host=server_process.HOST
-        ).values_list("pk", "server_pid", "server_started_at")
+        ).values_list(
+            "pk", "server_pid", "server_started_at", "parameters", "heartbeat_at"
+        )
         if not server_process.is_running(pid, started)
+        and not (parameters.get("resumable") and heartbeat > window)
     ]
     closed = 0
     for session in _abandoned(gone).only("pk", "heartbeat_at"):

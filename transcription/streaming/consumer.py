@@ -6,7 +6,10 @@ Server → client: `{"partialTranscript": "…"}` (when sendPartials=true),
 `{"transcript": "…"}` for each final, `{"error": "…"}` right before any close that is
 not a plain 1000, and with a receiver configured `{"type": "server_response",
 "message": "…", "audio": "<base64 MP3>" | null, "batch_id": "…"}` for each non-empty
-reply. Every parameter, message and close: docs/protocol.md.
+reply. With resumable=true, first `{"type": "session", "id", "resumeWithin"}`, and
+finals and replies carry `seq`; `?resume=<id>&after=<seq>` resumes such a session
+(`{"type": "resumed", …}` first). Every parameter, message and close:
+docs/protocol.md.
 
 The consumer only translates: socket events become calls on its session
 (`transcription.streaming.session`), the session's messages and closes become frames.
@@ -20,10 +23,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from transcription import metrics
 from transcription.engines import get_engine
-from transcription.streaming import protocol
+from transcription.streaming import protocol, resume
 from transcription.streaming.admission import Client
 from transcription.streaming.dispatch import StreamingWebsocketConsumer
-from transcription.streaming.session import StreamSession
+from transcription.streaming.session import HAND_OVER, State, StreamSession
 from transcription.voice_loop.replies import REPLY_EVENT
 from voiceproject.server.flow_control import FLOW_CONTROL
 
@@ -44,6 +47,13 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
     async def connect(self) -> None:
         flow = self.scope.get("extensions", {}).get(FLOW_CONTROL)
         self.gone = flow["disconnected"] if flow is not None else None
+        query_string = self.scope.get("query_string", b"")
+        if resume.asks_resume(query_string):
+            await self.accept()
+            self.session = await resume.resume_session(
+                Client.from_scope(self.scope), query_string, self
+            )
+            return
         # Created before any await: it reserves the process's slot at once.
         self.session = StreamSession(
             client=Client.from_scope(self.scope),
@@ -69,6 +79,10 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             if self.session is not None:
                 await self.session.reply(message)  # type: ignore[arg-type]
             return
+        if message.get("type") == HAND_OVER:  # another server resumes the session
+            if self.session is not None:
+                await self.session.hand_over(message["reply_to"])
+            return
         await super().dispatch_layer(message)
 
     def layer_failed(self, exc: BaseException) -> None:
@@ -83,7 +97,9 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
-            await self.session.transport_lost(code)
+            await self.session.transport_lost(code, self)
+            if self.session.state is not State.CLOSED:
+                self.session = None  # parked, or resumed over another socket
 
     # --- the session's Transport (close() is AsyncWebsocketConsumer's) ------------
 

@@ -6,6 +6,7 @@ close a session decides is in the catalogue below, with its text and kind.
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Final, NamedTuple
 from urllib.parse import parse_qs
@@ -182,6 +183,18 @@ def backlog_full(held: str, setting: str) -> Close:
     )
 
 
+RESUME_REFUSED: Final = Close(
+    CLOSE_POLICY,
+    "This session cannot be resumed: it is not yours, it ended, or it was not "
+    "resumed within RESUME_SECONDS. Open a new session.",
+    "resume",
+)
+RESUME_BUSY: Final = Close(
+    CLOSE_TRY_AGAIN,
+    "The server that holds this session did not hand it over: try again.",
+    "resume",
+)
+
 UNKNOWN_PATH: Final = Close(
     CLOSE_POLICY,
     "Unknown path: connect to / (or /ws/transcribe/).",
@@ -213,7 +226,17 @@ def engine_error(exc: EngineError) -> Close:
 
 
 KNOWN_PARAMETERS: Final = frozenset(
-    {"token", "language", "encoding", "sampleRate", "sendPartials", "detail"}
+    {
+        "token",
+        "language",
+        "encoding",
+        "sampleRate",
+        "sendPartials",
+        "detail",
+        "resumable",
+        "resume",
+        "after",
+    }
 )
 # The longest value a parameter the server reads may have (the token excepted: the
 # middleware reads it). Checked before any parsing: `int()` of 5,000 digits raises.
@@ -314,3 +337,63 @@ def event_message(event: TranscriptEvent, *, detail: bool) -> str:
     if event.speaker:
         message["speaker"] = event.speaker
     return json.dumps(message)
+
+
+# --- resume (resumable=true; docs/protocol.md, "Resume") -------------------------
+
+
+class ResumeRequest(NamedTuple):
+    session_id: uuid.UUID
+    after: int  # the last seq the client received
+
+
+def resumable(query_string: bytes) -> bool:
+    """Whether a new session asks to be resumable (ProtocolError if malformed)."""
+    return _flag(_query(query_string), "resumable", False)
+
+
+def resume_request(query_string: bytes) -> ResumeRequest | None:
+    """`?resume=<id>&after=<seq>`, or None when the connection opens a new session."""
+    query = _query(query_string)
+    if not (ids := query.get("resume")):
+        return None
+    try:
+        session_id = uuid.UUID(ids[-1][:64])
+    except ValueError:
+        raise ProtocolError("Invalid resume: a session id is expected.") from None
+    after_text = query.get("after", ["0"])[-1]
+    if not after_text.isascii() or not after_text.isdigit() or len(after_text) > 12:
+        raise ProtocolError(f"Invalid after {after_text[:20]!r}: a seq is expected.")
+    return ResumeRequest(session_id, int(after_text))
+
+
+def _query(query_string: bytes) -> dict[str, list[str]]:
+    try:
+        return parse_qs(query_string.decode("utf-8"), strict_parsing=False)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("The query string is not valid UTF-8.") from exc
+
+
+def session_message(session_id: uuid.UUID, resume_within: float) -> str:
+    """The first message of a resumable session."""
+    return json.dumps(
+        {"type": "session", "id": str(session_id), "resumeWithin": resume_within}
+    )
+
+
+def resumed_message(session_id: uuid.UUID, after: int, audio_seconds: float) -> str:
+    """The first message of a resumed session: what follows is every stored message
+    after `after`; audio up to `audio_seconds` is the server's (send the rest)."""
+    return json.dumps(
+        {
+            "type": "resumed",
+            "id": str(session_id),
+            "after": after,
+            "audioSeconds": round(audio_seconds, 3),
+        }
+    )
+
+
+def numbered(message: str, seq: int) -> str:
+    """A JSON object message with its `seq` added."""
+    return json.dumps({**json.loads(message), "seq": seq})

@@ -61,6 +61,7 @@ class _Held:
     audio_bytes: int
     silence_seconds: float | None
     heard_at: dt.datetime
+    message_seq: int | None = None
 
     @property
     def cost(self) -> int:
@@ -86,7 +87,9 @@ class SessionRecord:
         rate = self.bytes_per_second
         return self.audio_bytes / rate if rate else 0.0
 
-    async def start(self, client: Client, params: StreamParams | None) -> None:
+    async def start(
+        self, client: Client, params: StreamParams | None, *, resumable: bool = False
+    ) -> None:
         """The row, before anything is decided (DatabaseAway: no row)."""
         try:
             session = await db_call(
@@ -97,6 +100,7 @@ class SessionRecord:
                 engine=self.engine,
                 params=params,
                 client=client.address,
+                resumable=resumable,
             )
         except DATABASE_AWAY as exc:
             logger.warning("session refused: database unavailable (%s)", _name(exc))
@@ -108,7 +112,11 @@ class SessionRecord:
             self.bytes_per_second = params.sample_rate * 2
 
     async def final(
-        self, event: TranscriptEvent, *, silence_seconds: float | None
+        self,
+        event: TranscriptEvent,
+        *,
+        silence_seconds: float | None,
+        message_seq: int | None = None,
     ) -> list[Transcript]:
         """Store one final as it arrives, after those held before it: what was
         stored now, in order (none while the database is away: held). StoreFailed
@@ -120,6 +128,7 @@ class SessionRecord:
             audio_bytes=self.audio_bytes,
             silence_seconds=silence_seconds,
             heard_at=timezone.now(),
+            message_seq=message_seq,
         )
         global _held_bytes
         if (
@@ -182,6 +191,7 @@ class SessionRecord:
             bytes_per_second=self.bytes_per_second,
             silence_seconds=item.silence_seconds,
             heard_at=item.heard_at,
+            message_seq=item.message_seq,
         )
 
     def _away(self, exc: BaseException) -> None:
