@@ -187,6 +187,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # accounts.probes). A valid token or browser session is never refused for them.
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
 AUTH_FAILURE_DELAY_SECONDS = env.float("AUTH_FAILURE_DELAY_SECONDS", default=1.0)
+# How long a grant from POST /api/grants opens sessions (a session it opened runs on).
+GRANT_SECONDS = env.float("GRANT_SECONDS", default=60.0)
 # Usable (not revoked, not expired) API tokens one user may hold.
 MAX_TOKENS_PER_USER = env.int("MAX_TOKENS_PER_USER", default=20)
 LOGIN_URL = "/accounts/login/"
