@@ -2,21 +2,23 @@
 
 Multipart fields as OpenAI's: `file` (required), `model` (required, any name: this
 server has one engine), `language` (ISO 639-1 such as `en`, or this server's own
-codes such as `en-US`), `prompt` (kept with the session; the engines take none),
-`response_format` (json, text, srt, vtt, verbose_json), `temperature` and
-`timestamp_granularities[]` (accepted, ignored). Authenticated by an API token
-(`Authorization: Bearer`), recorded as a session (transcription.streaming.files).
+codes such as `en-US`), `response_format` (json, text, srt, vtt, verbose_json);
+`prompt`, `temperature` and `timestamp_granularities[]` are accepted and ignored
+(the engines take none). Authenticated by an API token (`Authorization: Bearer`),
+recorded as a session (transcription.streaming.files).
 Errors in OpenAI's shape, with the WebSocket protocol's texts where it has them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_exempt
@@ -61,8 +63,80 @@ def _language(value: str, languages: tuple[str, ...]) -> str | None:
     )
 
 
+class BadUpload(Exception):
+    """The request cannot be transcribed: answer with `response`."""
+
+    def __init__(self, response: JsonResponse) -> None:
+        super().__init__(response.content.decode())
+        self.response = response
+
+
+def _bad(message: str, param: str, code: str | None = None) -> BadUpload:
+    return BadUpload(api_error(400, message, param=param, code=code))
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """A request's fields, checked."""
+
+    file: UploadedFile
+    response_format: str
+    language: str
+
+
 def _fields(request: HttpRequest):
     return request.POST, request.FILES
+
+
+def _checked(post, files, languages: tuple[str, ...]) -> Upload:
+    """The fields, checked in OpenAI's order of importance; raises BadUpload."""
+    upload = files.get("file")
+    if upload is None:
+        raise _bad("Missing the file: send it as the `file` field.", "file")
+    if upload.size > settings.MAX_UPLOAD_BYTES:
+        raise BadUpload(too_big(upload.size))
+    for name in ("model", "language", "response_format"):
+        if len(post.get(name, "")) > MAX_FIELD_CHARS:
+            raise _bad(
+                f"Parameter {name} is too long: at most {MAX_FIELD_CHARS}.", name
+            )
+    if not post.get("model", "").strip():
+        raise _bad("Missing the model: send `model`.", "model")
+    response_format = post.get("response_format", "json") or "json"
+    if response_format not in RESPONSE_FORMATS:
+        raise _bad(
+            f"Unsupported response_format {response_format!r}: use "
+            f"{', '.join(RESPONSE_FORMATS)}.",
+            "response_format",
+        )
+    asked = post.get("language", "").strip()
+    language = _language(asked, languages) if asked else languages[0]
+    if language is None:
+        shown = ", ".join(languages[:12])
+        more = " and more" if len(languages) > 12 else ""
+        raise _bad(
+            f"Unsupported language {asked!r}: this server accepts {shown}{more} "
+            "(or their ISO 639-1 codes).",
+            "language",
+        )
+    return Upload(file=upload, response_format=response_format, language=language)
+
+
+async def _decoded(upload: UploadedFile) -> PcmAudio:
+    """The file's audio (decoded in a thread); raises BadUpload."""
+    data = await sync_to_async(upload.read)()
+    try:
+        audio = await asyncio.to_thread(decode_upload, data)
+    except AudioFileError as exc:
+        raise _bad(f"Could not read the audio: {exc}.", "file") from None
+    if audio.seconds > settings.MAX_UPLOAD_SECONDS:
+        raise _bad(
+            f"The audio is too long ({audio.seconds:.0f} s): the limit is "
+            f"{settings.MAX_UPLOAD_SECONDS:g} seconds (MAX_UPLOAD_SECONDS).",
+            "file",
+            code="audio_too_long",
+        )
+    return audio
 
 
 @csrf_exempt  # programs with a Bearer token; no cookie authenticates here
@@ -72,64 +146,18 @@ async def audio_transcriptions(request: HttpRequest) -> HttpResponse:
         response = api_error(405, "Use POST.", code="method_not_allowed")
         response["Allow"] = "POST"
         return response
+    engine = get_engine()
     try:
         token = await bearer_authenticate(request)
+        post, files = await sync_to_async(_fields)(request)
+        upload = _checked(post, files, engine.capabilities.languages)
+        audio = await _decoded(upload.file)
     except Refused as refused:
         return refused.response
-    try:
-        post, files = await sync_to_async(_fields)(request)
     except RequestDataTooBig:
         return too_big()
-    upload = files.get("file")
-    if upload is None:
-        return api_error(
-            400, "Missing the file: send it as the `file` field.", param="file"
-        )
-    if upload.size > settings.MAX_UPLOAD_BYTES:
-        return too_big(upload.size)
-    for name in ("model", "language", "response_format"):
-        if len(post.get(name, "")) > MAX_FIELD_CHARS:
-            return api_error(
-                400,
-                f"Parameter {name} is too long: at most {MAX_FIELD_CHARS}.",
-                param=name,
-            )
-    model = post.get("model", "").strip()
-    if not model:
-        return api_error(400, "Missing the model: send `model`.", param="model")
-    response_format = post.get("response_format", "json") or "json"
-    if response_format not in RESPONSE_FORMATS:
-        return api_error(
-            400,
-            f"Unsupported response_format {response_format!r}: use "
-            f"{', '.join(RESPONSE_FORMATS)}.",
-            param="response_format",
-        )
-    engine = get_engine()
-    languages = engine.capabilities.languages
-    asked = post.get("language", "").strip()
-    language = _language(asked, languages) if asked else languages[0]
-    if language is None:
-        shown = ", ".join(languages[:12])
-        return api_error(
-            400,
-            f"Unsupported language {asked!r}: this server accepts {shown}"
-            f"{' and more' if len(languages) > 12 else ''} (or their ISO 639-1 codes).",
-            param="language",
-        )
-    data = await sync_to_async(upload.read)()
-    try:
-        audio = await asyncio.to_thread(decode_upload, data)
-    except AudioFileError as exc:
-        return api_error(400, f"Could not read the audio: {exc}.", param="file")
-    if audio.seconds > settings.MAX_UPLOAD_SECONDS:
-        return api_error(
-            400,
-            f"The audio is too long ({audio.seconds:.0f} s): the limit is "
-            f"{settings.MAX_UPLOAD_SECONDS:g} seconds (MAX_UPLOAD_SECONDS).",
-            param="file",
-            code="audio_too_long",
-        )
+    except BadUpload as bad:
+        return bad.response
     client = Client(
         auth_method="token",
         user=token.user,
@@ -138,18 +166,18 @@ async def audio_transcriptions(request: HttpRequest) -> HttpResponse:
         grant=Grant(token_id=token.pk, user_id=token.user_id),
     )
     result = await transcribe_file(
-        client=client, audio=audio, language=language, engine=engine
+        client=client, audio=audio, language=upload.language, engine=engine
     )
     logger.info(
         "session %s: a file over REST (%.1f s of audio, %s): close %d",
         result.session_id,
         audio.seconds,
-        response_format,
+        upload.response_format,
         result.close_code,
     )
     if result.close_code != CLOSE_NORMAL:
         return _session_error(result)
-    answer = _formatted(result, audio, language, response_format)
+    answer = _formatted(result, audio, upload.language, upload.response_format)
     answer["X-Session-Id"] = result.session_id
     add_never_cache_headers(answer)
     return answer
