@@ -147,3 +147,26 @@ def test_the_offline_engine_hears_the_words(raw_token):
     session = AudioSession.objects.order_by("started_at").first()
     assert session.engine == "pocketsphinx"
     assert session.transcripts.get().text == "hello world"
+
+
+def test_the_aws_engine_answers_through_the_same_path(raw_token, tmp_path):
+    """AWS behind the same engine Protocol: the real SDK against the fake service."""
+    from tests.transcription.fake_transcribe import running_fake
+
+    two = FIXTURES / "two_utterances.wav"
+    with (
+        running_fake(tmp_path) as fake,
+        run_daphne({"TRANSCRIPTION_ENGINE": "aws", **fake.env}) as server,
+    ):
+        result = transcribe(server, raw_token, path=two, response_format="verbose_json")
+        (received,) = fake.received
+    texts = [segment.text for segment in result.segments]
+    assert len(texts) == 2
+    assert "weather is nice today" in texts[0]
+    assert "turn on the lights" in texts[1]
+    first, second = result.segments
+    assert first.start < first.end <= second.start < second.end
+    assert received.request_signed
+    session = AudioSession.objects.get()
+    assert session.engine == "aws"
+    assert session.transcripts.count() == 2
