@@ -118,3 +118,16 @@ async def test_over_the_limit_a_valid_grant_is_probed_then_accepted(
     assert scope["auth_method"] == "grant"
     assert scope["api_token"] == token
     assert scope["user"] == token.user
+
+
+def test_the_admin_lists_grants_without_their_raw_value(admin_client, api_token):
+    token, _ = api_token
+    grant, raw = grant_create(user=token.user, token=token)
+    listing = admin_client.get("/admin/accounts/sessiongrant/")
+    assert listing.status_code == 200
+    assert grant.prefix in listing.content.decode()
+    page = admin_client.get(f"/admin/accounts/sessiongrant/{grant.pk}/change/")
+    assert page.status_code == 200
+    for response in (listing, page):
+        assert raw not in response.content.decode()
+        assert grant.digest not in response.content.decode()
