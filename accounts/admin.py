@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers, patch_cache_control
 
-from accounts.models import ApiToken
+from accounts.models import ApiToken, SessionGrant
 from accounts.selectors import api_token_list
 from accounts.services import (
     TokenLimitReached,
@@ -300,6 +300,24 @@ class ApiTokenInline(admin.TabularInline):
 User = get_user_model()
 if admin.site.is_registered(User):
     admin.site.unregister(User)
+
+
+@admin.register(SessionGrant)
+class SessionGrantAdmin(admin.ModelAdmin):
+    """Grants from POST /api/grants: read-only (their raw value is nowhere here);
+    deleting one stops it opening sessions."""
+
+    list_display = ["prefix", "user", "token", "created_at", "expires_at"]
+    list_select_related = ["user", "token"]
+    search_fields = ["prefix", "user__username"]
+    readonly_fields = ["user", "token", "prefix", "created_at", "expires_at"]
+    exclude = ["digest"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 @admin.register(User)

@@ -1,15 +1,17 @@
-"""WebSocket authentication: an API token (query or Bearer header) or a session cookie.
+"""WebSocket authentication: an API token or a grant (Bearer header, the `token`
+subprotocol, or the query) or a session cookie.
 
 (And, for HTTP, TokenOutOfUrlsMiddleware: no URL a browser is sent to carries a token.)
 
 The middleware only resolves who is calling; it never refuses. It sets, for the
 consumer:
 
-- scope["auth_method"]: "token" (a usable token), "session" (a logged-in cookie session
-  from an allowed Origin), or a refusal, the keys of AUTH_REFUSALS: None (no
-  credentials), "bad_token" (a token that is not usable), "bad_origin" (a cookie
-  session from another origin), "throttled" (any of these from an address over the
-  failed-attempt limit; see ApiTokenAuthMiddleware),
+- scope["auth_method"]: "token" (a usable token), "grant" (a usable short-lived grant
+  from POST /api/grants: scope["api_token"] is the token that asked for it, if any),
+  "session" (a logged-in cookie session from an allowed Origin), or a refusal, the
+  keys of AUTH_REFUSALS: None (no credentials), "bad_token" (a token that is not
+  usable), "bad_origin" (a cookie session from another origin), "throttled" (any
+  of these from an address over the failed-attempt limit; see ApiTokenAuthMiddleware),
   "unavailable" (the database did not answer: the consumer says "try again later").
 - scope["client_address"]: the client's address (see client_address).
 - scope["api_token"] and scope["user"] (AnonymousUser for every refusal).
@@ -42,10 +44,15 @@ from django.http.request import split_domain_port, validate_host
 from django.utils.cache import add_never_cache_headers
 from django.utils.http import escape_leading_slashes
 
-from accounts.probes import token_probe
-from accounts.services import api_token_authenticate
+from accounts.probes import grant_probe, token_probe
+from accounts.services import api_token_authenticate, grant_authenticate
 from accounts.throttle import Attempt, auth_failures
-from accounts.tokens import percent_decoded, text_holds_token, token_looks_valid
+from accounts.tokens import (
+    is_grant,
+    percent_decoded,
+    text_holds_token,
+    token_looks_valid,
+)
 from transcription import metrics
 
 logger = logging.getLogger(__name__)
@@ -79,13 +86,38 @@ def _header(scope: dict, name: bytes) -> str | None:
     return None
 
 
-def raw_token_from_scope(scope: dict) -> str | None:
-    """The token from `?token=` or `Authorization: Bearer …`, if any was sent."""
-    authorization = _header(scope, b"authorization")
+# The subprotocol that carries a token, as Deepgram's clients send it: a browser's
+# `new WebSocket(url, ["token", "<token>"])`. The server answers with TOKEN_SUBPROTOCOL
+# (the consumer), never with the token.
+TOKEN_SUBPROTOCOL = "token"  # noqa: S105 (a protocol name, not a secret)
+
+
+def subprotocol_token(scope: dict) -> str | None:
+    """The token offered as the subprotocol after `token`, if any."""
+    offered = [str(name).strip() for name in scope.get("subprotocols") or ()]
+    if TOKEN_SUBPROTOCOL in offered:
+        index = offered.index(TOKEN_SUBPROTOCOL)
+        if index + 1 < len(offered) and offered[index + 1]:
+            return offered[index + 1]
+    return None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer …` header, if it is one."""
     if authorization is not None:
         kind, _, credential = authorization.partition(" ")
         if kind.lower() == "bearer" and credential.strip():
             return credential.strip()
+    return None
+
+
+def raw_token_from_scope(scope: dict) -> str | None:
+    """The token (or grant) from `Authorization: Bearer …`, the `token` subprotocol
+    or `?token=`, in that order, if any was sent."""
+    if (raw := bearer_token(_header(scope, b"authorization"))) is not None:
+        return raw
+    if (raw := subprotocol_token(scope)) is not None:
+        return raw
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     values = query.get("token")
     return values[0] if values else None
@@ -260,8 +292,16 @@ class ApiTokenAuthMiddleware:
             return await self.unavailable(scope, attempt, receive, send)
         try:
             async with asyncio.timeout(settings.DATABASE_TIMEOUT_SECONDS):
-                if raw is not None:
-                    token = await _authenticate(raw, over_limit=attempt.over_limit)
+                if raw is not None and is_grant(raw):
+                    grant = await authenticate_grant(raw, over_limit=attempt.over_limit)
+                    if grant:
+                        scope["auth_method"] = "grant"
+                        scope["user"] = grant.user
+                        scope["api_token"] = grant.token
+                    else:
+                        scope["auth_method"] = "bad_token"
+                elif raw is not None:
+                    token = await authenticate_token(raw, over_limit=attempt.over_limit)
                     scope["api_token"] = token
                     if token:
                         scope["auth_method"] = "token"
@@ -302,9 +342,9 @@ class _SessionUser(AuthMiddleware):
             scope["auth_method"] = UNAVAILABLE
 
 
-async def _authenticate(raw: str, *, over_limit: bool):
+async def authenticate_token(raw: str, *, over_limit: bool):
     """The usable token for `raw`, or None; over the limit, only after a probe."""
-    if not token_looks_valid(raw):
+    if not token_looks_valid(raw) or is_grant(raw):
         return None  # nothing the database could match
     if over_limit and not await token_probe.matches(raw):
         return None
@@ -312,12 +352,22 @@ async def _authenticate(raw: str, *, over_limit: bool):
     return await database_sync_to_async(api_token_authenticate)(raw=raw)
 
 
+async def authenticate_grant(raw: str, *, over_limit: bool):
+    """The usable grant for `raw`, or None; over the limit, only after a probe."""
+    if not token_looks_valid(raw) or not is_grant(raw):
+        return None
+    if over_limit and not await grant_probe.matches(raw):
+        return None
+    metrics.TOKEN_LOOKUPS.labels(kind="authenticate").inc()
+    return await database_sync_to_async(grant_authenticate)(raw=raw)
+
+
 def _settle(scope: dict, attempt: Attempt) -> None:
     """A success gives its charge back; a failure keeps it, and over the limit is
     "throttled". Each failure is in the log: one line each within the limit, and
     the throttle's lines beyond it."""
     method = scope["auth_method"]
-    if method in ("token", "session"):
+    if method in ("token", "grant", "session"):
         auth_failures.succeeded(attempt)
         return
     scope["user"] = AnonymousUser()

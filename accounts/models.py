@@ -65,3 +65,44 @@ class ApiToken(models.Model):
         if self.is_expired:
             return "expired"
         return "active"
+
+
+class SessionGrantQuerySet(models.QuerySet):
+    def usable(self) -> "SessionGrantQuerySet":
+        """Grants that still open sessions: unexpired, of an active user, and (when
+        a token asked for them) while that token is usable."""
+        now = timezone.now()
+        parent_usable = Q(token__isnull=True) | (
+            Q(token__revoked_at__isnull=True)
+            & (Q(token__expires_at__isnull=True) | Q(token__expires_at__gt=now))
+        )
+        return self.filter(parent_usable, expires_at__gt=now, user__is_active=True)
+
+
+class SessionGrant(models.Model):
+    """A short-lived credential that only opens WebSocket sessions (POST /api/grants).
+
+    Made for a web page that must not hold the long-lived token: stored like a token
+    (a hash and a prefix), valid for GRANT_SECONDS. A session opened with it runs on
+    as its user's (and its token's, when a token asked for it).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="grants"
+    )
+    # The token that asked for it (None: a logged-in browser session did).
+    token = models.ForeignKey(
+        ApiToken, null=True, blank=True, on_delete=models.CASCADE, related_name="grants"
+    )
+    prefix = models.CharField(max_length=16, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(db_index=True)
+
+    objects = SessionGrantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"grant {self.prefix}… of {self.user_id}"

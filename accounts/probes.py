@@ -11,25 +11,33 @@ write; a token that matches is then authenticated as usual.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 
 from channels.db import database_sync_to_async
 
 from accounts import selectors
-from accounts.tokens import token_matches, token_prefix
+from accounts.tokens import grant_prefix, token_matches, token_prefix
 from transcription import metrics
 
 MAX_BATCH = 500  # prefixes in one query (an IN list every database takes)
 
-
-async def _usable_digests(prefixes: set[str]) -> dict[str, list[str]]:
-    metrics.TOKEN_LOOKUPS.labels(kind="probe").inc()
-    return await database_sync_to_async(selectors.api_token_digests)(prefixes=prefixes)
+Digests = Callable[..., dict[str, list[str]]]
 
 
 class TokenProbe:
-    """Is this raw token a usable one? Asked by many, answered in batches."""
+    """Is this raw token a usable one? Asked by many, answered in batches.
 
-    def __init__(self) -> None:
+    `digests(prefixes=…)` reads the usable digests by prefix (API tokens by default;
+    grants for `grant_probe`), `prefix` cuts a raw value to its stored prefix.
+    """
+
+    def __init__(
+        self,
+        digests: Digests = selectors.api_token_digests,
+        prefix: Callable[[str], str] = token_prefix,
+    ) -> None:
+        self._digests = digests
+        self._prefix = prefix
         self._waiting: list[tuple[str, asyncio.Future[bool]]] = []
         self._task: asyncio.Task | None = None
 
@@ -49,7 +57,9 @@ class TokenProbe:
             batch = self._waiting[:MAX_BATCH]
             del self._waiting[:MAX_BATCH]
             try:
-                digests = await _usable_digests({token_prefix(raw) for raw, _ in batch})
+                digests = await self._usable_digests(
+                    {self._prefix(raw) for raw, _ in batch}
+                )
             except Exception as exc:  # each waiter gets the error, as a lookup would
                 for _, waiter in batch:
                     if not waiter.done():
@@ -57,8 +67,13 @@ class TokenProbe:
                 continue
             for raw, waiter in batch:
                 if not waiter.done():
-                    candidates = digests.get(token_prefix(raw), ())
+                    candidates = digests.get(self._prefix(raw), ())
                     waiter.set_result(any(token_matches(raw, d) for d in candidates))
+
+    async def _usable_digests(self, prefixes: Iterable[str]) -> dict[str, list[str]]:
+        metrics.TOKEN_LOOKUPS.labels(kind="probe").inc()
+        return await database_sync_to_async(self._digests)(prefixes=prefixes)
 
 
 token_probe = TokenProbe()
+grant_probe = TokenProbe(selectors.grant_digests, grant_prefix)

@@ -7,7 +7,7 @@ from django.contrib.auth.models import User
 from django.db.models import Count, FloatField, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
-from accounts.models import ApiToken
+from accounts.models import ApiToken, SessionGrant
 
 
 def api_token_list(*, username: str | None = None) -> QuerySet[ApiToken]:
@@ -33,6 +33,15 @@ def api_token_digests(*, prefixes: Iterable[str]) -> dict[str, list[str]]:
     (one query on the prefix index; nothing is written)."""
     found: dict[str, list[str]] = defaultdict(list)
     rows = ApiToken.objects.usable().filter(prefix__in=list(prefixes))
+    for prefix, digest in rows.values_list("prefix", "digest"):
+        found[prefix].append(digest)
+    return dict(found)
+
+
+def grant_digests(*, prefixes: Iterable[str]) -> dict[str, list[str]]:
+    """The same for usable grants (SessionGrant)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    rows = SessionGrant.objects.usable().filter(prefix__in=list(prefixes))
     for prefix, digest in rows.values_list("prefix", "digest"):
         found[prefix].append(digest)
     return dict(found)

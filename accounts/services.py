@@ -10,8 +10,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import ApiToken
+from accounts.models import ApiToken, SessionGrant
 from accounts.tokens import (
+    grant_generate,
+    grant_prefix,
+    is_grant,
     token_digest,
     token_generate,
     token_looks_valid,
@@ -84,6 +87,35 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
         if token_matches(raw, token.digest):
             _api_token_record_use(token=token)
             return ApiToken.objects.select_related("user").get(pk=token.pk)
+    return None
+
+
+def grant_create(*, user: User, token: ApiToken | None) -> tuple[SessionGrant, str]:
+    """A grant for `user` valid GRANT_SECONDS (asked for by `token`, or by a logged-in
+    browser session when None); return it with the raw value, which exists nowhere
+    else. The user's grants that expired are deleted on the way."""
+    raw = grant_generate()
+    now = timezone.now()
+    with transaction.atomic():
+        SessionGrant.objects.filter(user=user, expires_at__lte=now).delete()
+        grant = SessionGrant.objects.create(
+            user=user,
+            token=token,
+            prefix=grant_prefix(raw),
+            digest=token_digest(raw),
+            expires_at=now + dt.timedelta(seconds=settings.GRANT_SECONDS),
+        )
+    return grant, raw
+
+
+def grant_authenticate(*, raw: str) -> SessionGrant | None:
+    """The usable grant for `raw` (with its user and token), or None. A read only."""
+    if not is_grant(raw) or not token_looks_valid(raw):
+        return None
+    grants = SessionGrant.objects.usable().select_related("user", "token")
+    for grant in grants.filter(prefix=grant_prefix(raw)):
+        if token_matches(raw, grant.digest):
+            return grant
     return None
 
 

@@ -8,6 +8,10 @@ from urllib.parse import unquote
 
 TOKEN_TAG = "vp_"  # noqa: S105 (a public tag, not a secret)
 PREFIX_LENGTH = 12  # "vp_" and nine characters: enough to find a token, useless alone.
+# Short-lived grants (accounts.models.SessionGrant) carry the same tag, so that every
+# redaction of tokens covers them too, and a longer one that tells them apart.
+GRANT_TAG = "vp_grant_"
+GRANT_PREFIX_LENGTH = 16  # the tag and seven characters
 REDACTED = "[redacted]"
 # What may be a raw token (or most of one) inside decoded text such as a URL or a log
 # line: the tag and at least eight token characters; or a `token=` with a value.
@@ -20,12 +24,28 @@ MAX_DECODINGS = 8
 
 
 def token_generate() -> str:
-    """A new raw token: a tag that secret scanners can match, then 256 random bits."""
-    return TOKEN_TAG + secrets.token_urlsafe(32)
+    """A new raw token: a tag that secret scanners can match, then 256 random bits
+    (never one that starts like a grant: the tag says which table to look in)."""
+    while (raw := TOKEN_TAG + secrets.token_urlsafe(32)).startswith(GRANT_TAG):
+        pass  # pragma: no cover - one draw in 64**6
+    return raw
 
 
 def token_prefix(raw: str) -> str:
     return raw[:PREFIX_LENGTH]
+
+
+def grant_generate() -> str:
+    """A new raw grant: the grant tag, then 256 random bits."""
+    return GRANT_TAG + secrets.token_urlsafe(32)
+
+
+def is_grant(raw: str) -> bool:
+    return raw.startswith(GRANT_TAG)
+
+
+def grant_prefix(raw: str) -> str:
+    return raw[:GRANT_PREFIX_LENGTH]
 
 
 def token_digest(raw: str) -> str:

@@ -13,6 +13,7 @@ from accounts.middleware import ApiTokenAuthMiddlewareStack  # noqa: E402
 from transcription.runtime import shutdown  # noqa: E402
 from transcription.runtime.startup import StartOnFirstConnection  # noqa: E402
 from transcription.streaming.routing import websocket_routes  # noqa: E402
+from transcription.web.upload_limit import UploadLimit  # noqa: E402
 from voiceproject import server  # noqa: E402
 
 server.install(drain=shutdown.drain, stopped=shutdown.stop_process)
@@ -20,7 +21,7 @@ server.install(drain=shutdown.drain, stopped=shutdown.stop_process)
 application = StartOnFirstConnection(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            "http": UploadLimit(django_asgi_app),
             "websocket": URLRouter(websocket_routes(ApiTokenAuthMiddlewareStack)),
         }
     )

@@ -187,6 +187,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # accounts.probes). A valid token or browser session is never refused for them.
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
 AUTH_FAILURE_DELAY_SECONDS = env.float("AUTH_FAILURE_DELAY_SECONDS", default=1.0)
+# How long a grant from POST /api/grants opens sessions (a session it opened runs on).
+GRANT_SECONDS = env.float("GRANT_SECONDS", default=60.0)
 # Usable (not revoked, not expired) API tokens one user may hold.
 MAX_TOKENS_PER_USER = env.int("MAX_TOKENS_PER_USER", default=20)
 LOGIN_URL = "/accounts/login/"
@@ -236,6 +238,10 @@ RESUME_SECONDS = env.float("RESUME_SECONDS", default=30.0)
 # encodings without a fixed byte rate. Beyond it the server stops reading the socket.
 MAX_AUDIO_BACKLOG_SECONDS = env.float("MAX_AUDIO_BACKLOG_SECONDS", default=60.0)
 MAX_AUDIO_BACKLOG_BYTES = env.int("MAX_AUDIO_BACKLOG_BYTES", default=4 * 1024 * 1024)
+# POST /v1/audio/transcriptions: the largest file (bytes, as OpenAI's 25 MB) and the
+# longest audio (seconds) it takes.
+MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=25 * 1024 * 1024)
+MAX_UPLOAD_SECONDS = env.float("MAX_UPLOAD_SECONDS", default=3600.0)
 # What may wait to be sent to one client (beyond the kernel's buffers): a client that
 # does not read while it is sent more (pongs to a ping flood) is dropped beyond it.
 MAX_OUTBOUND_BYTES = env.int("MAX_OUTBOUND_BYTES", default=1024 * 1024)

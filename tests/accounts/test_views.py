@@ -80,8 +80,9 @@ def test_create_shows_the_raw_token_once_and_stores_only_its_hash(logged_in, use
     assert raw.startswith(token.prefix)
     assert raw not in (token.digest, token.prefix)
     body = response.content.decode()
-    assert body.count(raw) >= 2  # the token and the ready URL
-    assert f"ws://testserver/?token={raw}&amp;language=en-US" in body
+    assert body.count(raw) >= 3  # the token, its header and the browser's snippet
+    assert f'["token", "{raw}"]' in body
+    assert f"?token={raw}" not in body  # never in a URL
     assert api_token_authenticate(raw=raw) == token
     again = logged_in.get(TOKENS).content.decode()
     assert raw not in again

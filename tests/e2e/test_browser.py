@@ -5,6 +5,8 @@ Talk page captures, converts and streams real speech. Screenshots of every page 
 test-artifacts/ for a person to look at.
 """
 
+import contextlib
+import http.server
 import json
 import os
 import re
@@ -261,7 +263,9 @@ def test_create_copy_and_revoke_a_token(page, person):
     page.get_by_test_id("token-create").click()
     raw = page.get_by_test_id("raw-token").inner_text()
     assert raw.startswith("vp_")
-    expect(page.get_by_test_id("ws-url")).to_contain_text(f"/?token={raw}&")
+    # The browser snippet carries the token as a subprotocol, not in the URL.
+    expect(page.get_by_test_id("ws-browser")).to_contain_text(f'["token", "{raw}"]')
+    assert "token=" not in page.get_by_test_id("ws-browser").inner_text()
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     page.get_by_test_id("copy-token").click()
     expect(page.get_by_test_id("copy-token")).to_have_text("Copied")
@@ -389,3 +393,84 @@ def test_app_and_admin_pass_the_content_security_policy(page, person):
     )
     assert selected.startswith("vp_")
     screenshot(page, "admin-token-created-under-csp")
+
+
+SUBPROTOCOL_CLIENT = """
+async ({url, credential, audio}) => {
+  const ws = new WebSocket(url, ["token", credential]);
+  ws.binaryType = "arraybuffer";
+  const messages = [];
+  const closed = new Promise((resolve) => {
+    ws.onclose = (event) => resolve(event.code);
+  });
+  ws.onmessage = (event) => messages.push(JSON.parse(event.data));
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = reject;
+  });
+  const bytes = Uint8Array.from(audio);
+  for (let i = 0; i < bytes.length; i += 1024) ws.send(bytes.slice(i, i + 1024));
+  ws.send("END_OF_STREAM");
+  const code = await closed;
+  return {protocol: ws.protocol, messages, code};
+}
+"""
+
+
+class _Page(http.server.BaseHTTPRequestHandler):
+    """A bare page of a site that is not this server (Chromium refuses loopback
+    sockets from about:blank, so the page needs an origin of its own)."""
+
+    def do_GET(self):
+        body = b"<!doctype html><title>another site</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def third_party_site():
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page) as site:
+        thread = threading.Thread(target=site.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://localhost:{site.server_address[1]}/"
+        site.shutdown()
+
+
+def test_a_third_party_page_streams_with_a_grant_as_its_subprotocol(
+    browser, django_user_model
+):
+    """A page of another origin holds only a grant; Chromium keeps the socket only
+    because the server answers with the `token` subprotocol."""
+    import httpx
+
+    from tests.audio import read_pcm
+
+    user = django_user_model.objects.create_user(username="pat")
+    raw = api_token_create(user=user, name="site")[1]
+    audio, _ = read_pcm("hello_world.wav")
+    with run_daphne({"TRANSCRIPTION_ENGINE": "echo"}) as echo:
+        grant = httpx.post(
+            f"{echo.http_url}/api/grants", headers={"Authorization": f"Bearer {raw}"}
+        ).json()["token"]
+        context = browser.new_context()
+        page = context.new_page()
+        with third_party_site() as site:
+            page.goto(site)  # another origin than the server's
+        result = page.evaluate(
+            SUBPROTOCOL_CLIENT,
+            {"url": f"{echo.ws_url}/", "credential": grant, "audio": list(audio)},
+        )
+        context.close()
+        output = echo.output()
+    assert result["protocol"] == "token"
+    assert result["messages"][-1] == {"transcript": f"received {len(audio)} bytes"}
+    assert result["code"] == 1000
+    assert AudioSession.objects.get().auth_method == "grant"
+    assert grant not in output
+    assert raw not in output

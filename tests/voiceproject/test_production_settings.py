@@ -88,7 +88,11 @@ def test_the_tokens_page_offers_wss_urls_behind_the_tls_proxy(client, user, sett
     )
     raw = response.context["raw_token"]
     body = response.content.decode()
-    assert f"wss://speech.example.com/?token={raw}&amp;language=en-US" in body
+    assert (
+        'new WebSocket("wss://speech.example.com/?language=en-US&amp;encoding=pcm'
+        f'&amp;sampleRate=16000", ["token", "{raw}"])'
+    ) in body
+    assert f"?token={raw}" not in body
 
 
 # --- placeholders (deploy/voiceproject.env.example) are refused at start-up ----------

@@ -43,6 +43,9 @@ class Grant:
         if method == "token":
             token = scope["api_token"]
             return cls(token_id=token.pk, user_id=token.user_id)
+        if method == "grant":  # runs as its user's, and its token's if one asked
+            token = scope.get("api_token")
+            return cls(token_id=token.pk if token else None, user_id=scope["user"].pk)
         if method == "session":
             session = scope.get("session")
             key = session.session_key if session is not None else None

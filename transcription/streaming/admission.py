@@ -24,7 +24,7 @@ from transcription.streaming import protocol
 from transcription.streaming.access import Grant
 from transcription.streaming.protocol import Close
 
-AUTHENTICATED = ("token", "session")
+AUTHENTICATED = ("token", "grant", "session")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import asyncio
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from accounts.middleware import TOKEN_SUBPROTOCOL
 from transcription import metrics
 from transcription.engines import get_engine
 from transcription.streaming import protocol, resume
@@ -60,7 +61,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             query_string=self.scope.get("query_string", b""),
             engine=get_engine(),
         )
-        await self.accept()
+        await accept(self)
         await self.session.open(self)
 
     async def websocket_receive(self, message: dict) -> None:
@@ -113,7 +114,17 @@ class UnknownPathConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         metrics.AUTH_REFUSED.labels(reason="unknown_path").inc()
-        await self.accept()
+        await accept(self)
         close = protocol.UNKNOWN_PATH
         await self.send(text_data=protocol.error_message(close.message))
         await self.close(code=close.code)
+
+
+async def accept(consumer: AsyncWebsocketConsumer) -> None:
+    """Accept the handshake; a client that offered the `token` subprotocol (a browser
+    that sends its token so) gets it back, or its browser would drop the socket."""
+    offered = consumer.scope.get("subprotocols") or ()
+    if TOKEN_SUBPROTOCOL in offered:
+        await consumer.accept(subprotocol=TOKEN_SUBPROTOCOL)
+    else:
+        await consumer.accept()
