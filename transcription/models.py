@@ -224,6 +224,10 @@ class ReceiverBatch(models.Model):
         max_length=8, choices=TtsStatus.choices, default=TtsStatus.NONE, blank=True
     )
     tts_error = models.TextField(blank=True)
+    # Barge-in (docs/protocol.md §11): the person spoke again while the reply was
+    # prepared or streamed; the rest of it was not sent. `reply_sent`: what was.
+    interrupted_at = models.DateTimeField(null=True, blank=True)
+    reply_sent = models.TextField(blank=True)
 
     objects = ReceiverBatchQuerySet.as_manager()
 

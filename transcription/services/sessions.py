@@ -37,6 +37,19 @@ class LatencySummary:
         return dataclasses.asdict(self)
 
 
+def voice_parameters(params: StreamParams) -> dict[str, object]:
+    """The voice loop's extensions a session asked for, as stored in its
+    `parameters` (the batch worker, in any process, reads them there)."""
+    asked: dict[str, object] = {}
+    if params.reply_stream:
+        asked["replyStream"] = True
+    if params.barge_in:
+        asked["bargeIn"] = True
+    if params.silence_ms is not None:
+        asked["silenceMs"] = params.silence_ms
+    return asked
+
+
 def session_start(
     *,
     user,
@@ -54,7 +67,11 @@ def session_start(
             "encoding": params.encoding,
             "sample_rate": params.sample_rate,
             "send_partials": params.send_partials,
-            "parameters": {"detail": params.detail, **dict(params.options)},
+            "parameters": {
+                "detail": params.detail,
+                **dict(params.options),
+                **voice_parameters(params),
+            },
         }
     return AudioSession.objects.create(
         user=user if user is not None and user.is_authenticated else None,

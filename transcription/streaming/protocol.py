@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Final, NamedTuple
 from urllib.parse import parse_qs
 
+from django.conf import settings
+
 from transcription.close_codes import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -213,7 +215,18 @@ def engine_error(exc: EngineError) -> Close:
 
 
 KNOWN_PARAMETERS: Final = frozenset(
-    {"token", "language", "encoding", "sampleRate", "sendPartials", "detail"}
+    {
+        "token",
+        "language",
+        "encoding",
+        "sampleRate",
+        "sendPartials",
+        "detail",
+        # The voice loop's extensions (docs/protocol.md §11).
+        "replyStream",
+        "bargeIn",
+        "silenceMs",
+    }
 )
 # The longest value a parameter the server reads may have (the token excepted: the
 # middleware reads it). Checked before any parsing: `int()` of 5,000 digits raises.
@@ -285,6 +298,9 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
         name: values[-1] for name, values in query.items() if name in caps.options
     }
     return StreamParams(
+        reply_stream=_flag(query, "replyStream", False),
+        barge_in=_flag(query, "bargeIn", False),
+        silence_ms=_silence_ms(query),
         language=language,
         encoding=encoding,
         sample_rate=sample_rate,
@@ -292,6 +308,23 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
         detail=_flag(query, "detail", False),
         options=options,
     )
+
+
+def _silence_ms(query: dict[str, list[str]]) -> int | None:
+    """silenceMs: this session's pause before a batch goes, within the settings'
+    bounds (SILENCE_MS_MIN, SILENCE_MS_MAX); None: SILENCE_SECONDS."""
+    values = query.get("silenceMs")
+    if not values:
+        return None
+    text = values[-1]
+    low, high = settings.SILENCE_MS_MIN, settings.SILENCE_MS_MAX
+    allowed = f"an integer from {low} to {high} (milliseconds)"
+    if not text.isascii() or not text.isdigit():
+        raise ProtocolError(f"Invalid silenceMs {text!r}: use {allowed}.")
+    value = int(text)
+    if not low <= value <= high:
+        raise ProtocolError(f"Unsupported silenceMs {value}: use {allowed}.")
+    return value
 
 
 def error_message(message: str) -> str:

@@ -243,6 +243,7 @@ class StreamSession:
             session_id=self.session_id,
             wake=worker_runner.wake_in_process,
             deliver=self.reply,
+            params=params,
         )
         if self.voice is not None and self.transport is not None:
             await self.voice.join(
@@ -367,7 +368,9 @@ class StreamSession:
         """A worker's reply to one of this session's batches."""
         if self.voice and (message := self.voice.reply_message(event)):
             await self._send(message)
-            self.latency.on_reply(event["batch_id"], asyncio.get_running_loop().time())
+            if not event.get("cancelled"):
+                now = asyncio.get_running_loop().time()
+                self.latency.on_reply(event["batch_id"], now)
 
     # --- the session's tasks ------------------------------------------------------
 
@@ -426,6 +429,8 @@ class StreamSession:
             self.clock.progress_at = now
         if event.is_partial:
             self.latency.on_event(now)
+            if self.voice is not None:
+                self.voice.heard_partial()  # barge-in
             if self.params.send_partials:
                 await self._send(
                     protocol.event_message(event, detail=self.params.detail)
