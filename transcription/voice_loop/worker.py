@@ -51,6 +51,9 @@ from transcription.voice_loop.tts import TtsError, get_tts
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# How often a streamed reply waiting for its receiver's next line asks whether the
+# person spoke over it (bargeIn).
+BARGE_IN_POLL_SECONDS = 0.25
 
 
 def lease_seconds() -> float:
@@ -374,7 +377,17 @@ async def deliver_streamed(
                 if reader.done():
                     break
                 arrived.clear()
-                await arrived.wait()
+                if interrupted is None:
+                    await arrived.wait()
+                    continue
+                # Barge-in: while the receiver writes on, look now and then
+                # whether the person spoke again (then stop reading it).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(BARGE_IN_POLL_SECONDS):
+                        await arrived.wait()
+                if not sentences and not reader.done() and await interrupted():
+                    outcome.sent = " ".join(sent)
+                    break
                 continue
             sentence = sentences.popleft()
             speech, tts_error = await speak(sentence, document["language"], session_id)
