@@ -273,3 +273,25 @@ async def test_silence_ms_sets_the_pause_and_its_bounds(raw_token):
                 assert "from 300 to 10000" in error["error"]
     finally:
         await receiver.stop()
+
+
+async def test_a_long_one_piece_reply_larger_than_a_client_frame(raw_token):
+    """A spoken reply's message may be larger than MAX_FRAME_BYTES (a limit on the
+    client's frames): it is sent, not a 1011."""
+    long = " ".join(f"This is sentence number {n} of a long answer." for n in range(8))
+    receiver = await TcpReceiver(
+        lambda document: json.dumps({"message": long}).encode() + b"\n"
+    ).start()
+    try:
+        with voice_server(_tcp_env(receiver)) as server:
+            url = f"{server.ws_url}/?token={raw_token}"
+            async with connect(url, open_timeout=10, close_timeout=40) as ws:
+                await ws.send(b"tell me everything")
+                await ws.send("END_OF_STREAM")
+                raw = [message async for message in ws]
+    finally:
+        await receiver.stop()
+    assert ws.close_code == 1000
+    [reply] = [json.loads(m) for m in raw if "server_response" in m]
+    assert reply["message"] == long
+    assert len(raw[-1]) > 65536
