@@ -1,10 +1,14 @@
 """Replies streamed by sentence: the splitter, the streaming receiver client, the
 demo receiver's streamed answer, and the parameters (docs/protocol.md §11)."""
 
+import asyncio
 import time
+import uuid
 
 import pytest
+from channels.layers import get_channel_layer
 
+from tests.e2e.servers import free_port
 from tests.transcription.voice_fakes import (
     StreamingHttpReceiver,
     StreamingTcpReceiver,
@@ -18,7 +22,9 @@ from transcription.voice_loop.receiver import (
     ReceiverError,
     receiver_stream,
 )
+from transcription.voice_loop.replies import session_group
 from transcription.voice_loop.sentences import SentenceSplitter, split_sentences
+from transcription.voice_loop.worker import deliver_streamed
 
 CAPS = Capabilities(
     languages=("en-US",),
@@ -178,3 +184,38 @@ def test_flags_take_true_or_false_only():
         parse_params(b"replyStream=maybe", CAPS)
     with pytest.raises(ProtocolError, match="bargeIn"):
         parse_params(b"bargeIn=2", CAPS)
+
+
+async def _pushed(session_id: str, count: int) -> list[dict]:
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(session_group(session_id), channel)
+    return [await asyncio.wait_for(layer.receive(channel), 10) for _ in range(count)]
+
+
+async def test_a_reply_that_breaks_off_ends_with_a_closing_piece(settings):
+    receiver = await StreamingTcpReceiver(
+        lambda document: [(0.0, "One."), (3.0, "Two.")]
+    ).start()
+    settings.RECEIVER_HOST, settings.RECEIVER_PORT = "127.0.0.1", receiver.port
+    settings.RECEIVER_TIMEOUT = 0.5
+    session_id = str(uuid.uuid4())
+    listening = asyncio.ensure_future(_pushed(session_id, 2))
+    await asyncio.sleep(0.05)
+    try:
+        outcome = await deliver_streamed({**DOCUMENT, "session_id": session_id})
+    finally:
+        await receiver.stop()
+    first, closing = await listening
+    assert (first["message"], first["seq"], first["last"]) == ("One.", 0, False)
+    assert first["audio"]
+    assert (closing["message"], closing["seq"], closing["last"]) == ("", 1, True)
+    assert (outcome.reply, outcome.streamed, outcome.error) == ("One.", True, "")
+
+
+async def test_a_receiver_that_is_down_is_retried_as_before(settings):
+    settings.RECEIVER_HOST, settings.RECEIVER_PORT = "127.0.0.1", free_port()
+    outcome = await deliver_streamed(DOCUMENT)
+    assert outcome.retry
+    assert "unreachable" in outcome.error
+    assert not outcome.streamed

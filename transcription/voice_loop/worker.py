@@ -416,8 +416,9 @@ async def deliver_streamed(
                 break
     finally:
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(reader, return_exceptions=True)
+        # asyncio.wait: the reader's outcome is read below, and a cancellation of
+        # this delivery (the worker stopping) is not swallowed here.
+        await asyncio.wait({reader})
     failure = reader.exception() if not reader.cancelled() else None
     if failure is not None and not sent:
         if isinstance(failure, ReceiverError):
