@@ -228,6 +228,10 @@ class ReceiverBatch(models.Model):
     tts_error = models.TextField(blank=True)
     # The `seq` its reply was sent with in a resumable session (what a resume replays).
     reply_seq = models.PositiveIntegerField(null=True, blank=True)
+    # Barge-in (docs/protocol.md §11): the person spoke again while the reply was
+    # prepared or streamed; the rest of it was not sent. `reply_sent`: what was.
+    interrupted_at = models.DateTimeField(null=True, blank=True)
+    reply_sent = models.TextField(blank=True)
 
     objects = ReceiverBatchQuerySet.as_manager()
 

@@ -4,6 +4,7 @@ Each variable, its default and meaning: docs/settings.md.
 """
 
 import datetime as dt
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -334,11 +335,56 @@ RECEIVER_MAX_REPLY_BYTES = env.int("RECEIVER_MAX_REPLY_BYTES", default=65536)
 RECEIVER_RETRY_SECONDS = env.float("RECEIVER_RETRY_SECONDS", default=1.0)
 RECEIVER_MAX_ATTEMPTS = env.int("RECEIVER_MAX_ATTEMPTS", default=30)
 SILENCE_SECONDS = env.float("SILENCE_SECONDS", default=3.0)
+# The bounds of a session's own pause (`silenceMs=`, docs/protocol.md §11).
+SILENCE_MS_MIN = env.int("SILENCE_MS_MIN", default=500)
+SILENCE_MS_MAX = env.int("SILENCE_MS_MAX", default=10000)
 TTS_ENGINE = env.str("TTS_ENGINE", default="offline")
 TTS_TIMEOUT = env.float("TTS_TIMEOUT", default=30.0)
 # ONNX Runtime threads per Piper synthesis (TTS_THREADS of them may run at once).
 PIPER_CPU_THREADS = env.int("PIPER_CPU_THREADS", default=1)
-POLLY_VOICE = env.str("POLLY_VOICE", default="Joanna")
+POLLY_VOICE = env.str("POLLY_VOICE", default="Joanna")  # a language not in the map
+# Polly's voice per session language: "en-US=Joanna:neural,es-ES=Lucia" or a JSON
+# object ({"es-ES": "Lucia:neural"}); ":neural" asks for Polly's neural engine. A
+# language missing here takes a voice of its own language's first entry, then
+# POLLY_VOICE. Empty: POLLY_VOICE for every language.
+_POLLY_VOICES_DEFAULT = (
+    "en-US=Joanna:neural,en-GB=Amy:neural,en-AU=Olivia:neural,"
+    "es-ES=Lucia:neural,es-US=Lupe:neural,fr-FR=Lea:neural,fr-CA=Gabrielle:neural,"
+    "de-DE=Vicki:neural,it-IT=Bianca:neural,pt-BR=Camila:neural,pt-PT=Ines:neural,"
+    "nl-NL=Laura:neural,ja-JP=Takumi:neural,ko-KR=Seoyeon:neural"
+)
+
+
+def _language_map(name: str, raw: str) -> dict[str, str]:
+    """`lang=value,…` or a JSON object of strings; ImproperlyConfigured if neither."""
+    raw = raw.strip()
+    if raw.startswith("{"):
+        try:
+            mapping = json.loads(raw)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name} is not valid JSON.") from exc
+        if not isinstance(mapping, dict) or not all(
+            isinstance(v, str) and v for v in mapping.values()
+        ):
+            raise ImproperlyConfigured(f"{name} must map languages to voice names.")
+        return {str(k): v for k, v in mapping.items()}
+    mapping = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        language, sep, voice = (x.strip() for x in item.partition("="))
+        if not (sep and language and voice):
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not language=voice (e.g. en-US=Joanna)."
+            )
+        mapping[language] = voice
+    return mapping
+
+
+POLLY_VOICES = _language_map(
+    "POLLY_VOICES", env.str("POLLY_VOICES", default=_POLLY_VOICES_DEFAULT)
+)
+# espeak-ng's voice per session language, over the built-in table
+# (transcription/voice_loop/tts/espeak.py): "en-GB=en-gb-x-rp" or a JSON object.
+ESPEAK_VOICES = _language_map("ESPEAK_VOICES", env.str("ESPEAK_VOICES", default=""))
 AWS_POLLY_ENDPOINT = env.str("AWS_POLLY_ENDPOINT", default="")
 # Keep the spoken MP3 of each reply in the database (the admin plays it).
 REPLY_AUDIO_STORE = env.bool("REPLY_AUDIO_STORE", default=True)

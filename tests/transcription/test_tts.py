@@ -4,6 +4,7 @@ import hashlib
 import shutil
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -11,9 +12,15 @@ from tests.audio import mp3_seconds
 from tests.transcription.voice_fakes import BrokenSpeech
 from transcription.voice_loop import tts
 from transcription.voice_loop.tts import voices
-from transcription.voice_loop.tts.espeak import EspeakSpeech
+from transcription.voice_loop.tts.espeak import EspeakSpeech, voice_names
 from transcription.voice_loop.tts.piper import PiperSpeech
-from transcription.voice_loop.tts.polly import POLLY_MAX_CHARS, PollySpeech, split_text
+from transcription.voice_loop.tts.polly import (
+    POLLY_MAX_CHARS,
+    PollySpeech,
+    split_text,
+    voice_for,
+)
+from voiceproject.settings import _language_map
 
 MOTO_SPEECH = b"\0" * 8
 
@@ -211,3 +218,59 @@ def test_split_text_pieces_fit_and_lose_nothing(text, limit):
 def test_split_text_cuts_between_words_when_they_fit(text, limit):
     assume(all(len(word) <= limit for word in text.split()))
     assert " ".join(split_text(text, limit)).split() == text.split()
+
+
+def test_polly_voice_per_language():
+    voices = {"en-US": "Joanna:neural", "es-ES": "Lucia", "es-US": "Lupe:neural"}
+    assert voice_for("en-US", voices, "Matthew") == ("Joanna", "neural")
+    assert voice_for("es-es", voices, "Matthew") == ("Lucia", None)
+    assert voice_for("es-MX", voices, "Matthew") == ("Lucia", None)  # same language
+    assert voice_for("de-DE", voices, "Matthew") == ("Matthew", None)
+    assert voice_for("en-US", {}, "Matthew") == ("Matthew", None)
+
+
+@pytest.mark.usefixtures("moto_polly")
+async def test_polly_asks_for_the_sessions_voice(settings):
+    settings.POLLY_VOICES = {"es-ES": "Lucia:neural", "en-US": "Joanna"}
+    engine = PollySpeech()
+    asked = []
+    engine.client().meta.events.register(
+        "provide-client-params.polly.SynthesizeSpeech",
+        lambda params, **kwargs: asked.append(dict(params)),
+    )
+    assert await engine.synthesize("Hola.", language="es-ES") == MOTO_SPEECH
+    assert await engine.synthesize("Hi.", language="en-US") == MOTO_SPEECH
+    assert [(a["VoiceId"], a.get("Engine")) for a in asked] == [
+        ("Lucia", "neural"),
+        ("Joanna", None),
+    ]
+
+
+def test_polly_voices_setting_reads_both_forms():
+    assert _language_map("X", "en-US=Joanna:neural, es-ES=Lucia") == {
+        "en-US": "Joanna:neural",
+        "es-ES": "Lucia",
+    }
+    assert _language_map("X", '{"fr-FR": "Lea"}') == {"fr-FR": "Lea"}
+    assert _language_map("X", "") == {}
+    for bad in ("en-US", "=Joanna", '{"en-US": 3}', "{nope"):
+        with pytest.raises(ImproperlyConfigured, match="X"):
+            _language_map("X", bad)
+
+
+def test_offline_voice_per_language(settings):
+    assert voice_names("es-US")[0] == "es-419"
+    assert voice_names("pt-BR")[0] == "pt-br"
+    assert voice_names("fr-FR")[:2] == ["fr-fr", "fr"]
+    settings.ESPEAK_VOICES = {"en-GB": "en-gb-x-rp"}
+    assert voice_names("en-GB")[0] == "en-gb-x-rp"
+
+
+async def test_offline_speaks_each_language_in_its_own_voice(tts_engine):
+    engine = tts_engine("offline")
+    text = "Hola, buenos dias."
+    spain = await engine.synthesize(text, language="es-ES")
+    latin = await engine.synthesize(text, language="es-US")
+    english = await engine.synthesize(text, language="en-US")
+    assert mp3_seconds(spain) > 0.3
+    assert len({spain, latin, english}) == 3  # three voices, three recordings

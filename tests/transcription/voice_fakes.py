@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 
 from transcription.engines import Capabilities, StreamParams, TranscriptEvent
@@ -13,14 +14,18 @@ _END = None
 
 
 class WordsStream:
-    """Each binary frame, read as UTF-8, is one final transcript."""
+    """Each binary frame, read as UTF-8, is one final transcript (one that starts
+    with `~` is a partial of the rest)."""
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
 
     async def send_audio(self, chunk: bytes) -> None:
         text = chunk.decode("utf-8")
-        self._queue.put_nowait(TranscriptEvent(text=text, is_partial=False))
+        partial = text.startswith("~")
+        self._queue.put_nowait(
+            TranscriptEvent(text=text.removeprefix("~"), is_partial=partial)
+        )
 
     def backlog_full(self) -> bool:
         return False
@@ -132,3 +137,68 @@ class BrokenSpeech:
 
     async def synthesize(self, text: str, *, language: str) -> bytes:
         raise TtsError("speaker unplugged")
+
+
+class StreamingTcpReceiver(TcpReceiver):
+    """A receiver that honours `"stream": true`: `script(document)` gives its reply
+    as (delay in seconds, line) pairs, each line written after its delay, then it
+    closes. `written` keeps (line, time.monotonic()) of each line as it went out.
+    A document without the flag gets the lines joined, as one line, at once."""
+
+    def __init__(self, script: Callable[[dict], list[tuple[float, str]]]):
+        super().__init__()
+        self.script = script
+        self.written: list[tuple[str, float]] = []
+
+    async def _handle(self, reader, writer) -> None:
+        raw = await asyncio.wait_for(reader.read(), 5)
+        document = json.loads(raw)
+        self.documents.append(document)
+        steps = self.script(document)
+        if document.get("stream") is not True:
+            steps = [(sum(d for d, _ in steps), " ".join(line for _, line in steps))]
+        try:
+            for delay, line in steps:
+                await asyncio.sleep(delay)
+                writer.write(json.dumps({"message": line}).encode() + b"\n")
+                await writer.drain()
+                self.written.append((line, time.monotonic()))
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the worker stopped reading (barge-in), or the test ended
+        finally:
+            writer.close()
+
+
+class StreamingHttpReceiver(StreamingTcpReceiver):
+    """The same over HTTP/1.1: a chunked body, one line per chunk."""
+
+    async def _handle(self, reader, writer) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(
+            line.lower().split(": ", 1) for line in lines[1:] if ": " in line
+        )
+        body = await reader.readexactly(int(headers["content-length"]))
+        document = json.loads(body)
+        self.documents.append(document)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            for delay, line in self.script(document):
+                await asyncio.sleep(delay)
+                data = json.dumps({"message": line}).encode() + b"\n"
+                writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                await writer.drain()
+                self.written.append((line, time.monotonic()))
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/reply"

@@ -33,6 +33,11 @@ class StreamParams:
     detail: bool = False
     session_id: str = ""
     options: Mapping[str, str] = field(default_factory=dict)
+    # The voice loop's opt-in extensions (docs/protocol.md §11): replies spoken
+    # sentence by sentence, barge-in, this session's pause before a batch goes.
+    reply_stream: bool = False
+    barge_in: bool = False
+    silence_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ from transcription.selectors.access import (
     user_active_session_count,
 )
 from transcription.selectors.batches import (
+    batch_delivery,
     batch_document,
+    batch_interrupted,
     batch_next_due_at,
     batch_outcomes,
     batches_due,
@@ -41,7 +43,9 @@ __all__ = [
     "AccessEnded",
     "SessionCounts",
     "audio_by_user",
+    "batch_delivery",
     "batch_document",
+    "batch_interrupted",
     "batch_next_due_at",
     "batch_outcomes",
     "batches_due",

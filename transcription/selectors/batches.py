@@ -56,9 +56,21 @@ def batch_next_due_at() -> dt.datetime | None:
 
 def batch_document(*, batch_pk: int) -> dict:
     """The JSON document the receiver gets for a batch (docs/protocol.md §10)."""
+    return batch_delivery(batch_pk=batch_pk)[0]
+
+
+def batch_delivery(*, batch_pk: int) -> tuple[dict, dict]:
+    """A batch's receiver document, and the voice-loop extensions its session asked
+    for (`replyStream`, `bargeIn`: docs/protocol.md §11): the document carries
+    `"stream": true` for a session that streams its replies."""
     batch = ReceiverBatch.objects.select_related("session").get(pk=batch_pk)
     finals = batch.transcripts.order_by("seq").values_list("text", "created_at")
-    return {
+    parameters = batch.session.parameters or {}
+    options = {
+        "replyStream": parameters.get("replyStream") is True,
+        "bargeIn": parameters.get("bargeIn") is True,
+    }
+    document = {
         "session_id": str(batch.session_id),
         "batch_id": str(batch.batch_id),
         "language": batch.session.language or "en-US",
@@ -66,6 +78,16 @@ def batch_document(*, batch_pk: int) -> dict:
             {"text": text, "timestamp": created.isoformat()} for text, created in finals
         ],
     }
+    if options["replyStream"]:
+        document["stream"] = True
+    return document, options
+
+
+def batch_interrupted(*, batch_pk: int) -> bool:
+    """Whether the person spoke again over this batch's reply (barge-in)."""
+    return ReceiverBatch.objects.filter(
+        pk=batch_pk, interrupted_at__isnull=False
+    ).exists()
 
 
 def batch_outcomes(*, batch_ids: Iterable[str]) -> list[ReceiverBatch]:

@@ -6,6 +6,7 @@ Callers use `services.<name>`; each name lives in its subject's module.
 from transcription.services.batches import (
     batch_claim,
     batch_flush,
+    batch_interrupt,
     batch_join,
     batch_record_failure,
     batch_record_reply,
@@ -30,6 +31,7 @@ from transcription.services.sessions import (
 __all__ = [
     "batch_claim",
     "batch_flush",
+    "batch_interrupt",
     "batch_join",
     "batch_record_failure",
     "batch_record_reply",

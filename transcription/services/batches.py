@@ -169,8 +169,12 @@ def batch_record_reply(
     audio: bytes | None,
     tts_engine: str,
     tts_error: str,
+    sent: str | None = None,
 ) -> ReceiverBatch | None:
-    """The receiver's reply and the speech made of it: the batch is delivered."""
+    """The receiver's reply and the speech made of it: the batch is delivered.
+
+    `sent`: what reached the session of a reply cut short by barge-in (None: all
+    of it, or nothing to cut short)."""
     with transaction.atomic():
         batch = _batch_owned(batch_pk, worker_id)
         if batch is None:
@@ -191,6 +195,7 @@ def batch_record_reply(
             else TtsStatus.OK
         )
         batch.reply_audio = audio if settings.REPLY_AUDIO_STORE else None
+        batch.reply_sent = reply if sent is None else sent
         batch.save()
         if tts_error:
             session_error_add(
@@ -201,6 +206,22 @@ def batch_record_reply(
                 f"{tts_error}",
             )
     return batch
+
+
+def batch_interrupt(*, batch_id: str) -> bool:
+    """Barge-in: the person spoke again over this batch's reply, which is not sent
+    further (its worker stops at the next sentence). False while the batch is still
+    open: the new speech joins it, and nothing was cut short."""
+    updated = (
+        ReceiverBatch.objects.filter(batch_id=batch_id, interrupted_at__isnull=True)
+        .exclude(status=ReceiverBatch.Status.OPEN)
+        .update(interrupted_at=timezone.now())
+    )
+    if updated:
+        return True
+    return ReceiverBatch.objects.filter(
+        batch_id=batch_id, interrupted_at__isnull=False
+    ).exists()
 
 
 def _batch_owned(batch_pk: int, worker_id: str) -> ReceiverBatch | None:

@@ -40,6 +40,19 @@ class LatencySummary:
         return dataclasses.asdict(self)
 
 
+def voice_parameters(params: StreamParams) -> dict[str, object]:
+    """The voice loop's extensions a session asked for, as stored in its
+    `parameters` (the batch worker, in any process, reads them there)."""
+    asked: dict[str, object] = {}
+    if params.reply_stream:
+        asked["replyStream"] = True
+    if params.barge_in:
+        asked["bargeIn"] = True
+    if params.silence_ms is not None:
+        asked["silenceMs"] = params.silence_ms
+    return asked
+
+
 def session_start(
     *,
     user,
@@ -53,7 +66,11 @@ def session_start(
     """Record a new session as active (or, for a refused one, as the caller decides)."""
     fields = {}
     if params is not None:
-        parameters = {"detail": params.detail, **dict(params.options)}
+        parameters = {
+            "detail": params.detail,
+            **dict(params.options),
+            **voice_parameters(params),
+        }
         if resumable:
             parameters["resumable"] = True
         fields = {

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from typing import Final, NamedTuple
 from urllib.parse import parse_qs
 
+from django.conf import settings
+
 from transcription.close_codes import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -236,6 +238,10 @@ KNOWN_PARAMETERS: Final = frozenset(
         "resumable",
         "resume",
         "after",
+        # The voice loop's extensions (docs/protocol.md §11).
+        "replyStream",
+        "bargeIn",
+        "silenceMs",
     }
 )
 # The longest value a parameter the server reads may have (the token excepted: the
@@ -308,6 +314,9 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
         name: values[-1] for name, values in query.items() if name in caps.options
     }
     return StreamParams(
+        reply_stream=_flag(query, "replyStream", False),
+        barge_in=_flag(query, "bargeIn", False),
+        silence_ms=_silence_ms(query),
         language=language,
         encoding=encoding,
         sample_rate=sample_rate,
@@ -315,6 +324,23 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
         detail=_flag(query, "detail", False),
         options=options,
     )
+
+
+def _silence_ms(query: dict[str, list[str]]) -> int | None:
+    """silenceMs: this session's pause before a batch goes, within the settings'
+    bounds (SILENCE_MS_MIN, SILENCE_MS_MAX); None: SILENCE_SECONDS."""
+    values = query.get("silenceMs")
+    if not values:
+        return None
+    text = values[-1]
+    low, high = settings.SILENCE_MS_MIN, settings.SILENCE_MS_MAX
+    allowed = f"an integer from {low} to {high} (milliseconds)"
+    if not text.isascii() or not text.isdigit():
+        raise ProtocolError(f"Invalid silenceMs {text!r}: use {allowed}.")
+    value = int(text)
+    if not low <= value <= high:
+        raise ProtocolError(f"Unsupported silenceMs {value}: use {allowed}.")
+    return value
 
 
 def error_message(message: str) -> str:
@@ -395,5 +421,10 @@ def resumed_message(session_id: uuid.UUID, after: int, audio_seconds: float) -> 
 
 
 def numbered(message: str, seq: int) -> str:
-    """A JSON object message with its `seq` added."""
-    return json.dumps({**json.loads(message), "seq": seq})
+    """A JSON object message with its `seq` added. A streamed reply's piece number
+    (its own `seq` without resume, §11) moves to `piece`: in a resumable session
+    `seq` is the message's place in the session."""
+    fields = json.loads(message)
+    if "seq" in fields:
+        fields["piece"] = fields.pop("seq")
+    return json.dumps({**fields, "seq": seq})

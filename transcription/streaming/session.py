@@ -327,6 +327,7 @@ class StreamSession:
             session_id=self.session_id,
             wake=worker_runner.wake_in_process,
             deliver=self.reply,
+            params=params,
         )
         if self.voice is not None and self.transport is not None:
             await self.voice.join(
@@ -460,7 +461,8 @@ class StreamSession:
                     services.batch_reply_numbered, batch_id=event["batch_id"], seq=seq
                 )
             )
-        self.latency.on_reply(event["batch_id"], asyncio.get_running_loop().time())
+        if not event.get("cancelled"):
+            self.latency.on_reply(event["batch_id"], asyncio.get_running_loop().time())
 
     # --- numbered messages (resumable) -----------------------------------------------
 
@@ -546,6 +548,8 @@ class StreamSession:
             self.clock.progress_at = now
         if event.is_partial:
             self.latency.on_event(now)
+            if self.voice is not None:
+                self.voice.heard_partial()  # barge-in
             if self.params.send_partials:
                 await self._send(
                     protocol.event_message(event, detail=self.params.detail)

@@ -3,9 +3,11 @@
 Its protocol: docs/protocol.md §10.
 
 It reads one batch document (JSON and a newline, or EOF), answers with
-`{"message": "…"}` and a newline, and closes. The answer comes from a few rules about
-what it heard (greetings, the time, the weather, lights, questions), so the
-embedded default has something sensible to say back.
+`{"message": "…"}` and a newline, and closes; a document with `"stream": true`
+(replyStream, docs/protocol.md §11) gets its answer one sentence a line. The
+answer comes from a few rules about what it heard (greetings, the time, the
+weather, lights, questions), so the embedded default has something sensible to
+say back.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import re
 from collections import OrderedDict
 
 from django.utils import timezone
+
+from transcription.voice_loop.sentences import split_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +108,10 @@ class DemoReceiver:
                 document.get("batch_id"),
                 reply,
             )
-            writer.write(json.dumps({"message": reply}).encode() + b"\n")
-            await writer.drain()
+            lines = split_sentences(reply) if document.get("stream") is True else []
+            for line in lines or [reply]:
+                writer.write(json.dumps({"message": line}).encode() + b"\n")
+                await writer.drain()
         except (ValueError, TimeoutError, ConnectionError) as exc:
             logger.warning("demo receiver: bad request: %s", exc)
         finally:

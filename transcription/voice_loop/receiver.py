@@ -18,6 +18,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,8 +206,15 @@ def _http_request(config: ReceiverConfig, body: bytes) -> urllib.request.Request
     )
 
 
-def _http_post(config: ReceiverConfig, body: bytes) -> bytes:
-    """Blocking POST (run on the receiver-http pool); the scheme is checked first."""
+def _http_post(
+    config: ReceiverConfig,
+    body: bytes,
+    on_line: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """Blocking POST (run on the receiver-http pool); the scheme is checked first.
+
+    With `on_line`, a chunked answer is read line by line as it arrives, each line
+    handed to `on_line` (the rest, an unfinished last line, returned)."""
     where = config.address
     if not config.url.startswith(("http://", "https://")):
         raise ReceiverError(
@@ -216,6 +224,8 @@ def _http_post(config: ReceiverConfig, body: bytes) -> bytes:
     try:
         request = _http_request(config, body)
         with _opener.open(request, timeout=config.timeout) as response:
+            if on_line is not None and response.chunked:
+                return _read_lines(response, config, on_line)
             raw = response.read(config.max_reply_bytes + 1)
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
@@ -252,6 +262,125 @@ def _http_post(config: ReceiverConfig, body: bytes) -> bytes:
     if len(raw) > config.max_reply_bytes:
         raise ReceiverError(_too_big(config), retry=False)
     return raw
+
+
+def _read_lines(response, config: ReceiverConfig, on_line) -> bytes:
+    """A chunked body, line by line as its chunks come (blocking)."""
+    total = 0
+    while line := response.readline(config.max_reply_bytes + 1):
+        total += len(line)
+        if total > config.max_reply_bytes:
+            raise ReceiverError(_too_big(config), retry=False)
+        if not line.endswith(b"\n"):
+            return line
+        on_line(line)
+    return b""
+
+
+# --- Streamed replies (replyStream=true, docs/protocol.md §11) ---------------------
+
+
+async def receiver_stream(
+    config: ReceiverConfig, payload: dict[str, Any]
+) -> AsyncIterator[str]:
+    """Send one batch document; yield the reply's text as it comes, line by line.
+
+    A receiver that honours `"stream": true` writes several lines (TCP) or a
+    chunked body of lines (HTTP), each read like a whole reply (`reply_text`); one
+    that does not answers one line, or one body, as always. The whole exchange is
+    bounded by RECEIVER_TIMEOUT and RECEIVER_MAX_REPLY_BYTES.
+    """
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.timeout
+    lines = _http_lines(config, body) if config.url else _tcp_lines(config, body)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    raw = await anext(lines)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise ReceiverError(
+                    f"Receiver at {config.address} did not finish its reply within "
+                    f"{config.timeout:g} seconds.",
+                    retry=True,
+                ) from exc
+            if text := reply_text(raw):
+                yield text
+    finally:
+        await lines.aclose()
+
+
+async def _tcp_lines(config: ReceiverConfig, body: bytes) -> AsyncGenerator[bytes]:
+    try:
+        reader, writer = await asyncio.open_connection(config.host, config.port)
+    except OSError as exc:
+        raise ReceiverError(
+            f"Receiver at {config.address} is unreachable: "
+            f"{exc.strerror or exc.__class__.__name__}.",
+            retry=True,
+        ) from exc
+    try:
+        writer.write(body + b"\n")
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        total = 0
+        while True:
+            # readuntil, not readline: a line longer than the reader's limit is
+            # refused as too big rather than split.
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                line = exc.partial
+            except asyncio.LimitOverrunError as exc:
+                raise ReceiverError(_too_big(config), retry=False) from exc
+            total += len(line)
+            if total > config.max_reply_bytes:
+                raise ReceiverError(_too_big(config), retry=False)
+            if not line:
+                return
+            yield line
+    except (ConnectionError, OSError) as exc:
+        raise ReceiverError(
+            f"Receiver at {config.address} dropped the connection: {exc}.", retry=True
+        ) from exc
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+
+
+async def _http_lines(config: ReceiverConfig, body: bytes) -> AsyncGenerator[bytes]:
+    """The POST on the receiver-http pool; its lines handed over as they come."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_line(line: bytes) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, line)
+
+    posting = asyncio.ensure_future(
+        run_blocking(HTTP_POOL, _http_post, config, body, on_line)
+    )
+    try:
+        while True:
+            getting = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getting, posting}, return_when=asyncio.FIRST_COMPLETED)
+            if getting.done():
+                yield getting.result()
+                continue
+            getting.cancel()
+            rest = posting.result()  # its ReceiverError, if it failed
+            while not queue.empty():
+                yield queue.get_nowait()
+            if rest:
+                yield rest
+            return
+    finally:
+        # A thread cannot be cancelled: it ends at its socket's timeout at worst.
+        posting.cancel()
 
 
 def _reason(reason: object) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import TYPE_CHECKING, Final, TypedDict
+from typing import TYPE_CHECKING, Final, NotRequired, TypedDict
 
 if TYPE_CHECKING:
     from transcription.models import ReceiverBatch
@@ -23,6 +23,12 @@ class ReplyEvent(TypedDict):
     message: str
     audio: str | None  # base64 MP3
     error: str
+    # A piece of a reply streamed by sentence (replyStream): its number, from 0,
+    # and whether it is the reply's last.
+    seq: NotRequired[int]
+    last: NotRequired[bool]
+    # Barge-in: the session itself cancelled the reply (never sent by a worker).
+    cancelled: NotRequired[bool]
 
 
 def session_group(session_id: uuid.UUID | str) -> str:
@@ -40,6 +46,15 @@ def reply_event(
         "audio": audio,
         "error": error,
     }
+
+
+def reply_piece_event(
+    *, batch_id: str, message: str, audio: str | None, seq: int, last: bool
+) -> ReplyEvent:
+    event = reply_event(batch_id=batch_id, message=message, audio=audio, error="")
+    event["seq"] = seq
+    event["last"] = last
+    return event
 
 
 def stored_reply_event(batch: ReceiverBatch) -> ReplyEvent:

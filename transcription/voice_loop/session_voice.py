@@ -15,9 +15,11 @@ from django.conf import settings
 from transcription import selectors, services
 from transcription.channel_layer import LAYER_ERRORS, layer_health
 from transcription.db import DATABASE_AWAY, db_call
+from transcription.engines import StreamParams
 from transcription.models import Transcript
 from transcription.voice_loop.receiver import exchange_budget, receiver_config
 from transcription.voice_loop.replies import (
+    REPLY_EVENT,
     ReplyEvent,
     session_group,
     stored_reply_event,
@@ -54,7 +56,15 @@ class SessionVoice:
         self.wake = wake  # tells this process's worker that a batch is due now
         self.deliver = deliver  # a reply picked up from the database
         self.silence_seconds = settings.SILENCE_SECONDS
+        self.barge_in = False  # bargeIn=true (docs/protocol.md §11)
         self.waiting: set[str] = set()
+        # Barge-in: the batch the latest final joined (still open, or due once its
+        # silence is over), when that final came (loop time), and the batches whose
+        # reply the person spoke over: nothing more of those is relayed.
+        self.latest: str | None = None
+        self.latest_at = 0.0
+        self.cut_short: set[str] = set()
+        self.interrupting: set[asyncio.Task] = set()
         self.answered = asyncio.Event()
         self.joined: tuple[Any, str] | None = None  # (channel layer, channel)
         self.rejoining: asyncio.Task | None = None
@@ -66,11 +76,17 @@ class SessionVoice:
         session_id: uuid.UUID,
         wake: Callable[[], None],
         deliver: Callable[[ReplyEvent], Awaitable[None]],
+        params: StreamParams | None = None,
     ) -> SessionVoice | None:
         """The session's voice loop, or None when no receiver is configured."""
         if receiver_config() is None:
             return None
-        return cls(session_id=session_id, wake=wake, deliver=deliver)
+        voice = cls(session_id=session_id, wake=wake, deliver=deliver)
+        if params is not None:
+            voice.barge_in = params.barge_in
+            if params.silence_ms is not None:
+                voice.silence_seconds = params.silence_ms / 1000
+        return voice
 
     async def join(self, channel_layer, channel_name: str) -> None:
         """Replies go to this channel (a transport's) from now on; while the layer
@@ -141,26 +157,93 @@ class SessionVoice:
                 layer_health.failed("group_discard", exc)
 
     def final_stored(self, transcript: Transcript) -> None:
-        if transcript.batch is not None:
-            self.waiting.add(str(transcript.batch.batch_id))
+        if transcript.batch is None:
+            return
+        batch_id = str(transcript.batch.batch_id)
+        if self.barge_in:
+            # A final that opened a new batch: the earlier ones were taken, and
+            # whatever of their replies is still to come is spoken over.
+            self._interrupt(self.waiting - {batch_id})
+            self.latest = batch_id
+            self.latest_at = asyncio.get_running_loop().time()
+        self.waiting.add(batch_id)
+
+    def heard_partial(self) -> None:
+        """Barge-in: a partial of a new utterance. The batch of the latest final is
+        spared while its silence lasts (the utterance joins it)."""
+        if not self.barge_in or not self.waiting:
+            return
+        spared = set()
+        quiet = asyncio.get_running_loop().time() - self.latest_at
+        if self.latest is not None and quiet < self.silence_seconds:
+            spared.add(self.latest)
+        self._interrupt(self.waiting - spared - self.cut_short)
+
+    def _interrupt(self, batch_ids: set[str]) -> None:
+        """Relay nothing more of these replies, at once; record them interrupted
+        (the worker stops), then tell the client: `reply_cancelled`."""
+        for batch_id in batch_ids - self.cut_short:
+            self.cut_short.add(batch_id)
+            task = asyncio.create_task(self._record_interrupted(batch_id))
+            self.interrupting.add(task)
+            task.add_done_callback(self.interrupting.discard)
+
+    async def _record_interrupted(self, batch_id: str) -> None:
+        try:
+            cut = await db_call(services.batch_interrupt, batch_id=batch_id)
+        except DATABASE_AWAY as exc:
+            # Not recorded: its worker sends the rest, which is not relayed.
+            logger.warning(
+                "session %s: batch %s: barge-in not recorded (%s)",
+                self.session_id,
+                batch_id,
+                exc.__class__.__name__,
+            )
+            cut = True
+        if not cut:  # still open: the new speech joins it
+            self.cut_short.discard(batch_id)
+            return
+        if batch_id in self.waiting:
+            await self.deliver(
+                {
+                    "type": REPLY_EVENT,
+                    "batch_id": batch_id,
+                    "message": "",
+                    "audio": None,
+                    "error": "",
+                    "cancelled": True,
+                }
+            )
 
     def reply_message(self, event: ReplyEvent) -> str | None:
         """The `server_response` for a worker's reply event (None: nothing to say,
-        or said already: pushed and picked up both)."""
-        if event["batch_id"] not in self.waiting:
+        or said already: pushed and picked up both); a piece of a streamed reply
+        with its `seq` and `last`; `reply_cancelled` for one spoken over."""
+        batch_id = event["batch_id"]
+        if batch_id not in self.waiting:
             return None
-        self.waiting.discard(event["batch_id"])
-        self.answered.set()
-        if not event.get("message"):
+        if event.get("cancelled"):
+            self.waiting.discard(batch_id)
+            self.answered.set()
+            return json.dumps({"type": "reply_cancelled", "batch_id": batch_id})
+        if batch_id in self.cut_short:
+            return None  # spoken over: reply_cancelled follows
+        piece = "seq" in event
+        if not piece or event.get("last"):
+            self.waiting.discard(batch_id)
+            self.answered.set()
+        if not event.get("message") and not (piece and event.get("last")):
             return None
-        return json.dumps(
-            {
-                "type": "server_response",
-                "message": event["message"],
-                "audio": event.get("audio"),
-                "batch_id": event["batch_id"],
-            }
-        )
+        message: dict[str, object] = {
+            "type": "server_response",
+            "message": event["message"],
+            "audio": event.get("audio"),
+            "batch_id": batch_id,
+        }
+        if piece:
+            message["seq"] = event["seq"]
+            message["last"] = bool(event.get("last"))
+        return json.dumps(message)
 
     async def flush_and_wait(self, until: float | None = None) -> None:
         """Send the open batch now; wait for replies, at most one exchange + TTS

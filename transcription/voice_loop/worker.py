@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
@@ -34,13 +37,23 @@ from transcription.voice_loop.receiver import (
     exchange_budget,
     receiver_config,
     receiver_exchange,
+    receiver_stream,
 )
-from transcription.voice_loop.replies import ReplyEvent, reply_event, session_group
+from transcription.voice_loop.replies import (
+    ReplyEvent,
+    reply_event,
+    reply_piece_event,
+    session_group,
+)
+from transcription.voice_loop.sentences import SentenceSplitter
 from transcription.voice_loop.tts import TtsError, get_tts
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# How often a streamed reply waiting for its receiver's next line asks whether the
+# person spoke over it (bargeIn).
+BARGE_IN_POLL_SECONDS = 0.25
 
 
 def lease_seconds() -> float:
@@ -175,11 +188,22 @@ class BatchWorker:
         """
         session_id = "?"
         try:
-            document = await database_sync_to_async(selectors.batch_document)(
+            document, options = await database_sync_to_async(selectors.batch_delivery)(
                 batch_pk=batch_pk
             )
             session_id = document["session_id"]
-            outcome = await deliver_document(document)
+            interrupted = None
+            if options["bargeIn"]:
+                interrupted = functools.partial(
+                    database_sync_to_async(selectors.batch_interrupted),
+                    batch_pk=batch_pk,
+                )
+            if options["replyStream"]:
+                outcome = await deliver_streamed(document, interrupted=interrupted)
+            else:
+                outcome = await deliver_document(document)
+                if interrupted is not None and await interrupted():
+                    outcome.sent = ""  # the person spoke again: not sent
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -226,6 +250,7 @@ class BatchWorker:
                 audio=outcome.audio,
                 tts_engine=outcome.tts_engine,
                 tts_error=outcome.tts_error,
+                sent=outcome.sent,
             )
             if batch is None:
                 return
@@ -236,29 +261,36 @@ class BatchWorker:
                 len(outcome.reply),
                 "none" if outcome.audio is None else f"{len(outcome.audio)} bytes",
             )
+            if outcome.streamed or outcome.sent is not None:
+                return  # its pieces were pushed, or it was cut short: nothing more
         await self._push(batch, outcome)
 
     async def _push(self, batch: ReceiverBatch, outcome: DeliveryOutcome) -> None:
-        """Tell the session's consumer, if it is still there (the outcome is stored:
-        a channel layer that fails here loses nothing)."""
-        try:
-            await get_channel_layer().group_send(
-                session_group(batch.session_id), outcome.event(str(batch.batch_id))
-            )
-        except LAYER_ERRORS as exc:
-            # The session picks it up from the database once the layer is back.
-            layer_health.failed("group_send", exc)
-            logger.info(
-                "session %s: batch %s: outcome stored, not pushed (channel layer away)",
-                batch.session_id,
-                batch.batch_id,
-            )
-        except Exception:
-            logger.exception(
-                "session %s: batch %s: could not push the outcome",
-                batch.session_id,
-                batch.batch_id,
-            )
+        await push_event(
+            str(batch.session_id),
+            outcome.event(str(batch.batch_id)),
+        )
+
+
+async def push_event(session_id: str, event: ReplyEvent) -> None:
+    """Tell the session's consumer, if it is still there (the outcome is stored:
+    a channel layer that fails here loses nothing)."""
+    try:
+        await get_channel_layer().group_send(session_group(session_id), event)
+    except LAYER_ERRORS as exc:
+        # The session picks it up from the database once the layer is back.
+        layer_health.failed("group_send", exc)
+        logger.info(
+            "session %s: batch %s: outcome stored, not pushed (channel layer away)",
+            session_id,
+            event["batch_id"],
+        )
+    except Exception:
+        logger.exception(
+            "session %s: batch %s: could not push the outcome",
+            session_id,
+            event["batch_id"],
+        )
 
 
 @dataclass(slots=True)
@@ -269,6 +301,8 @@ class DeliveryOutcome:
     tts_error: str = ""
     error: str = ""
     retry: bool = False
+    streamed: bool = False  # pieces of it were pushed as they were spoken
+    sent: str | None = None  # barge-in: what was sent before it (None: all)
 
     def event(self, batch_id: str) -> ReplyEvent:
         """The channel-layer message the session's consumer turns into a reply."""
@@ -279,6 +313,139 @@ class DeliveryOutcome:
             audio=audio,
             error=self.error or self.tts_error,
         )
+
+
+async def speak(text: str, language: str, session_id: str) -> tuple[bytes | None, str]:
+    """The MP3 of `text`, or None and why not (the text is still sent)."""
+    try:
+        return (
+            await asyncio.wait_for(
+                get_tts().synthesize(text, language=language), settings.TTS_TIMEOUT
+            ),
+            "",
+        )
+    except TtsError as exc:
+        return None, str(exc)
+    except TimeoutError:
+        return None, f"No speech within {settings.TTS_TIMEOUT:g} seconds."
+    except Exception as exc:
+        logger.exception("session %s: text-to-speech failed", session_id)
+        return None, f"Text-to-speech failed: {exc.__class__.__name__}."
+
+
+async def deliver_streamed(
+    document: dict, *, interrupted: Callable[[], Awaitable[bool]] | None = None
+) -> DeliveryOutcome:
+    """replyStream (docs/protocol.md §11): the reply read as the receiver writes it,
+    cut into sentences, each spoken and pushed at once as one piece (`seq`, `last`).
+
+    A piece is `last` when the reply had ended by the time it was spoken; when the
+    reply ends after a piece went out, an empty last piece closes it. With barge-in
+    (`interrupted`), the database is asked before each piece whether the person
+    spoke again: then nothing more is sent, and what was is recorded.
+    """
+    session_id = document["session_id"]
+    batch_id = document["batch_id"]
+    config = receiver_config()
+    if config is None:
+        return DeliveryOutcome(error="No receiver is configured.", retry=True)
+    sentences: collections.deque[str] = collections.deque()
+    arrived = asyncio.Event()
+    received: list[str] = []
+
+    async def read() -> None:
+        splitter = SentenceSplitter()
+        try:
+            async for fragment in receiver_stream(config, document):
+                received.append(fragment)
+                sentences.extend(splitter.feed(fragment))
+                arrived.set()
+            if rest := splitter.finish():
+                sentences.append(rest)
+        finally:
+            arrived.set()
+
+    reader = asyncio.create_task(read())
+    outcome = DeliveryOutcome(tts_engine=get_tts().name)
+    audio = bytearray()
+    sent: list[str] = []
+    seq = 0
+    closed = False  # the last piece went out
+    try:
+        while True:
+            if not sentences:
+                if reader.done():
+                    break
+                arrived.clear()
+                if interrupted is None:
+                    await arrived.wait()
+                    continue
+                # Barge-in: while the receiver writes on, look now and then
+                # whether the person spoke again (then stop reading it).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(BARGE_IN_POLL_SECONDS):
+                        await arrived.wait()
+                if not sentences and not reader.done() and await interrupted():
+                    outcome.sent = " ".join(sent)
+                    break
+                continue
+            sentence = sentences.popleft()
+            speech, tts_error = await speak(sentence, document["language"], session_id)
+            outcome.tts_error = outcome.tts_error or tts_error
+            if speech:
+                audio += speech
+            if interrupted is not None and await interrupted():
+                outcome.sent = " ".join(sent)
+                break
+            last = reader.done() and not sentences
+            await push_event(
+                session_id,
+                reply_piece_event(
+                    batch_id=batch_id,
+                    message=sentence,
+                    audio=base64.b64encode(speech).decode() if speech else None,
+                    seq=seq,
+                    last=last,
+                ),
+            )
+            outcome.streamed = True
+            sent.append(sentence)
+            seq += 1
+            if last:
+                closed = True
+                break
+    finally:
+        reader.cancel()
+        # asyncio.wait: the reader's outcome is read below, and a cancellation of
+        # this delivery (the worker stopping) is not swallowed here.
+        await asyncio.wait({reader})
+    failure = reader.exception() if not reader.cancelled() else None
+    if failure is not None and not sent:
+        if isinstance(failure, ReceiverError):
+            logger.warning("session %s: receiver: %s", session_id, failure.message)
+            return DeliveryOutcome(error=failure.message, retry=failure.retry)
+        raise failure
+    if failure is not None:
+        logger.warning(
+            "session %s: batch %s: the reply broke off after %d sentences: %s",
+            session_id,
+            batch_id,
+            len(sent),
+            getattr(failure, "message", failure.__class__.__name__),
+        )
+    if sent and outcome.sent is None and not closed:
+        # The reply ended (or broke off) after its last piece went out.
+        await push_event(
+            session_id,
+            reply_piece_event(
+                batch_id=batch_id, message="", audio=None, seq=seq, last=True
+            ),
+        )
+    outcome.reply = " ".join(" ".join(received).split())
+    outcome.audio = bytes(audio) or None
+    if not outcome.reply:
+        outcome.tts_engine = ""
+    return outcome
 
 
 async def deliver_document(document: dict) -> DeliveryOutcome:

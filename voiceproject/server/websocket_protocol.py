@@ -162,6 +162,22 @@ def _limit_frames(original_on_connect):
     return onConnect
 
 
+def _send_unlimited(original_send_message):
+    """autobahn holds the messages it sends to maxMessagePayloadSize too: a spoken
+    reply longer than MAX_FRAME_BYTES (its base64 MP3) crashed the session (1011).
+    The limit is the client's: lifted while the server sends (synchronous)."""
+
+    def sendMessage(self, *args, **kwargs):
+        limit = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = 0
+        try:
+            return original_send_message(self, *args, **kwargs)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    return sendMessage
+
+
 def _max_message_size_exceeded(self, msg_size, max_msg_size, reason) -> None:
     """Instead of dropping the connection: discard the payload, tell the consumer."""
     if self.failedByMe:
@@ -187,6 +203,7 @@ def install_frame_limits() -> None:
     require_versions("voiceproject.server.flow_control", FRAME_LIMITS_TESTED)
     original = ORIGINALS["onConnect"] = WebSocketProtocol.onConnect
     WebSocketProtocol.onConnect = _limit_frames(original)
+    WebSocketProtocol.sendMessage = _send_unlimited(WebSocketProtocol.sendMessage)
     WebSocketProtocol._max_message_size_exceeded = _max_message_size_exceeded
     WebSocketProtocol._frame_limits_patched = True
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import espeakng_loader
 import lameenc
+from django.conf import settings
 
 from transcription.executors import run_blocking
 from transcription.voice_loop.tts import TtsError
@@ -24,6 +25,34 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _MP3_KBPS = 48
 _DEFAULT_VOICE = "en-us"
+# espeak-ng's voice for a session language where its name is not the language tag
+# or its first part (ESPEAK_VOICES adds or overrides entries).
+ESPEAK_VOICES = {
+    "en-gb": "en",
+    "en-au": "en",
+    "en-in": "en",
+    "en-029": "en-029",
+    "es-us": "es-419",
+    "es-mx": "es-419",
+    "pt-br": "pt-br",
+    "pt-pt": "pt",
+    "fr-be": "fr-be",
+    "fr-ch": "fr-ch",
+    "zh-cn": "cmn",
+    "zh-tw": "cmn",
+    "zh-hk": "yue",
+}
+
+
+def voice_names(language: str) -> list[str]:
+    """The espeak-ng voices to try for a session language, best first."""
+    tag = language.lower()
+    table = ESPEAK_VOICES | {
+        key.lower(): value for key, value in settings.ESPEAK_VOICES.items()
+    }
+    names = [table[tag]] if tag in table else []
+    return [*names, tag, tag.split("-")[0], _DEFAULT_VOICE]
+
 
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
@@ -70,8 +99,7 @@ class _Espeak:
         return 0
 
     def _set_voice(self, language: str) -> None:
-        tag = language.lower()
-        for name in (tag, tag.split("-")[0], _DEFAULT_VOICE):
+        for name in voice_names(language):
             if self.lib.espeak_SetVoiceByName(name.encode()) == 0:
                 return
         raise TtsError(f"espeak-ng has no voice for {language!r}.")

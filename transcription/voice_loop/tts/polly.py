@@ -38,13 +38,33 @@ def split_text(text: str, limit: int = POLLY_MAX_CHARS) -> list[str]:
     return pieces
 
 
+def voice_for(
+    language: str, voices: dict[str, str], default: str
+) -> tuple[str, str | None]:
+    """(VoiceId, Engine or None) for a session language: its entry in `voices`
+    (POLLY_VOICES), else the first of the same language (es-MX: es-ES's), else
+    `default` (POLLY_VOICE). `Voice:neural` names the engine."""
+    tag = language.lower()
+    by_tag = {key.lower(): value for key, value in voices.items()}
+    choice = by_tag.get(tag)
+    if choice is None:
+        primary = tag.split("-")[0]
+        choice = next(
+            (v for k, v in by_tag.items() if k.split("-")[0] == primary), default
+        )
+    voice, _, engine = choice.partition(":")
+    return voice, engine or None
+
+
 class PollySpeech:
-    """TTS_ENGINE=polly: POLLY_VOICE, AWS_REGION, AWS_POLLY_ENDPOINT override."""
+    """TTS_ENGINE=polly: POLLY_VOICES (per language), POLLY_VOICE, AWS_REGION,
+    AWS_POLLY_ENDPOINT override."""
 
     name = "polly"
 
     def __init__(self) -> None:
         self.voice = settings.POLLY_VOICE
+        self.voices = dict(settings.POLLY_VOICES)
         self._client = None
         self._lock = threading.Lock()
 
@@ -63,13 +83,15 @@ class PollySpeech:
                 )
             return self._client
 
-    def speak_mp3(self, text: str) -> bytes:
+    def speak_mp3(self, text: str, language: str = "en-US") -> bytes:
         """Blocking: one request per piece of at most 3000 characters."""
         audio = bytearray()
+        voice, engine = voice_for(language, self.voices, self.voice)
+        extra = {"Engine": engine} if engine else {}
         try:
             for piece in split_text(text):
                 response = self.client().synthesize_speech(
-                    Text=piece, OutputFormat="mp3", VoiceId=self.voice
+                    Text=piece, OutputFormat="mp3", VoiceId=voice, **extra
                 )
                 with response["AudioStream"] as stream:
                     audio += stream.read()
@@ -85,4 +107,4 @@ class PollySpeech:
             yield await run_blocking("tts", self.speak_mp3, piece)
 
     async def synthesize(self, text: str, *, language: str) -> bytes:
-        return await run_blocking("tts", self.speak_mp3, text)
+        return await run_blocking("tts", self.speak_mp3, text, language)
