@@ -132,6 +132,16 @@ async def receiver_exchange(config: ReceiverConfig, payload: dict[str, Any]) -> 
 
 
 async def _tcp_exchange(config: ReceiverConfig, body: bytes) -> bytes:
+    async with _tcp_request(config, body) as reader:
+        return await _read_reply(reader, config)
+
+
+@contextlib.asynccontextmanager
+async def _tcp_request(
+    config: ReceiverConfig, body: bytes
+) -> AsyncIterator[asyncio.StreamReader]:
+    """The document sent as one line, then half-closed; the reply's reader. A
+    connection refused or dropped is a ReceiverError to retry."""
     try:
         reader, writer = await asyncio.open_connection(config.host, config.port)
     except OSError as exc:
@@ -145,7 +155,7 @@ async def _tcp_exchange(config: ReceiverConfig, body: bytes) -> bytes:
         await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
-        return await _read_reply(reader, config)
+        yield reader
     except (ConnectionError, OSError) as exc:
         raise ReceiverError(
             f"Receiver at {config.address} dropped the connection: {exc}.", retry=True
@@ -314,19 +324,7 @@ async def receiver_stream(
 
 
 async def _tcp_lines(config: ReceiverConfig, body: bytes) -> AsyncGenerator[bytes]:
-    try:
-        reader, writer = await asyncio.open_connection(config.host, config.port)
-    except OSError as exc:
-        raise ReceiverError(
-            f"Receiver at {config.address} is unreachable: "
-            f"{exc.strerror or exc.__class__.__name__}.",
-            retry=True,
-        ) from exc
-    try:
-        writer.write(body + b"\n")
-        await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
+    async with _tcp_request(config, body) as reader:
         total = 0
         while True:
             # readuntil, not readline: a line longer than the reader's limit is
@@ -343,14 +341,6 @@ async def _tcp_lines(config: ReceiverConfig, body: bytes) -> AsyncGenerator[byte
             if not line:
                 return
             yield line
-    except (ConnectionError, OSError) as exc:
-        raise ReceiverError(
-            f"Receiver at {config.address} dropped the connection: {exc}.", retry=True
-        ) from exc
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
 
 
 async def _http_lines(config: ReceiverConfig, body: bytes) -> AsyncGenerator[bytes]:
