@@ -387,6 +387,7 @@
   }
 
   function onResumed(message) {
+    socket.resuming = false; // resumed: from now on a socket like the first
     lostAt = 0;
     reconnects = 0;
     hideProblem();
@@ -435,7 +436,7 @@
       setState("idle", "Cancelled.");
     } else if (serverError && event.target.resuming) {
       setState("idle", "Could not reconnect.");
-      showProblem(`The session could not be resumed: ${serverError} (code ${event.code})`);
+      showProblem(`${serverError} (code ${event.code})`); // the server says why
     } else if (serverError) {
       setState("idle", "Stopped.");
       showProblem(`${serverError} (code ${event.code})`);

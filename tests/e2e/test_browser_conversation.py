@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import socketserver
 import struct
@@ -353,3 +354,40 @@ def test_a_dropped_connection_resumes_the_same_session(
     assert session.audio_bytes == captured
     assert sent_again > 0  # what was captured while the network was down
     assert ReceiverBatch.objects.filter(session=session).exists()
+
+
+def test_a_refused_resume_says_so_and_stops(browser, server, person, django_user_model):
+    """While the page reconnects, another user logs in in another tab of the same
+    browser: the resume (with that user's cookie) is refused with 1008."""
+    django_user_model.objects.create(username="olga", password=person.password)
+    with DroppingProxy(server.port) as proxy, talk_page(browser, proxy.url) as page:
+        log_in(page)
+        page.get_by_test_id("start").click()
+        talk = page.locator("#talk")
+        expect(talk).to_have_attribute("data-session-id", re.compile("."))
+        proxy.drop()
+        status = page.get_by_test_id("status")
+        expect(status).to_contain_text("Reconnecting")
+
+        # Cookies are the host's, whatever the port: this tab reaches the server
+        # directly, and its login replaces maria's session cookie with olga's.
+        tab = page.context.new_page()
+        tab.goto(f"{server.http_url}/")
+        tab.get_by_test_id("logout").click()
+        tab.goto(f"{server.http_url}/accounts/login/")
+        tab.fill("input[name=username]", "olga")
+        tab.fill("input[name=password]", test_browser.PASSWORD)
+        tab.get_by_test_id("login").click()
+        expect(tab.get_by_test_id("username")).to_have_text("olga")
+        proxy.restore()
+
+        problem = page.get_by_test_id("error")
+        expect(problem).to_contain_text(
+            "This session cannot be resumed", timeout=30_000
+        )
+        expect(status).to_have_text("Could not reconnect.")
+        expect(problem).to_contain_text("code 1008")
+        expect(talk).to_have_attribute("data-state", "idle")
+        expect(page.get_by_test_id("start")).to_be_visible()
+        expect(page.locator(".meter")).to_have_attribute("aria-valuenow", "0")
+        screenshot(page, "talk-resume-refused")
