@@ -388,3 +388,25 @@ def test_a_refused_resume_says_so_and_stops(browser, server, person, django_user
         expect(page.get_by_test_id("start")).to_be_visible()
         expect(page.locator(".meter")).to_have_attribute("aria-valuenow", "0")
         screenshot(page, "talk-resume-refused")
+
+
+def test_barge_in_can_be_switched_off(browser, server, person):
+    with talk_page(browser, server.http_url) as page:
+        log_in(page)
+        page.get_by_test_id("barge-in").uncheck()
+        page.reload()  # the choice is kept in the browser
+        expect(page.get_by_test_id("barge-in")).not_to_be_checked()
+        with page.expect_websocket() as opened:
+            page.get_by_test_id("start").click()
+        query = opened.value.url.split("?", 1)[1].split("&")
+        assert {"replyStream=true", "bargeIn=false", "resumable=true"} <= set(query)
+        talk = page.locator("#talk")
+        expect(talk).to_have_attribute("data-session-id", re.compile("."))
+        session_id = talk.get_attribute("data-session-id")
+        expect(page.get_by_test_id("barge-in")).to_be_disabled()  # while it runs
+        page.get_by_test_id("stop").click()
+        expect(page.get_by_test_id("start")).to_be_visible(timeout=60_000)
+    session = AudioSession.objects.get(user=person)
+    assert str(session.pk) == session_id
+    assert "bargeIn" not in session.parameters
+    assert session.parameters["replyStream"] is True
