@@ -1,5 +1,11 @@
 // The Talk page: microphone -> AudioWorklet (16 kHz mono 16-bit PCM, 1024-byte frames)
 // -> WebSocket (authenticated by the session cookie) -> partials, finals and spoken replies.
+//
+// Sessions use the conversation extensions (docs/protocol.md §11, §12): replies streamed
+// by sentence (talk-replies.js plays them), barge-in (optional: a checkbox), and resume:
+// a socket that drops without a close (1006) or whose server goes away (1001) is opened
+// again with ?resume=<id>&after=<last seq>, the microphone still recording; the audio the
+// server had not received is sent again. docs/protocol.md §14 describes it.
 "use strict";
 
 (() => {
@@ -8,6 +14,7 @@
   const byId = (id) => document.getElementById(id);
   const ui = {
     language: byId("language"),
+    bargeIn: byId("barge-in"),
     start: byId("start"),
     stop: byId("stop"),
     meter: root.querySelector(".meter"),
@@ -27,8 +34,12 @@
   const MAX_PENDING_FRAMES = 250; // ~8 s of audio captured before the socket opens
   const CLOSE_TEXT = JSON.parse(byId("close-texts").textContent); // protocol.CLOSE_MEANINGS
   const RETRY_MAX_SECONDS = 30; // an unreachable server is tried again after 1, 2, 4… s
+  const RECONNECT_FIRST_SECONDS = 0.5; // a resume is tried after 0.5, 1, 2, 4, 5, 5… s
+  const RECONNECT_MAX_SECONDS = 5;
+  const KEEP_MARGIN_SECONDS = 10; // audio kept for a resume: resumeWithin plus this
+  const BYTES_PER_SECOND = SAMPLE_RATE * 2;
 
-  let state = "idle"; // idle | starting | live | finishing
+  let state = "idle"; // idle | starting | live | reconnecting | finishing
   let socket = null;
   let mic = null;
   let pending = [];
@@ -38,6 +49,22 @@
   let attempts = 0; // start() calls; a stale one backs out after its await
   let retries = 0; // failed connections in a row (the server could not be reached)
   let retryTimer = null;
+  // Resume (docs/protocol.md §12).
+  let sessionId = null; // from {"type": "session"}: this session can be resumed
+  let resumeWithin = 0; // seconds
+  let lastSeq = 0; // the last numbered message shown (finals and replies)
+  let lostAt = 0; // when the socket dropped (ms), while reconnecting
+  let reconnects = 0; // resume attempts since it dropped
+  let reconnectTimer = null;
+  let kept = []; // [{at, pcm}]: the session's recent audio, `at` its byte offset
+  let audioEnd = 0; // bytes of the session's audio captured so far
+  const replies = window.TalkReplies(byId("replies"), {
+    clock,
+    onChange: () => {
+      root.dataset.speaking = String(replies.speaking());
+      refreshEmpty();
+    },
+  });
 
   // ---- state and messages -------------------------------------------------------
 
@@ -47,9 +74,10 @@
     ui.start.hidden = next !== "idle";
     ui.stop.hidden = next === "idle";
     ui.stop.disabled = next === "finishing";
-    const label = { starting: "Cancel", live: "Stop", finishing: "Finishing…" }[next];
+    const label = { starting: "Cancel", live: "Stop", reconnecting: "Stop", finishing: "Finishing…" }[next];
     if (label) ui.stop.querySelector("span").textContent = label;
     ui.language.disabled = next !== "idle";
+    ui.bargeIn.disabled = next !== "idle";
     if (text) ui.statusText.textContent = text;
   }
 
@@ -164,11 +192,44 @@
   function onFrame({ pcm, peak }) {
     level = Math.max(peak, level * 0.8);
     if (state === "live" && socket && socket.readyState === WebSocket.OPEN) {
-      socket.send(pcm);
+      sendAudio(pcm);
+    } else if (state === "live" || state === "reconnecting") {
+      keep(pcm); // the socket is dropping: sent again once the session is resumed
     } else if (state === "starting") {
       pending.push(pcm);
       if (pending.length > MAX_PENDING_FRAMES) pending.shift();
     }
+  }
+
+  // Every frame sent is kept for a while: a resume may need it again (what was in
+  // flight when the socket dropped never reached the server).
+  function keep(pcm) {
+    kept.push({ at: audioEnd, pcm });
+    audioEnd += pcm.byteLength;
+    const keepBytes = ((resumeWithin || 30) + KEEP_MARGIN_SECONDS) * BYTES_PER_SECOND;
+    while (kept.length && kept[0].at + kept[0].pcm.byteLength < audioEnd - keepBytes) kept.shift();
+    root.dataset.audioBytes = String(audioEnd);
+  }
+
+  function sendAudio(pcm) {
+    keep(pcm);
+    socket.send(pcm);
+  }
+
+  // The resume answer says up to which second the server holds the session's audio:
+  // send what was captured after it (a frame cut where that second falls).
+  function sendAgainFrom(seconds) {
+    const from = Math.min(audioEnd, Math.round(seconds * SAMPLE_RATE) * 2);
+    let again = 0;
+    for (const { at, pcm } of kept) {
+      if (at + pcm.byteLength <= from) continue;
+      const part = at < from ? pcm.slice(from - at) : pcm;
+      socket.send(part);
+      again += part.byteLength;
+    }
+    const lost = kept.length && kept[0].at > from ? kept[0].at - from : 0;
+    root.dataset.audioSentAgain = String(again);
+    root.dataset.audioLost = String(lost); // older than what is kept: not sent again
   }
 
   function drawMeter() {
@@ -183,28 +244,37 @@
 
   // ---- socket -------------------------------------------------------------------
 
-  function socketUrl() {
+  function socketUrl(resuming) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const query = new URLSearchParams({
-      language: ui.language.value,
-      encoding: "pcm",
-      sampleRate: String(SAMPLE_RATE),
-      sendPartials: "true",
-    });
+    // A resume names the session only: it keeps its own parameters.
+    const query = resuming
+      ? new URLSearchParams({ resume: sessionId, after: String(lastSeq) })
+      : new URLSearchParams({
+          language: ui.language.value,
+          encoding: "pcm",
+          sampleRate: String(SAMPLE_RATE),
+          sendPartials: "true",
+          replyStream: "true",
+          bargeIn: String(ui.bargeIn.checked),
+          resumable: "true",
+        });
     return `${scheme}//${location.host}${root.dataset.wsPath}?${query}`;
   }
 
-  function openSocket() {
+  function openSocket(resuming = false) {
     retryTimer = null;
-    const ws = new WebSocket(socketUrl());
+    reconnectTimer = null;
+    const ws = new WebSocket(socketUrl(resuming));
     ws.binaryType = "arraybuffer";
+    ws.resuming = resuming;
     ws.onopen = () => {
       if (ws !== socket) return;
       ws.opened = true;
+      if (resuming) return; // audio waits for the "resumed" answer
       retries = 0;
       hideProblem();
       setState("live", "Listening — speak now. Press Stop when you are done.");
-      for (const frame of pending) ws.send(frame);
+      for (const frame of pending) sendAudio(frame);
       pending = [];
     };
     ws.onmessage = (event) => {
@@ -217,16 +287,36 @@
   }
 
   function onMessage(message) {
+    if (sessionId && typeof message.seq === "number") {
+      if (message.seq <= lastSeq) return; // shown already (replayed by a resume)
+      lastSeq = message.seq;
+    }
     if ("error" in message) {
       serverError = message.error; // the close that follows reports it
+    } else if (message.type === "session") {
+      sessionId = message.id;
+      resumeWithin = message.resumeWithin;
+      root.dataset.sessionId = message.id;
+    } else if (message.type === "resumed") {
+      onResumed(message);
     } else if (message.type === "server_response") {
-      addReply(message);
+      replies.add(message);
+    } else if (message.type === "reply_cancelled") {
+      replies.cancelled(message.batch_id);
     } else if ("partialTranscript" in message) {
+      if (message.partialTranscript.trim()) speaksAgain();
       ui.partial.textContent = message.partialTranscript;
       refreshEmpty();
     } else if ("transcript" in message) {
-      addFinal(message.transcript);
+      if (message.transcript.trim()) speaksAgain();
+      addFinal(message.transcript, message.seq);
     }
+  }
+
+  // Barge-in: the person speaks while a reply plays. The server cancels a reply still
+  // on its way (reply_cancelled); playback stops here at once, for one sent whole too.
+  function speaksAgain() {
+    if (ui.bargeIn.checked && state !== "finishing") replies.interrupt();
   }
 
   // The socket never opened (a refused connection gives 1006 at once): the server is
@@ -260,12 +350,81 @@
     retryTimer = setTimeout(tick, 1000);
   }
 
+  // ---- resume (docs/protocol.md §12) ---------------------------------------------
+
+  function canResume(event) {
+    if (!sessionId || (stopRequested && state === "starting")) return false;
+    if (event.target.resuming) {
+      // A resume attempt: the server unreachable (1006), busy handing the session
+      // over (1013) or stopping (1001): try again. A refusal (1008) is final.
+      return [1001, 1006, 1013].includes(event.code);
+    }
+    return event.code === 1006 || event.code === 1001;
+  }
+
+  function reconnectLater() {
+    socket = null;
+    serverError = "";
+    if (!lostAt) lostAt = Date.now();
+    const waited = (Date.now() - lostAt) / 1000;
+    if (waited >= resumeWithin) {
+      giveUp(
+        `The connection to the server was lost for more than ${resumeWithin} s: the session ` +
+          "could not be resumed. What the server received is saved.",
+      );
+      return;
+    }
+    const delay = Math.min(RECONNECT_MAX_SECONDS, RECONNECT_FIRST_SECONDS * 2 ** reconnects);
+    reconnects += 1;
+    setState("reconnecting", `Reconnecting… (attempt ${reconnects})`);
+    showProblem(
+      "The connection to the server was lost. Reconnecting… The microphone keeps " +
+        "recording: what you say meanwhile is sent once the session is back.",
+      "info",
+      "Try now",
+    );
+    reconnectTimer = setTimeout(() => openSocket(true), delay * 1000);
+  }
+
+  function onResumed(message) {
+    socket.resuming = false; // resumed: from now on a socket like the first
+    lostAt = 0;
+    reconnects = 0;
+    hideProblem();
+    sendAgainFrom(message.audioSeconds);
+    if (stopRequested) {
+      socket.send("END_OF_STREAM"); // it may not have arrived before the drop
+      setState("finishing", "Reconnected — waiting for the last words and the answer…");
+    } else {
+      setState("live", "Reconnected — the session goes on. Speak now; press Stop when you are done.");
+    }
+  }
+
+  function giveUp(text, kind = "error") {
+    socket = null;
+    lostAt = 0;
+    reconnects = 0;
+    sessionId = null;
+    closeMicrophone();
+    ui.partial.textContent = "";
+    refreshEmpty();
+    setState("idle", "Disconnected.");
+    showProblem(text, kind);
+  }
+
   function onClose(event) {
-    if (!event.target.opened && !stopRequested && event.code === 1006 && !serverError) {
+    if (!event.target.opened && !stopRequested && event.code === 1006 && !serverError && !sessionId) {
       retryLater();
       return;
     }
+    if (canResume(event)) {
+      reconnectLater();
+      return;
+    }
     retries = 0;
+    lostAt = 0;
+    reconnects = 0;
+    sessionId = null;
     const stopped = stopRequested;
     const cancelled = stopped && state === "starting";
     socket = null;
@@ -275,6 +434,9 @@
     refreshEmpty();
     if (cancelled) {
       setState("idle", "Cancelled.");
+    } else if (serverError && event.target.resuming) {
+      setState("idle", "Could not reconnect.");
+      showProblem(`${serverError} (code ${event.code})`); // the server says why
     } else if (serverError) {
       setState("idle", "Stopped.");
       showProblem(`${serverError} (code ${event.code})`);
@@ -294,8 +456,9 @@
 
   // ---- transcript and replies ---------------------------------------------------
 
-  function addFinal(text) {
+  function addFinal(text, seq) {
     const item = document.createElement("li");
+    if (seq !== undefined) item.dataset.seq = String(seq);
     const time = document.createElement("time");
     time.textContent = clock();
     const words = document.createElement("span");
@@ -305,57 +468,6 @@
     ui.partial.textContent = "";
     refreshEmpty();
     item.scrollIntoView({ block: "nearest" });
-  }
-
-  function audioBlob(base64) {
-    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
-    return new Blob([bytes], { type: "audio/mpeg" });
-  }
-
-  const playQueue = [];
-  let playing = null;
-
-  function playNext() {
-    playing = playQueue.shift() || null;
-    if (!playing) return;
-    const player = playing;
-    let done = false;
-    const next = () => {
-      if (done) return;
-      done = true;
-      if (player.closest(".reply")) player.closest(".reply").classList.remove("speaking");
-      playNext();
-    };
-    player.addEventListener("ended", next, { once: true });
-    player.addEventListener("error", next, { once: true });
-    player.closest(".reply").classList.add("speaking");
-    player.play().catch(() => {
-      // The browser refused to play without a fresh tap: the controls stay for the user.
-      player.closest(".reply").classList.add("blocked");
-      next();
-    });
-  }
-
-  function addReply(message) {
-    const item = document.createElement("article");
-    item.className = "reply";
-    const head = document.createElement("header");
-    head.textContent = `Reply · ${clock()}`;
-    const text = document.createElement("p");
-    text.textContent = message.message || "";
-    item.append(head, text);
-    if (message.audio) {
-      const player = document.createElement("audio");
-      player.controls = true;
-      player.preload = "auto";
-      player.src = URL.createObjectURL(audioBlob(message.audio));
-      item.append(player);
-      playQueue.push(player);
-    }
-    ui.replies.append(item);
-    refreshEmpty();
-    item.scrollIntoView({ block: "nearest" });
-    if (!playing) playNext();
   }
 
   // ---- controls -----------------------------------------------------------------
@@ -381,6 +493,11 @@
       return;
     }
     mic = opened;
+    sessionId = null;
+    lastSeq = 0;
+    kept = [];
+    audioEnd = 0;
+    delete root.dataset.sessionId;
     if (ui.finals.children.length) {
       const divider = document.createElement("li");
       divider.className = "divider";
@@ -394,7 +511,16 @@
   }
 
   function stop() {
-    if (state === "live" && socket) {
+    if (state === "reconnecting") {
+      // Give up on the dropped session: the server ends it once RESUME_SECONDS pass.
+      clearTimeout(reconnectTimer);
+      const attempt = socket;
+      if (attempt) {
+        attempt.onclose = null;
+        attempt.close(1000);
+      }
+      giveUp("Stopped while reconnecting. What the server received is saved.", "info");
+    } else if (state === "live" && socket) {
       stopRequested = true;
       socket.send("END_OF_STREAM");
       closeMicrophone();
@@ -432,8 +558,15 @@
     ui.language.value = saved;
   }
   ui.language.addEventListener("change", () => localStorage.setItem("talk.language", ui.language.value));
+  ui.bargeIn.checked = localStorage.getItem("talk.bargeIn") !== "false";
+  ui.bargeIn.addEventListener("change", () => localStorage.setItem("talk.bargeIn", String(ui.bargeIn.checked)));
   ui.start.addEventListener("click", start);
   ui.restart.addEventListener("click", () => {
+    if (reconnectTimer) {
+      clearTimeout(reconnectTimer); // "Try now" while reconnecting
+      return openSocket(true);
+    }
+    if (state === "reconnecting") return undefined; // an attempt is on its way
     if (!retryTimer) return start();
     clearTimeout(retryTimer); // "Try now" while waiting to try the server again
     setState("starting", "Connecting…");

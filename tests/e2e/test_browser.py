@@ -203,12 +203,16 @@ def test_talk_streams_speaks_back_and_history_keeps_it(page, person, receiver):
     # The fixture says "the weather is nice today", then "please turn on the lights".
     finals = page.get_by_test_id("finals")
     expect(finals).to_contain_text("weather is nice", timeout=30_000)
-    expect(page.get_by_test_id("partial")).to_contain_text("lights", timeout=30_000)
+    # (Whisper tiny hears "light" at times under load: either will do.)
+    expect(page.get_by_test_id("partial")).to_contain_text(
+        re.compile("light"), timeout=30_000
+    )
     screenshot(page, "talk-live")
-    expect(finals).to_contain_text("turn on the lights", timeout=30_000)
+    expect(finals).to_contain_text(re.compile("turn on the light"), timeout=30_000)
     page.get_by_test_id("stop").click()
 
-    # END_OF_STREAM sends the batch at once; the reply comes back as text and MP3.
+    # END_OF_STREAM sends the batch at once; the reply comes back as text and MP3,
+    # sentence by sentence (replyStream): one card, its pieces played in turn.
     # (The engine first decodes what it still holds: on a busy two-core machine,
     # with Chromium beside it, that has taken longer than 30 s once.)
     reply = page.get_by_test_id("replies").locator(".reply")
@@ -216,11 +220,11 @@ def test_talk_streams_speaks_back_and_history_keeps_it(page, person, receiver):
     expect(page.get_by_test_id("start")).to_be_visible(timeout=30_000)
     said = finals.locator("li > span").all_inner_texts()
     expect(reply.locator("p")).to_have_text(f"I heard: {' / '.join(said)}.")
-    player = reply.locator("audio")
-    expect(player).to_have_count(1)
+    expect(reply).to_have_attribute("data-state", "done")
+    pieces = reply.locator("audio.piece")
+    expect(reply).to_have_attribute("data-played", str(pieces.count()), timeout=30_000)
     page.wait_for_function(
-        "a => a.duration > 0.3 && (a.currentTime > 0 || a.ended)",
-        arg=player.element_handle(),
+        "a => a.duration > 0.3 && a.ended", arg=pieces.first.element_handle()
     )
     expect(page.get_by_test_id("status")).to_contain_text("saved to your history")
     screenshot(page, "talk-done")

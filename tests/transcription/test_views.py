@@ -106,6 +106,7 @@ def test_talk_page_languages_come_from_the_engine(logged_in, settings):
 def test_static_files_are_served(client):
     for path in [
         "/static/js/talk.js",
+        "/static/js/talk-replies.js",
         "/static/js/pcm-worklet.js",
         "/static/css/app.css",
     ]:
