@@ -5,9 +5,13 @@ languages are accepted and decoded, not how well. Accuracy needs licensed human
 recordings, which no package this project may use ships (issue 22, open).
 """
 
+import asyncio
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from websockets.asyncio.client import connect
@@ -17,7 +21,7 @@ from tests.audio import read_pcm
 from tests.e2e.servers import drain, run_daphne
 from tests.e2e.test_voice_loop import _tcp_env, voice_server
 from tests.e2e.test_voices import mp3_to_pcm
-from tests.e2e.test_whisper_engine import stream
+from tests.e2e.test_whisper_engine import ROOT, stream
 from tests.transcription.engine_helpers import LIGHTS, WEATHER, words
 from tests.transcription.test_whisper_multilingual import _espeak_pcm
 from tests.transcription.voice_fakes import TcpReceiver
@@ -96,6 +100,27 @@ async def test_auto_names_the_language_and_decodes_in_it(raw_token):
         asked_spanish = await stream(f"{base}&language=es-ES", speech, 16000, 4.0)
         auto_english = await stream(f"{base}&language=auto", english, rate, 4.0)
         asked_english = await stream(base, english, rate, 4.0)  # a seed client
+        command = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "manage.py",
+                "transcribe_file",
+                "tests/fixtures/two_utterances.wav",
+                "--url",
+                f"{server.ws_url}/",
+                "--token",
+                raw_token,
+                "--language",
+                "auto",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        )
     found = _language_first(spanish)
     assert found["language"] == "es-ES"
     assert found["probability"] >= 0.5
@@ -109,12 +134,18 @@ async def test_auto_names_the_language_and_decodes_in_it(raw_token):
     assert finals == [m for m in asked_english if "transcript" in m]
     assert words(_finals(asked_english)) == f"{WEATHER} {LIGHTS}"
     assert not [m for m in asked_english if "type" in m]  # nothing new for the seed
+    # The file client says the language on stderr; stdout stays the finals.
+    assert command.returncode == 0, command.stderr
+    assert "language: en-US (" in command.stderr
+    printed = command.stdout.strip().splitlines()
+    assert [words(line) for line in printed] == [WEATHER, LIGHTS]
     rows = [s async for s in AudioSession.objects.order_by("started_at")]
     assert [(s.language, s.detected_language) for s in rows] == [
         ("auto", "es-ES"),
         ("es-ES", ""),
         ("auto", "en-US"),
         ("en-US", ""),
+        ("auto", "en-US"),
     ]
     assert rows[0].language_probability == found["probability"]
 
