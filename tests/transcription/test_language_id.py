@@ -199,9 +199,20 @@ def test_the_end_of_the_stream_takes_the_best_guess(fake_whisper):
         LanguageIdentified("pt-BR", 0.2), LanguageIdentified("pt-BR", 0.25)
     )
     session = whisper_worker.Session(16000, "auto")
+    pause = np.zeros(24000, dtype="<i2").tobytes()
+    first = _espeak_pcm("Hola, buenos días.", "es") + pause
+    assert session.feed_events(first, last=False, partials=True) == []  # unsure
+    second = _espeak_pcm("¿Cómo estás hoy?", "es")  # still speaking at the end
+    events = session.feed_events(second, last=True, partials=True)
+    assert events[0] == LanguageIdentified("pt-BR", 0.25)  # taken, though unsure
+    assert [final[0][:3] for final in events[1:]] == ["pt ", "pt "]
+    assert len(fake.tried) == 2  # one try per utterance, none twice at the end
+
+
+def test_a_stream_that_ends_while_speaking_is_tried_once(fake_whisper):
+    fake = fake_whisper(LanguageIdentified("pt-BR", 0.2))
+    session = whisper_worker.Session(16000, "auto")
     speech = _espeak_pcm("Hola, buenos días.", "es")
-    assert session.feed_events(speech, last=False, partials=True) == []
-    events = session.feed_events(b"", last=True, partials=True)
-    assert events[0] == LanguageIdentified("pt-BR", 0.25)
-    assert [final[0][:3] for final in events[1:]] == ["pt "]
-    assert len(fake.tried) == 2
+    events = session.feed_events(speech, last=True, partials=True)
+    assert events[0] == LanguageIdentified("pt-BR", 0.2)
+    assert len(fake.tried) == 1

@@ -209,6 +209,7 @@ class Session(EndpointedSession):
         self.held: list[_Held] = []
         self.tries = 0
         self.found: LanguageIdentified | None = None  # for the caller, once
+        self.ending = False  # the stream ends with this call
         self.next_try = language_id.IDENTIFY_AFTER_SECONDS
         if self.identifying:
             self.language = ""
@@ -253,9 +254,10 @@ class Session(EndpointedSession):
         self, data: bytes, last: bool, partials: bool = True
     ) -> list[Event | LanguageIdentified]:
         """`feed()`, with the language identified in this call first."""
+        self.ending = last  # a try in this call takes its best guess
         events: list[Event | LanguageIdentified] = [*self.feed(data, last, partials)]
         if last and self.identifying and self.held:
-            self._identify(ended=True, last=True)  # whatever was heard, now
+            self._identify(ended=True)  # whatever was heard, now
             events += self.events
             self.events = []
         if self.found is not None:
@@ -300,13 +302,14 @@ class Session(EndpointedSession):
     def _transcribe(self, *, final: bool) -> str:
         return transcribe(_floats(self.audio), self.language, final=final)
 
-    def _identify(self, *, ended: bool, last: bool = False) -> None:
+    def _identify(self, *, ended: bool) -> None:
         """Try to identify the language of the speech held so far (and of the
         utterance under way); once it is, decode what was held."""
         speech = b"".join(held.audio for held in self.held) + bytes(self.audio)
         seconds = len(speech) / BYTES_PER_SECOND
+        last = self.ending
         if not (
-            last
+            (last and ended)
             or language_id.worth_trying(seconds, next_try=self.next_try, ended=ended)
         ):
             return
