@@ -216,3 +216,12 @@ def test_a_stream_that_ends_while_speaking_is_tried_once(fake_whisper):
     events = session.feed_events(speech, last=True, partials=True)
     assert events[0] == LanguageIdentified("pt-BR", 0.2)
     assert len(fake.tried) == 1
+
+
+def test_a_session_taken_over_goes_on_in_the_language_identified():
+    from transcription.streaming.resume import _params
+
+    identified = AudioSession(language="auto", detected_language="sv-SE")
+    assert _params(identified).language == "sv-SE"  # no second identification
+    assert _params(AudioSession(language="auto")).language == "auto"
+    assert _params(AudioSession(language="es-ES")).language == "es-ES"
