@@ -6,6 +6,7 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from prometheus_client import REGISTRY
 
 from accounts.middleware import AUTH_REFUSALS
 from accounts.services import api_token_revoke
@@ -222,6 +223,12 @@ async def test_a_revocation_closes_the_session_while_its_decoder_is_busy(
     engine.executor.shutdown()
 
 
+def _identified(language: str) -> float:
+    labels = {"language": language, "sure": "true"}
+    name = "voiceproject_languages_identified_total"
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def _auto_session(api_token, query: bytes) -> tuple[RecordingTransport, str]:
     session = StreamSession(
         client=await sync_to_async(token_client)(api_token),
@@ -236,6 +243,7 @@ async def _auto_session(api_token, query: bytes) -> tuple[RecordingTransport, st
 
 
 async def test_the_language_identified_is_sent_once_and_stored_first(api_token):
+    before = _identified("sv-SE")
     transport, session_id = await _auto_session(api_token, b"language=auto")
     assert transport.messages == [
         {"type": "language", "language": "sv-SE", "probability": 0.97},
@@ -245,6 +253,7 @@ async def test_the_language_identified_is_sent_once_and_stored_first(api_token):
     assert (row.language, row.detected_language) == ("auto", "sv-SE")
     assert row.language_probability == 0.97
     assert row.spoken_language == "sv-SE"
+    assert _identified("sv-SE") == before + 1
 
 
 async def test_a_session_that_asks_a_language_gets_no_language_message(api_token):

@@ -46,6 +46,7 @@ from transcription.engines import (
     TranscriptEvent,
     TranscriptionEngine,
     audio_backlog_limit,
+    language_id,
 )
 from transcription.models import HEARTBEAT_SECONDS, Transcript
 from transcription.runtime import capacity, shutdown, worker_runner
@@ -571,6 +572,10 @@ class StreamSession:
             found.language,
             found.probability,
         )
+        metrics.LANGUAGES_IDENTIFIED.labels(
+            language=found.language,
+            sure=str(found.probability >= language_id.CONFIDENT).lower(),
+        ).inc()
         await self.record.language(found)
         await self._send(protocol.language_message(found))
 
