@@ -112,6 +112,12 @@ RESUMES = Counter(
     "refused (any other refusal).",
     ["outcome"],
 )
+LANGUAGES_IDENTIFIED = Counter(
+    "voiceproject_languages_identified",
+    "language=auto sessions by the language their speech was identified as (one of "
+    "the engine's codes), and whether Whisper was sure (probability at least 0.5).",
+    ["language", "sure"],
+)
 TOKEN_LOOKUPS = Counter(
     "voiceproject_token_lookups",
     "Database lookups of WebSocket tokens: authenticate (one attempt within the "

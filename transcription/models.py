@@ -54,7 +54,10 @@ class AudioSession(models.Model):
     )
     auth_method = models.CharField(max_length=16, blank=True)
     engine = models.CharField(max_length=200)
-    language = models.CharField(max_length=16, blank=True)
+    language = models.CharField(max_length=16, blank=True)  # as asked: may be auto
+    # language=auto: the language its speech was identified as, and how sure.
+    detected_language = models.CharField(max_length=16, blank=True)
+    language_probability = models.FloatField(null=True, blank=True)
     encoding = models.CharField(max_length=16, blank=True)
     sample_rate = models.PositiveIntegerField(null=True, blank=True)
     send_partials = models.BooleanField(default=True)
@@ -92,6 +95,16 @@ class AudioSession(models.Model):
     def __str__(self) -> str:
         who = self.user.get_username() if self.user else "anonymous"
         return f"{who} {self.started_at:%Y-%m-%d %H:%M:%S} ({self.status})"
+
+    @property
+    def spoken_language(self) -> str:
+        """The language spoken: the one identified (language=auto), else the one
+        asked for; en-US when auto identified none (yet)."""
+        if self.detected_language:
+            return self.detected_language
+        if self.language and self.language != "auto":
+            return self.language
+        return "en-US"
 
     @property
     def duration_seconds(self) -> float | None:

@@ -10,6 +10,7 @@ from transcription.close_codes import CLOSE_SERVER_ERROR
 from transcription.engines import (
     Capabilities,
     EngineError,
+    LanguageIdentified,
     StreamParams,
     TranscriptEvent,
 )
@@ -253,3 +254,24 @@ class BusyDecoderEngine:
             worker_pid=0,
             params=params,
         )
+
+
+class IdentifyingEngine:
+    """language=auto: after END_OF_STREAM, the language identified, then a final."""
+
+    name = "identifying"
+    capabilities = Capabilities(
+        languages=("en-US", "sv-SE"),
+        encodings=("pcm",),
+        min_sample_rate=8000,
+        max_sample_rate=48000,
+        identifies_language=True,
+    )
+
+    async def open(self, params: StreamParams):
+        async def flush():
+            if params.language == "auto":
+                yield LanguageIdentified("sv-SE", 0.97)
+            yield TranscriptEvent(text="hej hej", is_partial=False)
+
+        return _Stream(flush)

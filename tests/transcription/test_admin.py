@@ -106,13 +106,27 @@ def test_session_list_columns(admin_client, history):
     assert "alice" in cell["user"]
     assert cell["token_name"] == "tests"
     assert cell["engine"] == "echo"
-    assert cell["language"] == "en-US"
+    assert cell["language_shown"] == "en-US"
     assert cell["status"] == "completed"
     assert cell["close_code"] == "1000"
     assert cell["finals"] == "2"
     assert cell["errors"] == "0"
     assert cell["batches"] == "0"
     assert re.fullmatch(r"0:0\d", cell["duration"])
+
+
+def test_an_identified_language_is_shown_beside_auto(admin_client, history):
+    session = history["today"]
+    AudioSession.objects.filter(pk=session.pk).update(
+        language="auto", detected_language="sv-SE", language_probability=0.97
+    )
+    listed = admin_client.get(SESSIONS).content.decode()
+    assert "auto → sv-SE" in listed
+    page = admin_client.get(
+        reverse("admin:transcription_audiosession_change", args=[session.pk])
+    ).content.decode()
+    assert "sv-SE" in page
+    assert "0.97" in page
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,12 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from prometheus_client import REGISTRY
 
 from accounts.middleware import AUTH_REFUSALS
 from accounts.services import api_token_revoke
 from tests.helpers import eventually, until
-from tests.transcription.fake_engines import BusyDecoderEngine
+from tests.transcription.fake_engines import BusyDecoderEngine, IdentifyingEngine
 from transcription.engines.echo import EchoEngine
 from transcription.models import AudioSession, SessionError, Transcript
 from transcription.runtime import capacity
@@ -220,3 +221,70 @@ async def test_a_revocation_closes_the_session_while_its_decoder_is_busy(
     ]
     assert capacity.open_count() == 0
     engine.executor.shutdown()
+
+
+def _identified(language: str) -> float:
+    labels = {"language": language, "sure": "true"}
+    name = "voiceproject_languages_identified_total"
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def _auto_session(api_token, query: bytes) -> tuple[RecordingTransport, str]:
+    session = StreamSession(
+        client=await sync_to_async(token_client)(api_token),
+        query_string=query,
+        engine=IdentifyingEngine(),
+    )
+    transport = RecordingTransport("auto")
+    await session.open(transport)
+    await session.end_audio()
+    await until(lambda: transport.closed is not None)
+    return transport, str(session.session_id)
+
+
+async def test_the_language_identified_is_sent_once_and_stored_first(api_token):
+    before = _identified("sv-SE")
+    transport, session_id = await _auto_session(api_token, b"language=auto")
+    assert transport.messages == [
+        {"type": "language", "language": "sv-SE", "probability": 0.97},
+        {"transcript": "hej hej"},
+    ]
+    row = await AudioSession.objects.aget(pk=session_id)
+    assert (row.language, row.detected_language) == ("auto", "sv-SE")
+    assert row.language_probability == 0.97
+    assert row.spoken_language == "sv-SE"
+    assert _identified("sv-SE") == before + 1
+
+
+async def test_a_session_that_asks_a_language_gets_no_language_message(api_token):
+    transport, session_id = await _auto_session(api_token, b"language=sv-SE")
+    assert transport.messages == [{"transcript": "hej hej"}]
+    row = await AudioSession.objects.aget(pk=session_id)
+    assert (row.language, row.detected_language) == ("sv-SE", "")
+
+
+async def test_a_language_not_stored_at_once_is_stored_at_the_end(
+    api_token, monkeypatch
+):
+    from django.db import OperationalError
+
+    from transcription import services
+
+    real = services.session_language_identified
+    calls = []
+
+    def fails_once(**kwargs):
+        calls.append(kwargs["language"])
+        if len(calls) == 1:
+            raise OperationalError("the database went away")
+        real(**kwargs)
+
+    monkeypatch.setattr(services, "session_language_identified", fails_once)
+    transport, session_id = await _auto_session(api_token, b"language=auto")
+    assert transport.messages[0]["language"] == "sv-SE"  # sent all the same
+    await eventually(
+        lambda: AudioSession.objects.filter(
+            pk=session_id, detected_language="sv-SE"
+        ).exists()
+    )
+    assert calls == ["sv-SE", "sv-SE"]

@@ -135,6 +135,20 @@ def test_history_shows_own_sessions_newest_first(logged_in, user, bob):
     assert f"/history/{newer.pk}/download/srt/" in body
 
 
+def test_history_shows_the_language_identified(logged_in, user):
+    asked = make_session(user, ["hello"], minutes_ago=2)
+    auto = make_session(user, ["hej"], minutes_ago=1)
+    AudioSession.objects.filter(pk=auto.pk).update(
+        language="auto", detected_language="sv-SE", language_probability=0.97
+    )
+    body = logged_in.get("/history/").content.decode()
+    shown = re.findall(r'data-testid="history-language">([^<]*)<', body)
+    assert shown == ["auto → sv-SE", "en-US"]
+    exported = logged_in.get(f"/history/{auto.pk}/download/json/").json()
+    assert (exported["language"], exported["detected_language"]) == ("auto", "sv-SE")
+    assert asked.detected_language == ""
+
+
 def test_history_is_paginated(logged_in, user):
     for minutes in range(25):
         make_session(user, [f"words {minutes}"], minutes_ago=minutes)

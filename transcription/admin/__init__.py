@@ -155,7 +155,7 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "user",
         "token_name",
         "engine",
-        "language",
+        "language_shown",
         "duration",
         "status",
         "close_code",
@@ -189,6 +189,8 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 "fields": [
                     "engine",
                     "language",
+                    "detected_language",
+                    "language_probability",
                     "encoding",
                     "sample_rate",
                     "send_partials",
@@ -263,6 +265,13 @@ class AudioSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return "—"
         url = reverse("admin:accounts_apitoken_change", args=[obj.token.pk])
         return format_html('<a href="{}">{}</a>', url, obj.token)
+
+    @admin.display(description="language", ordering="language")
+    def language_shown(self, obj: AudioSession) -> str:
+        """As asked; for language=auto, with what was identified (`auto → sv-SE`)."""
+        if obj.detected_language:
+            return f"{obj.language} → {obj.detected_language}"
+        return obj.language
 
     @admin.display(description="duration")
     def duration(self, obj: AudioSession) -> str:

@@ -27,6 +27,7 @@ def _start_entries(session: AudioSession) -> Iterable[TimelineEntry]:
         f"{k}={v}"
         for k, v in (
             ("language", session.language),
+            ("identified", session.detected_language),
             ("encoding", session.encoding),
             ("sampleRate", session.sample_rate),
         )

@@ -16,19 +16,25 @@ from django.utils.module_loading import import_string
 
 from transcription.engines.stream import AudioBacklog
 from transcription.engines.types import (
+    AUTO,
     Capabilities,
     EngineError,
+    LanguageIdentified,
+    StreamEvent,
     StreamParams,
     TranscriptEvent,
     audio_backlog_limit,
 )
 
 __all__ = [
+    "AUTO",
     "ENGINE_ALIASES",
     "AudioBacklog",
     "Capabilities",
     "EngineError",
+    "LanguageIdentified",
     "SpeechToText",
+    "StreamEvent",
     "StreamParams",
     "TranscriptEvent",
     "TranscriptionEngine",
@@ -59,8 +65,9 @@ class SpeechToText(Protocol):
     async def end_audio(self) -> None:
         """No more audio: flush, so that events() ends after the last final."""
 
-    def events(self) -> AsyncIterator[TranscriptEvent]:
-        """Partials and finals as they come; raises EngineError on failure."""
+    def events(self) -> AsyncIterator[StreamEvent]:
+        """Partials and finals as they come (with language=auto, the language
+        identified first, once); raises EngineError on failure."""
 
     async def aclose(self) -> None:
         """Release everything (tasks, processes, connections); safe to call twice."""

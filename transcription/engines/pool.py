@@ -34,6 +34,7 @@ from transcription.engines.stream import BacklogStream
 from transcription.engines.types import (
     Capabilities,
     EngineError,
+    LanguageIdentified,
     StreamParams,
     TranscriptEvent,
 )
@@ -212,7 +213,11 @@ class OfflineStream(BacklogStream):
                 last,
                 self._partials_wanted(len(data)),
             )
-            for text, is_partial, start, end, utterance in events:
+            for event in events:
+                if isinstance(event, LanguageIdentified):
+                    self._events.put_nowait(event)
+                    continue
+                text, is_partial, start, end, utterance = event
                 self._events.put_nowait(
                     TranscriptEvent(
                         text=text,

@@ -13,8 +13,8 @@ from typing import ClassVar
 
 from transcription.engines.types import (
     EngineError,
+    StreamEvent,
     StreamParams,
-    TranscriptEvent,
     audio_backlog_limit,
 )
 
@@ -96,9 +96,7 @@ class BacklogStream:
 
     def __init__(self, params: StreamParams) -> None:
         self._backlog = AudioBacklog(audio_backlog_limit(params))
-        self._events: asyncio.Queue[TranscriptEvent | EngineError | None] = (
-            asyncio.Queue()
-        )
+        self._events: asyncio.Queue[StreamEvent | EngineError | None] = asyncio.Queue()
 
     async def send_audio(self, chunk: bytes) -> None:
         await self._backlog.put(chunk)
@@ -109,7 +107,7 @@ class BacklogStream:
     async def end_audio(self) -> None:
         self._backlog.end()
 
-    async def events(self) -> AsyncIterator[TranscriptEvent]:
+    async def events(self) -> AsyncIterator[StreamEvent]:
         while True:
             item = await self._events.get()
             if item is None or isinstance(item, EngineError):

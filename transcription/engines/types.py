@@ -8,6 +8,18 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from transcription.close_codes import CLOSE_SERVER_ERROR
+from transcription.engines.language_id import AUTO, LanguageIdentified
+
+__all__ = [
+    "AUTO",
+    "Capabilities",
+    "EngineError",
+    "LanguageIdentified",
+    "StreamEvent",
+    "StreamParams",
+    "TranscriptEvent",
+    "audio_backlog_limit",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +32,11 @@ class TranscriptEvent:
     end: float | None = None
     result_id: str = ""
     speaker: str = ""  # when the engine labels speakers (AWS showSpeakerLabel)
+
+
+# What a stream yields: transcripts, and with language=auto its language, once,
+# before the first final.
+StreamEvent = TranscriptEvent | LanguageIdentified
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +66,8 @@ class Capabilities:
     min_sample_rate: int
     max_sample_rate: int
     options: tuple[str, ...] = ()  # extra query parameters passed through
+    # Whether it takes language=auto (identifies the language of the speech).
+    identifies_language: bool = False
 
 
 class EngineError(Exception):

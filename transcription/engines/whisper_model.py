@@ -112,6 +112,20 @@ def whisper_language(language: str) -> str:
     return primary if primary in WHISPER_LANGUAGES else ""
 
 
+# The code a language identified by Whisper is reported as, where the first of the
+# table's codes for it is not the one meant (es-US comes before es-ES there).
+_IDENTIFIED_AS = {"es": "es-ES"}
+
+
+def identified_language(code: str) -> str:
+    """The client's code for a language Whisper identified (sv → sv-SE): the
+    first of the table's codes with that primary tag (en-US, fr-FR, pt-BR…),
+    es-ES for Spanish; "" when no code of the table has it (haw, la…)."""
+    if code in _IDENTIFIED_AS:
+        return _IDENTIFIED_AS[code]
+    return next((c for c in CLIENT_LANGUAGES if whisper_language(c) == code), "")
+
+
 def client_languages(*, english_only: bool) -> tuple[str, ...]:
     """The `language` values a client may ask for (docs/protocol.md §3, as data)."""
     return tuple(

@@ -20,11 +20,12 @@ import os
 import resource
 import signal
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pocketsphinx import Vad
 
+from transcription.engines import language_id
 from transcription.engines.endpointing import (
     BYTES_PER_SECOND,
     SAMPLE_RATE,
@@ -32,6 +33,7 @@ from transcription.engines.endpointing import (
     Event,
     exit_with_parent,
 )
+from transcription.engines.language_id import LanguageIdentified
 from transcription.engines.whisper_model import verify, whisper_language
 
 MIN_WINDOW_SECONDS = 10.0
@@ -104,6 +106,20 @@ def _model_for(language: str) -> Any:
     return _multilingual_model
 
 
+def _detector() -> Any:
+    """The model that identifies languages: the multilingual base when there is
+    one, else the main model (the engine allows language=auto only when it is
+    multilingual)."""
+    return _model_for(language_id.AUTO)
+
+
+def identify(samples: np.ndarray) -> LanguageIdentified:
+    """The language of speech (float32 at 16 kHz): the most probable one this
+    server takes, by faster-whisper's detect_language (the first 30 s)."""
+    _, _, probabilities = _detector().detect_language(audio=samples)
+    return language_id.best_supported(probabilities) or LanguageIdentified("en-US", 0.0)
+
+
 def _prompt(model: Any, language: str) -> tuple[Any, list[int]]:
     """(tokenizer, decoder prompt) for a model and a Whisper language code, cached."""
     key = (language, model is _model)
@@ -170,13 +186,37 @@ def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
     return text
 
 
+class _Held(NamedTuple):
+    """An utterance heard before the session's language was known."""
+
+    audio: bytes
+    start: float
+    end: float
+    number: int
+
+
 class Session(EndpointedSession):
-    """One stream: the endpointer's utterances, decoded by Whisper."""
+    """One stream: the endpointer's utterances, decoded by Whisper.
+
+    With language=auto the utterances are held, undecoded and without partials,
+    until the language is identified (`language_id`'s rule); then they are decoded
+    in it, in order, and the session goes on as if that language had been asked.
+    """
 
     def __init__(self, sample_rate: int, language: str):
         super().__init__(sample_rate)
-        self.language = whisper_language(language) or "en"
-        _model_for(self.language)  # a first non-English session loads the base here
+        self.identifying = language == language_id.AUTO
+        self.held: list[_Held] = []
+        self.tries = 0
+        self.found: LanguageIdentified | None = None  # for the caller, once
+        self.ending = False  # the stream ends with this call
+        self.next_try = language_id.IDENTIFY_AFTER_SECONDS
+        if self.identifying:
+            self.language = ""
+            _detector()  # a first auto session loads the base here
+        else:
+            self.language = whisper_language(language) or "en"
+            _model_for(self.language)  # a first non-English session loads the base
         self.vad = Vad(sample_rate=SAMPLE_RATE)  # pauses inside long utterances
         self.audio = bytearray()  # the utterance under way, 16 kHz
         self.partial = ""
@@ -210,8 +250,33 @@ class Session(EndpointedSession):
         self.utterance_bytes = 0
         self._reset_utterance()
 
+    def feed_events(
+        self, data: bytes, last: bool, partials: bool = True
+    ) -> list[Event | LanguageIdentified]:
+        """`feed()`, with the language identified in this call first."""
+        self.ending = last  # a try in this call takes its best guess
+        events: list[Event | LanguageIdentified] = [*self.feed(data, last, partials)]
+        if last and self.identifying and self.held:
+            self._identify(ended=True)  # whatever was heard, now
+            events += self.events
+            self.events = []
+        if self.found is not None:
+            # First: nothing is emitted while identifying, and the finals it let
+            # be decoded follow it.
+            events.insert(0, self.found)
+            self.found = None
+        return events
+
     def _end_utterance(self) -> None:
         if not self.audio:  # cut just before the endpointer's own end
+            return
+        if self.identifying:
+            end = self.utterance_start + self.utterance_bytes / BYTES_PER_SECOND
+            self.held.append(
+                _Held(bytes(self.audio), self.utterance_start, end, self.utterances)
+            )
+            self.audio.clear()
+            self._identify(ended=True)
             return
         text = self._transcribe(final=True)
         if text:
@@ -219,6 +284,11 @@ class Session(EndpointedSession):
         self.audio.clear()
 
     def _after_feed(self) -> None:
+        if self.identifying:
+            self._identify(ended=False)
+            if self.identifying:
+                return
+            self.partial_due = len(self.audio)  # a partial of it now
         if not (self.partials and self.endpointer.in_speech and self.audio):
             return
         if len(self.audio) < self.partial_due:
@@ -230,8 +300,46 @@ class Session(EndpointedSession):
             self._emit(text, is_partial=True)
 
     def _transcribe(self, *, final: bool) -> str:
-        samples = np.frombuffer(bytes(self.audio), dtype="<i2").astype(np.float32)
-        return transcribe(samples / 32768.0, self.language, final=final)
+        return transcribe(_floats(self.audio), self.language, final=final)
+
+    def _identify(self, *, ended: bool) -> None:
+        """Try to identify the language of the speech held so far (and of the
+        utterance under way); once it is, decode what was held."""
+        speech = b"".join(held.audio for held in self.held) + bytes(self.audio)
+        seconds = len(speech) / BYTES_PER_SECOND
+        last = self.ending
+        if not (
+            (last and ended)
+            or language_id.worth_trying(seconds, next_try=self.next_try, ended=ended)
+        ):
+            return
+        self.tries += 1
+        guess = identify(_floats(speech))
+        if not language_id.accepted(
+            guess.probability, seconds=seconds, tries=self.tries, last=last
+        ):
+            self.next_try = seconds + language_id.IDENTIFY_AFTER_SECONDS
+            return
+        self.identifying = False
+        self.language = whisper_language(guess.language) or "en"
+        self.found = guess
+        held, self.held = self.held, []
+        for utterance in held:
+            text = transcribe(_floats(utterance.audio), self.language, final=True)
+            if text:
+                self.events.append(
+                    (
+                        text,
+                        False,
+                        round(utterance.start, 3),
+                        round(utterance.end, 3),
+                        utterance.number,
+                    )
+                )
+
+
+def _floats(audio: bytes | bytearray) -> np.ndarray:
+    return np.frombuffer(bytes(audio), dtype="<i2").astype(np.float32) / 32768.0
 
 
 def session_open(key: str, sample_rate: int, language: str = "en-US") -> int:
@@ -242,9 +350,9 @@ def session_open(key: str, sample_rate: int, language: str = "en-US") -> int:
 
 def feed(
     key: str, data: bytes, last: bool = False, partials: bool = True
-) -> list[Event]:
+) -> list[Event | LanguageIdentified]:
     """Decode more audio of a session; `last` flushes it and ends its last utterance."""
-    return _sessions[key].feed(data, last, partials)
+    return _sessions[key].feed_events(data, last, partials)
 
 
 def session_close(key: str) -> None:

@@ -73,7 +73,7 @@ def batch_delivery(*, batch_pk: int) -> tuple[dict, dict]:
     document = {
         "session_id": str(batch.session_id),
         "batch_id": str(batch.batch_id),
-        "language": batch.session.language or "en-US",
+        "language": batch.session.spoken_language,
         "transcriptions": [
             {"text": text, "timestamp": created.isoformat()} for text, created in finals
         ],

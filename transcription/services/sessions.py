@@ -194,6 +194,16 @@ def session_heartbeat(
     _session_update_audio(session_id, audio_bytes, bytes_per_second)
 
 
+def session_language_identified(
+    *, session_id: uuid.UUID, language: str, probability: float
+) -> None:
+    """language=auto: the language the session's speech was identified as (the
+    batch worker speaks replies in it, the receiver's document names it)."""
+    AudioSession.objects.filter(pk=session_id).update(
+        detected_language=language, language_probability=probability
+    )
+
+
 def session_take_over(*, session_id: uuid.UUID) -> bool:
     """This process serves an active session from now on (a resume from another
     server): its process fields and heartbeat. False: it is not active any more."""

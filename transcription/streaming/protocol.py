@@ -22,8 +22,10 @@ from transcription.close_codes import (
     CLOSE_TRY_AGAIN,
 )
 from transcription.engines import (
+    AUTO,
     Capabilities,
     EngineError,
+    LanguageIdentified,
     StreamParams,
     TranscriptEvent,
 )
@@ -289,12 +291,7 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
         raise ProtocolError("The query string is not valid UTF-8.") from exc
     _check_lengths(query, caps)
 
-    language = query.get("language", ["en-US"])[-1]
-    if language not in caps.languages:
-        raise ProtocolError(
-            f"Unsupported language {language!r}: this server accepts "
-            f"{_listed(caps.languages)}."
-        )
+    language = _language(query, caps)
     encoding = query.get("encoding", ["pcm"])[-1]
     if encoding not in caps.encodings:
         raise ProtocolError(
@@ -326,6 +323,22 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
     )
 
 
+def _language(query: dict[str, list[str]], caps: Capabilities) -> str:
+    """A code the engine takes, or `auto` where it identifies languages."""
+    language = query.get("language", ["en-US"])[-1]
+    if language == AUTO and not caps.identifies_language:
+        raise ProtocolError(
+            "Language identification (language=auto) is not available with this "
+            f"server's engine: ask for one of {_listed(caps.languages)}."
+        )
+    if language != AUTO and language not in caps.languages:
+        raise ProtocolError(
+            f"Unsupported language {language!r}: this server accepts "
+            f"{_listed(caps.languages)}."
+        )
+    return language
+
+
 def _silence_ms(query: dict[str, list[str]]) -> int | None:
     """silenceMs: this session's pause before a batch goes, within the settings'
     bounds (SILENCE_MS_MIN, SILENCE_MS_MAX); None: SILENCE_SECONDS."""
@@ -345,6 +358,17 @@ def _silence_ms(query: dict[str, list[str]]) -> int | None:
 
 def error_message(message: str) -> str:
     return json.dumps({"error": message})
+
+
+def language_message(found: LanguageIdentified) -> str:
+    """language=auto: the language the speech was identified as, sent once."""
+    return json.dumps(
+        {
+            "type": "language",
+            "language": found.language,
+            "probability": found.probability,
+        }
+    )
 
 
 def event_message(event: TranscriptEvent, *, detail: bool) -> str:

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from transcription import metrics, services
 from transcription.db import DATABASE_AWAY, db_call
-from transcription.engines import StreamParams, TranscriptEvent
+from transcription.engines import LanguageIdentified, StreamParams, TranscriptEvent
 from transcription.models import Transcript
 from transcription.services.sessions import LatencySummary
 from transcription.streaming.admission import Client
@@ -80,6 +80,7 @@ class SessionRecord:
         self.held: collections.deque[_Held] = collections.deque()
         self.holding = asyncio.Event()  # set while finals are held
         self.away_since: float | None = None  # monotonic: the database went away
+        self.unsaved_language: LanguageIdentified | None = None  # written at the end
         self._storing = asyncio.Lock()
 
     @property
@@ -208,6 +209,28 @@ class SessionRecord:
         """Seconds since the database stopped answering this session (0: it does)."""
         return 0.0 if self.away_since is None else time.monotonic() - self.away_since
 
+    async def language(self, found: LanguageIdentified) -> None:
+        """language=auto: the language identified, stored before the finals it
+        lets through (their batches speak in it); kept for the end if the
+        database does not answer now."""
+        try:
+            await self._language(found)
+        except Exception:
+            logger.warning(
+                "session %s: identified language not stored yet",
+                self.session_id,
+                exc_info=True,
+            )
+            self.unsaved_language = found
+
+    async def _language(self, found: LanguageIdentified) -> None:
+        await db_call(
+            services.session_language_identified,
+            session_id=self.session_id,
+            language=found.language,
+            probability=found.probability,
+        )
+
     async def heartbeat(self) -> None:
         """The row says the session lives, with its audio so far."""
         try:
@@ -290,6 +313,9 @@ class SessionRecord:
         if self.held:
             return False
         try:
+            if (found := self.unsaved_language) is not None:
+                await self._language(found)
+                self.unsaved_language = None
             await db_call(services.session_end, **end)
         except DATABASE_AWAY:
             return False

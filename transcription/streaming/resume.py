@@ -215,7 +215,8 @@ def _params(row: AudioSession) -> StreamParams:
         if name not in {"detail", "resumable"}
     }
     return StreamParams(
-        language=row.language or "en-US",
+        # language=auto goes on in the language identified (no second message).
+        language=row.detected_language or row.language or "en-US",
         encoding=row.encoding or "pcm",
         sample_rate=row.sample_rate or 16000,
         send_partials=row.send_partials,

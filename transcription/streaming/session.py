@@ -40,10 +40,13 @@ from transcription.channel_layer import LAYER_ERRORS, layer_health
 from transcription.db import db_call
 from transcription.engines import (
     EngineError,
+    LanguageIdentified,
     SpeechToText,
+    StreamEvent,
     TranscriptEvent,
     TranscriptionEngine,
     audio_backlog_limit,
+    language_id,
 )
 from transcription.models import HEARTBEAT_SECONDS, Transcript
 from transcription.runtime import capacity, shutdown, worker_runner
@@ -542,7 +545,10 @@ class StreamSession:
             else:
                 self.conclude(protocol.ended(self.close_reason))
 
-    async def _relay(self, event: TranscriptEvent) -> None:
+    async def _relay(self, event: StreamEvent) -> None:
+        if isinstance(event, LanguageIdentified):
+            await self._language_identified(event)
+            return
         now = asyncio.get_running_loop().time()
         if self.state is State.FLUSHING:
             self.clock.progress_at = now
@@ -556,6 +562,22 @@ class StreamSession:
                 )
         elif event.text.strip():
             await self._relay_final(event)
+
+    async def _language_identified(self, found: LanguageIdentified) -> None:
+        """language=auto: stored (the batches of the finals that follow speak in
+        it), then {"type": "language"} to the client, once."""
+        logger.info(
+            "session %s: language identified as %s (%.2f)",
+            self.session_id,
+            found.language,
+            found.probability,
+        )
+        metrics.LANGUAGES_IDENTIFIED.labels(
+            language=found.language,
+            sure=str(found.probability >= language_id.CONFIDENT).lower(),
+        ).inc()
+        await self.record.language(found)
+        await self._send(protocol.language_message(found))
 
     async def _relay_final(self, event: TranscriptEvent) -> None:
         """Stored first (or held while the database is away), then sent: a final

@@ -103,6 +103,7 @@ def session_as_dict(session: AudioSession, *, for_user: bool = False) -> dict:
         "token": {"name": token.name, "prefix": token.prefix} if token else None,
         "engine": session.engine,
         "language": session.language,
+        "detected_language": session.detected_language,
         "encoding": session.encoding,
         "sample_rate": session.sample_rate,
         "started_at": _iso(session.started_at),

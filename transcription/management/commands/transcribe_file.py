@@ -118,6 +118,13 @@ class Command(BaseCommand):
                     progress.set_postfix_str(data["partialTranscript"][-40:])
                 elif "error" in data:
                     self.server_error = data["error"]  # said once, with the close
+                elif data.get("type") == "language":
+                    # --language auto: on stderr, so stdout stays the transcript.
+                    progress.clear()
+                    self.stderr.write(
+                        f"language: {data['language']} ({data['probability']:.2f})"
+                    )
+                    progress.refresh()
                 elif data.get("type") == "server_response":
                     progress.clear()
                     self.stdout.write(f"reply: {data.get('message', '')}")
