@@ -44,6 +44,7 @@ from transcription.engines import (
     TranscriptEvent,
     TranscriptionEngine,
     audio_backlog_limit,
+    has_words,
 )
 from transcription.models import HEARTBEAT_SECONDS, Transcript
 from transcription.runtime import capacity, shutdown, worker_runner
@@ -546,6 +547,10 @@ class StreamSession:
         now = asyncio.get_running_loop().time()
         if self.state is State.FLUSHING:
             self.clock.progress_at = now
+        if not has_words(event.text):
+            # Noise transcribed (". . ."), whatever the engine: no partial (nor
+            # barge-in), no final, so nothing stored, batched or answered.
+            return
         if event.is_partial:
             self.latency.on_event(now)
             if self.voice is not None:
@@ -554,7 +559,7 @@ class StreamSession:
                 await self._send(
                     protocol.event_message(event, detail=self.params.detail)
                 )
-        elif event.text.strip():
+        else:
             await self._relay_final(event)
 
     async def _relay_final(self, event: TranscriptEvent) -> None:
