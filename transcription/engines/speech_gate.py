@@ -162,9 +162,9 @@ class SpeechGate:
                 "c": self._c,
             },
         )
-        self.windows_scored += len(windows)
         threshold, needed = self.config.threshold, self.config.min_windows
         for prob in np.asarray(probs).reshape(-1):
+            self.windows_scored += 1  # up to the deciding one (tests, benchmarks)
             self._run = self._run + 1 if prob >= threshold else 0
             if self._run >= needed:
                 self.confirmed = True
