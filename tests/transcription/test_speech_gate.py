@@ -1,10 +1,14 @@
 """The speech gate: words in a text, Silero over an utterance, Whisper's own rule; and
 the offline decoders asking it before they decode (no model loaded for those)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from tests.audio import fixture_pcm
+from tests.e2e.servers import ROOT, server_env
 from tests.noises import NOISES, mixed, noise, pcm
 from tests.transcription.engine_helpers import stream_all
 from transcription.engines import StreamParams, pocketsphinx_worker, whisper_worker
@@ -239,3 +243,23 @@ async def test_without_the_gate_whispers_rule_and_the_word_rule_drop_noise(setti
             assert await stream_all(stream, pcm(noise(name, 20)), 32000) == [], name
     finally:
         engine.pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SPEECH_GATE_THRESHOLD", "1.5"), ("SPEECH_GATE_MIN_SPEECH_MS", "-1")],
+)
+def test_a_gate_setting_out_of_bounds_stops_the_start_naming_it(name, value):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=server_env({name: value}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: SPEECH_GATE")
+    assert "between 0 and 1" in last

@@ -5,7 +5,9 @@ plain tuples out. Each process loads one model at start-up; a session's audio is
 into utterances by the shared VAD endpointer (`endpointing`), and each utterance is
 decoded whole when it ends (its final). While it is spoken, the utterance so far is
 decoded again about once per second of new speech (a partial), when the caller asks
-for partials (it stops asking when the session falls behind real time).
+for partials (it stops asking when the session falls behind real time). Neither is
+decoded before Silero's VAD has heard speech in the utterance (`speech_gate`): noise
+that the endpointer lets through costs no decoding.
 
 Whisper's encoder is trained on 30 s windows, but CTranslate2 accepts fewer mel frames:
 a window of max(10 s, utterance) costs a third of a 30 s one at nearly the same
