@@ -275,6 +275,23 @@ WHISPER_CACHE_DIR = env.str(
         "voiceproject",
     ),
 )
+# No words from no speech (docs/engines.md §2): the offline engines decode an
+# utterance only once Silero's VAD hears a run of SPEECH_GATE_MIN_SPEECH_MS of
+# 32 ms windows scoring SPEECH_GATE_THRESHOLD or more; then Whisper's own rule drops
+# what it takes for no speech (faster-whisper's thresholds, its defaults).
+SPEECH_GATE = env.bool("SPEECH_GATE", default=True)
+SPEECH_GATE_THRESHOLD = env.float("SPEECH_GATE_THRESHOLD", default=0.5)
+SPEECH_GATE_MIN_SPEECH_MS = env.int("SPEECH_GATE_MIN_SPEECH_MS", default=150)
+WHISPER_NO_SPEECH_THRESHOLD = env.float("WHISPER_NO_SPEECH_THRESHOLD", default=0.6)
+WHISPER_LOG_PROB_THRESHOLD = env.float("WHISPER_LOG_PROB_THRESHOLD", default=-1.0)
+WHISPER_COMPRESSION_RATIO_THRESHOLD = env.float(
+    "WHISPER_COMPRESSION_RATIO_THRESHOLD", default=2.4
+)
+if not 0.0 < SPEECH_GATE_THRESHOLD < 1.0 or SPEECH_GATE_MIN_SPEECH_MS < 0:
+    raise ImproperlyConfigured(
+        "SPEECH_GATE_THRESHOLD must be between 0 and 1 (exclusive) and "
+        "SPEECH_GATE_MIN_SPEECH_MS at least 0."
+    )
 AWS_REGION = env.str("AWS_REGION", default="eu-west-1")
 AWS_TRANSCRIBE_ENDPOINT = env.str("AWS_TRANSCRIBE_ENDPOINT", default="")
 

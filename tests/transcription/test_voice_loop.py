@@ -98,6 +98,29 @@ async def test_end_of_stream_sends_the_batch_and_speaks_the_reply(
     assert batch_ids == [batch.pk, batch.pk]
 
 
+async def test_a_final_without_words_is_neither_sent_stored_nor_answered(
+    voice, connect, api_token
+):
+    # What Whisper made of 20 s of white noise, and its kin: noise, not speech.
+    receiver = await voice()
+    messages, close = await say(
+        connect, api_token, b". . .", b"~...", b"\xe2\x80\xa6", b" - ", b"?!"
+    )
+    assert messages == []
+    assert close["code"] == 1000
+    assert receiver.documents == []
+    assert await sync_to_async(_batches)() == []
+    assert await Transcript.objects.acount() == 0
+
+    messages, close = await say(connect, api_token, b". . .", b"~hel", b"hello.")
+    assert messages[:2] == [{"partialTranscript": "hel"}, {"transcript": "hello."}]
+    assert messages[2]["message"] == "You said hello."
+    assert [[t["text"] for t in d["transcriptions"]] for d in receiver.documents] == [
+        ["hello."]
+    ]
+    assert await Transcript.objects.acount() == 1
+
+
 async def test_silence_sends_a_batch_while_the_session_goes_on(
     voice, connect, api_token, settings
 ):

@@ -14,6 +14,7 @@ from typing import Protocol
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from transcription.engines.speech_gate import has_words
 from transcription.engines.stream import AudioBacklog
 from transcription.engines.types import (
     AUTO,
@@ -41,6 +42,7 @@ __all__ = [
     "audio_backlog_limit",
     "engine_path",
     "get_engine",
+    "has_words",
 ]
 
 ENGINE_ALIASES = {

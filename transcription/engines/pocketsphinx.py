@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from transcription.engines import pocketsphinx_worker
-from transcription.engines.pool import DecoderPool, PooledEngine
+from transcription.engines.pool import DecoderPool, PooledEngine, speech_gate_config
 from transcription.engines.types import Capabilities
 
 
@@ -19,4 +19,6 @@ class PocketsphinxEngine(PooledEngine):
     )
 
     def __init__(self, processes: int | None = None) -> None:
-        self.pool = DecoderPool(processes, module=pocketsphinx_worker)
+        self.pool = DecoderPool(
+            processes, module=pocketsphinx_worker, initargs=(speech_gate_config(),)
+        )

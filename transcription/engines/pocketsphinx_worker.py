@@ -5,13 +5,16 @@ Django (spawned workers start faster) and returns plain tuples, not engine types
 A worker keeps the state of every session pinned to it, keyed by the engine's session
 key, and a few idle `Decoder` objects: building one takes about half a second and
 ~90 MB, so a session borrows a decoder only while its speaker is talking (one
-utterance) and gives it back at the endpoint.
+utterance) and gives it back at the endpoint. The decoder hears an utterance only
+once Silero has heard speech in it (`speech_gate`): until then its audio waits, and an
+utterance of noise is never decoded (pocketsphinx hears "thank" in pink noise).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 from pocketsphinx import Decoder
 
@@ -21,19 +24,29 @@ from transcription.engines.endpointing import (
     Event,
     exit_with_parent,
 )
+from transcription.engines.speech_gate import GateConfig, SpeechGate, load_model
 
 PARTIAL_EVERY_BYTES = BYTES_PER_SECOND // 4  # a partial hypothesis per 0.25 s of speech
+# Audio kept for the decoder while Silero has heard no speech yet: steady noise keeps
+# the endpointer in one utterance for as long as it lasts.
+MAX_UNHEARD_BYTES = 5 * BYTES_PER_SECOND
 IDLE_DECODERS_KEPT = 4
 
 _idle_decoders: list[Decoder] = []
 _initial_cmn = ""
+_gate = GateConfig()
 _sessions: dict[str, Session] = {}
 
 
-def init_worker() -> None:
-    """Process initializer: leave Ctrl-C to the parent, build one decoder ahead."""
+def init_worker(gate: dict[str, Any] | None = None) -> None:
+    """Process initializer: leave Ctrl-C to the parent, build one decoder ahead;
+    `gate`: `speech_gate.GateConfig`'s fields (its defaults when None)."""
+    global _gate
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
+    _gate = GateConfig(**(gate or {}))
+    if _gate.enabled:
+        load_model()
     _release_decoder(_take_decoder())
 
 
@@ -52,11 +65,14 @@ def _release_decoder(decoder: Decoder) -> None:
 
 
 class Session(EndpointedSession):
-    """pocketsphinx: a decoder borrowed while in an utterance."""
+    """pocketsphinx: a decoder borrowed while in an utterance, fed once the
+    utterance is known to be speech."""
 
     def __init__(self, sample_rate: int):
         super().__init__(sample_rate)
         self.decoder: Decoder | None = None
+        self.gate = SpeechGate(_gate)
+        self.unheard = bytearray()  # the utterance's audio before Silero heard speech
         self.cmn = ""  # carried from one utterance to the next of this speaker
         self.unhyped_bytes = 0
         self.partial = ""
@@ -74,6 +90,8 @@ class Session(EndpointedSession):
         self.decoder.start_utt()
         self.unhyped_bytes = 0
         self.partial = ""
+        self.gate.reset()
+        self.unheard.clear()
 
     def _utterance_decoder(self) -> Decoder:
         """The decoder borrowed at the start of the utterance under way."""
@@ -82,9 +100,16 @@ class Session(EndpointedSession):
         return self.decoder
 
     def _decode(self, speech: bytes) -> None:
+        super()._decode(speech)
+        if not self.gate.confirmed:
+            self.unheard += speech
+            del self.unheard[:-MAX_UNHEARD_BYTES]
+            self.gate.add(speech)
+            if not self.gate.heard_speech():
+                return
+            speech, self.unheard = bytes(self.unheard), bytearray()
         decoder = self._utterance_decoder()
         decoder.process_raw(speech)
-        super()._decode(speech)
         self.unhyped_bytes += len(speech)
         if self.partials and self.unhyped_bytes >= PARTIAL_EVERY_BYTES:
             self.unhyped_bytes = 0
@@ -96,6 +121,7 @@ class Session(EndpointedSession):
 
     def _end_utterance(self) -> None:
         decoder, self.decoder = self._utterance_decoder(), None
+        self.unheard.clear()  # never speech: never decoded
         decoder.end_utt()
         hyp = decoder.hyp()
         self.cmn = decoder.get_cmn()

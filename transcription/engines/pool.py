@@ -119,6 +119,15 @@ class DecoderPool:
             worker.executor.shutdown(wait=wait, cancel_futures=True)
 
 
+def speech_gate_config() -> dict[str, Any]:
+    """SPEECH_GATE*, as `speech_gate.GateConfig`'s fields for a worker process."""
+    return {
+        "enabled": settings.SPEECH_GATE,
+        "threshold": settings.SPEECH_GATE_THRESHOLD,
+        "min_speech_seconds": settings.SPEECH_GATE_MIN_SPEECH_MS / 1000,
+    }
+
+
 def shutdown_pools(wait: bool = True) -> None:
     """Stop every decoding process of this process's engines (tests, exit)."""
     for pool in _pools:

@@ -22,6 +22,7 @@ from transcription.engines.pool import (
     DecoderPool,
     OfflineStream,
     PooledEngine,
+    speech_gate_config,
 )
 from transcription.engines.types import Capabilities, EngineError, StreamParams
 from transcription.engines.whisper_model import (
@@ -136,4 +137,10 @@ class WhisperEngine(PooledEngine):
             "device": device,
             "compute_type": compute_type(device, settings.WHISPER_COMPUTE_TYPE),
             "cpu_threads": settings.WHISPER_CPU_THREADS,
+            "gate": speech_gate_config(),
+            "thresholds": {
+                "no_speech": settings.WHISPER_NO_SPEECH_THRESHOLD,
+                "log_prob": settings.WHISPER_LOG_PROB_THRESHOLD,
+                "compression_ratio": settings.WHISPER_COMPRESSION_RATIO_THRESHOLD,
+            },
         }

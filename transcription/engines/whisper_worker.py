@@ -5,7 +5,9 @@ plain tuples out. Each process loads one model at start-up; a session's audio is
 into utterances by the shared VAD endpointer (`endpointing`), and each utterance is
 decoded whole when it ends (its final). While it is spoken, the utterance so far is
 decoded again about once per second of new speech (a partial), when the caller asks
-for partials (it stops asking when the session falls behind real time).
+for partials (it stops asking when the session falls behind real time). Neither is
+decoded before Silero's VAD has heard speech in the utterance (`speech_gate`): noise
+that the endpointer lets through costs no decoding.
 
 Whisper's encoder is trained on 30 s windows, but CTranslate2 accepts fewer mel frames:
 a window of max(10 s, utterance) costs a third of a 30 s one at nearly the same
@@ -19,7 +21,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import zlib
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,6 +35,15 @@ from transcription.engines.endpointing import (
     exit_with_parent,
 )
 from transcription.engines.language_id import LanguageIdentified
+from transcription.engines.speech_gate import (
+    GateConfig,
+    SpeechGate,
+    WhisperThresholds,
+    compression_ratio,
+    has_words,
+    load_model,
+    whisper_heard_speech,
+)
 from transcription.engines.whisper_model import verify, whisper_language
 
 MIN_WINDOW_SECONDS = 10.0
@@ -44,19 +54,19 @@ CUT_ANYWAY_BYTES = 29 * BYTES_PER_SECOND
 # The first partial soon after the onset (the endpointer confirms speech ~0.3 s in).
 FIRST_PARTIAL_BYTES = int(BYTES_PER_SECOND * 0.3) & ~1
 PARTIAL_EVERY_BYTES = BYTES_PER_SECOND
-# Repetition guards: text tokens allowed per second of audio (fast speech is ~5),
-# and the zlib ratio beyond which text is taken for a loop (Whisper's own rule).
+# Repetition guard: text tokens allowed per second of audio (fast speech is ~5).
+# The loop detector and the no-speech rule are `speech_gate.WhisperThresholds`.
 TOKENS_PER_SECOND = 7
 EXTRA_TOKENS = 8
-MAX_COMPRESSION_RATIO = 2.4
-# Whisper's rule for "nobody spoke": high no-speech probability and low confidence.
-NO_SPEECH_PROBABILITY = 0.6
-LOW_LOGPROB = -1.0
 
 _model: Any = None  # faster_whisper.WhisperModel, imported in the worker only
 # The bundled multilingual base for languages other than English (config
 # "multilingual"), loaded on the first such session, then kept.
 _config: dict[str, Any] = {}
+# What says an utterance is speech (settings, through the config; these defaults
+# when a config names none).
+_gate = GateConfig()
+_thresholds = WhisperThresholds()
 _multilingual_model: Any = None
 _prompts: dict[tuple[str, bool], list[int]] = {}
 _tokenizers: dict[tuple[str, bool], Any] = {}
@@ -68,12 +78,17 @@ def init_worker(config: dict[str, Any]) -> None:
 
     `config`: location (directory or name), sha256 ("" when not pinned), device,
     compute_type, cpu_threads; multilingual: None, or the joined base's location,
-    sha256 and distribution (the packages to name if it is altered).
+    sha256 and distribution (the packages to name if it is altered); gate and
+    thresholds: `speech_gate.GateConfig` and `WhisperThresholds` fields (optional).
     """
-    global _model, _config
+    global _model, _config, _gate, _thresholds
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent()
     _config = config
+    _gate = GateConfig(**config.get("gate", {}))
+    _thresholds = WhisperThresholds(**config.get("thresholds", {}))
+    if _gate.enabled:
+        load_model()
     if config["sha256"]:
         verify(config["location"], config["sha256"])
     _model = _load(config["location"])
@@ -137,13 +152,9 @@ def _prompt(model: Any, language: str) -> tuple[Any, list[int]]:
     return _tokenizers[key], _prompts[key]
 
 
-def _compression_ratio(text: str) -> float:
-    raw = text.encode("utf-8")
-    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
-
-
 def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
-    """The text of one utterance (float32 at 16 kHz), "" when nobody spoke."""
+    """The text of one utterance (float32 at 16 kHz), "" when nobody spoke: by
+    Whisper's no-speech rule, a loop even without repeated trigrams, or no word."""
     from faster_whisper.transcribe import get_ctranslate2_storage
 
     model = _model_for(language)
@@ -179,11 +190,13 @@ def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
     text, result = generate(0 if final else 3)
     tokens = len(result.sequences_ids[0])
     avg_logprob = result.scores[0] * tokens / (tokens + 1)
-    if result.no_speech_prob > NO_SPEECH_PROBABILITY and avg_logprob < LOW_LOGPROB:
+    if not whisper_heard_speech(result.no_speech_prob, avg_logprob, _thresholds):
         return ""  # judged on the unconstrained pass: the second one scores lower
-    if final and _compression_ratio(text) > MAX_COMPRESSION_RATIO:
+    if final and compression_ratio(text) > _thresholds.compression_ratio:
         text, _ = generate(3)
-    return text
+        if compression_ratio(text) > _thresholds.compression_ratio:
+            return ""  # still a loop: what Whisper hallucinates from noise
+    return text if has_words(text) else ""
 
 
 class _Held(NamedTuple):
@@ -196,11 +209,13 @@ class _Held(NamedTuple):
 
 
 class Session(EndpointedSession):
-    """One stream: the endpointer's utterances, decoded by Whisper.
+    """One stream: the endpointer's utterances, decoded by Whisper once Silero
+    (`self.gate`) has heard speech in them; the others cost no decoding.
 
-    With language=auto the utterances are held, undecoded and without partials,
-    until the language is identified (`language_id`'s rule); then they are decoded
-    in it, in order, and the session goes on as if that language had been asked.
+    With language=auto the utterances with speech are held, undecoded and without
+    partials, until the language is identified (`language_id`'s rule); then they are
+    decoded in it, in order, and the session goes on as if that language had been
+    asked.
     """
 
     def __init__(self, sample_rate: int, language: str):
@@ -218,6 +233,7 @@ class Session(EndpointedSession):
             self.language = whisper_language(language) or "en"
             _model_for(self.language)  # a first non-English session loads the base
         self.vad = Vad(sample_rate=SAMPLE_RATE)  # pauses inside long utterances
+        self.gate = SpeechGate(_gate)
         self.audio = bytearray()  # the utterance under way, 16 kHz
         self.partial = ""
         self.partial_due = FIRST_PARTIAL_BYTES
@@ -227,6 +243,7 @@ class Session(EndpointedSession):
         self._reset_utterance()
 
     def _reset_utterance(self) -> None:
+        self.gate.reset()
         self.audio.clear()
         self.partial = ""
         self.partial_due = FIRST_PARTIAL_BYTES
@@ -234,6 +251,7 @@ class Session(EndpointedSession):
     def _decode(self, speech: bytes) -> None:
         super()._decode(speech)
         self.audio += speech
+        self.gate.add(speech)
         if len(self.audio) >= CUT_ANYWAY_BYTES or (
             len(self.audio) >= CUT_AT_PAUSE_BYTES
             and len(speech) == self.frame_bytes
@@ -271,14 +289,15 @@ class Session(EndpointedSession):
         if not self.audio:  # cut just before the endpointer's own end
             return
         if self.identifying:
-            end = self.utterance_start + self.utterance_bytes / BYTES_PER_SECOND
-            self.held.append(
-                _Held(bytes(self.audio), self.utterance_start, end, self.utterances)
-            )
+            if self.gate.heard_speech():  # noise is neither held nor identified
+                end = self.utterance_start + self.utterance_bytes / BYTES_PER_SECOND
+                self.held.append(
+                    _Held(bytes(self.audio), self.utterance_start, end, self.utterances)
+                )
             self.audio.clear()
             self._identify(ended=True)
             return
-        text = self._transcribe(final=True)
+        text = self._transcribe(final=True) if self.gate.heard_speech() else ""
         if text:
             self._emit(text, is_partial=False)
         self.audio.clear()
@@ -291,7 +310,7 @@ class Session(EndpointedSession):
             self.partial_due = len(self.audio)  # a partial of it now
         if not (self.partials and self.endpointer.in_speech and self.audio):
             return
-        if len(self.audio) < self.partial_due:
+        if len(self.audio) < self.partial_due or not self.gate.heard_speech():
             return
         self.partial_due = len(self.audio) + PARTIAL_EVERY_BYTES
         text = self._transcribe(final=False)
@@ -305,7 +324,10 @@ class Session(EndpointedSession):
     def _identify(self, *, ended: bool) -> None:
         """Try to identify the language of the speech held so far (and of the
         utterance under way); once it is, decode what was held."""
-        speech = b"".join(held.audio for held in self.held) + bytes(self.audio)
+        under_way = bytes(self.audio) if self.gate.heard_speech() else b""
+        speech = b"".join(held.audio for held in self.held) + under_way
+        if not speech:
+            return  # no speech heard yet: nothing to identify
         seconds = len(speech) / BYTES_PER_SECOND
         last = self.ending
         if not (

@@ -46,6 +46,7 @@ from transcription.engines import (
     TranscriptEvent,
     TranscriptionEngine,
     audio_backlog_limit,
+    has_words,
     language_id,
 )
 from transcription.models import HEARTBEAT_SECONDS, Transcript
@@ -552,6 +553,10 @@ class StreamSession:
         now = asyncio.get_running_loop().time()
         if self.state is State.FLUSHING:
             self.clock.progress_at = now
+        if not has_words(event.text):
+            # Noise transcribed (". . ."), whatever the engine: no partial (nor
+            # barge-in), no final, so nothing stored, batched or answered.
+            return
         if event.is_partial:
             self.latency.on_event(now)
             if self.voice is not None:
@@ -560,7 +565,7 @@ class StreamSession:
                 await self._send(
                     protocol.event_message(event, detail=self.params.detail)
                 )
-        elif event.text.strip():
+        else:
             await self._relay_final(event)
 
     async def _language_identified(self, found: LanguageIdentified) -> None:
