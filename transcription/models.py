@@ -78,6 +78,9 @@ class AudioSession(models.Model):
     server_host = models.CharField(max_length=255, blank=True)
     server_pid = models.PositiveIntegerField(null=True, blank=True)
     server_started_at = models.DateTimeField(null=True, blank=True)
+    # Its server let go of it while shutting down (a resumable session, closed 1001):
+    # any server may take it over at once, without waiting for that one to exit.
+    released_at = models.DateTimeField(null=True, blank=True)
     # Latencies, stored once per session (seconds): audio start → first partial; end of
     # an utterance's audio → its final; last final of a batch → its reply sent.
     first_partial_seconds = models.FloatField(null=True, blank=True)

@@ -338,3 +338,122 @@ def test_resume_on_another_server(raw_token, first_is):
         ("hello one", 1),
         ("hello two", 2),
     ]
+
+
+async def _drained(first, token: str) -> tuple[str, list[dict]]:
+    """A resumable session on `first`, which then shuts down (SIGTERM): the
+    session's id and what its socket got up to the close (1001)."""
+    ws, session_id = await _open(first, token)
+    await ws.send(b"hello one")
+    assert await _recv(ws) == {"transcript": "hello one", "seq": 1}
+    first.process.send_signal(signal.SIGTERM)
+    messages = await drain(ws)
+    assert ws.close_code == 1001, (messages, first.output()[-3000:])
+    await asyncio.to_thread(first.process.wait, 30)
+    return session_id, messages
+
+
+async def _resume_after_drain(server, token: str, session_id: str) -> list[dict]:
+    resumed = await _resume(server, token, session_id, after=1)
+    answer = await _recv(resumed)
+    assert answer.get("type") == "resumed", (answer, server.output()[-3000:])
+    replayed = await _recv(resumed)  # the reply the drain sent, after seq 1
+    assert (replayed["type"], replayed["seq"]) == ("server_response", 2)
+    assert replayed["message"] == "You said hello one"
+    return await _continue_and_end(resumed, seq=3)
+
+
+def _check_drained(messages: list[dict]) -> None:
+    # The batch was answered as the server drained, then the session closed 1001.
+    reply, error = messages
+    assert (reply["seq"], reply["message"]) == (2, "You said hello one")
+    assert "shutting down" in error["error"]
+
+
+def _check_resumed_record(messages: list[dict], pid: int) -> None:
+    [reply] = messages
+    assert (reply["seq"], reply["message"]) == (4, "You said hello two")
+    [session] = AudioSession.objects.all()
+    assert (session.status, session.server_pid) == ("completed", pid)
+    assert (session.close_code, session.released_at) == (1000, None)
+    assert list(Transcript.objects.values_list("text", "message_seq")) == [
+        ("hello one", 1),
+        ("hello two", 3),
+    ]
+
+
+def test_resume_after_the_server_restarts(raw_token):
+    """A deploy: the server drains (SIGTERM), closes the resumable session 1001 and
+    lets go of it; the restarted server takes it over at once."""
+    receiver = TcpReceiver()
+
+    async def main():
+        await receiver.start()
+        try:
+            env = _env(receiver)
+            with run_daphne(env) as first:
+                session_id, drained = await _drained(first, raw_token)
+            [released] = await sync_to_async(list)(AudioSession.objects.all())
+            assert released.status == "active"
+            assert released.released_at is not None
+            with run_daphne(env) as second:
+                messages = await _resume_after_drain(second, raw_token, session_id)
+                return drained, messages, second.process.pid
+        finally:
+            await receiver.stop()
+
+    drained, messages, second_pid = asyncio.run(main())
+    _check_drained(drained)
+    _check_resumed_record(messages, second_pid)
+
+
+def test_a_drained_session_not_resumed_ends_as_the_shutdown_closed_it(raw_token):
+    """Released and never resumed: once its window is over, the next server's
+    start-up closes it as the shutdown did (1001, completed, not failed), and a
+    resume is refused."""
+    receiver = TcpReceiver()
+
+    async def main():
+        await receiver.start()
+        try:
+            env = _env(receiver, RESUME_SECONDS="1")
+            with run_daphne(env) as first:
+                session_id, _ = await _drained(first, raw_token)
+            await asyncio.sleep(1.5)  # past the resume window
+            with run_daphne(env) as second:
+                # The start-up comes with the first connection.
+                late = await _resume(second, raw_token, session_id, after=1)
+                refused = await drain(late)
+                return session_id, refused, late.close_code
+        finally:
+            await receiver.stop()
+
+    session_id, refused, code = asyncio.run(main())
+    assert code == 1008, refused
+    session = AudioSession.objects.get(pk=session_id)
+    assert (session.status, session.close_code) == ("completed", 1001)
+    assert "shutting down" in session.close_reason
+    assert list(session.errors.values_list("kind", flat=True)) == ["shutdown"]
+
+
+@pytest.mark.services
+def test_resume_on_another_server_after_a_drain(raw_token):
+    """Two servers: the first drains (SIGTERM) and lets go of the session; the
+    second takes it over at once, without waiting for the first one's heartbeat."""
+    _needs_services()
+    receiver = TcpReceiver()
+
+    async def main():
+        await receiver.start()
+        try:
+            with _two_servers_and_a_worker(_two_servers_env(receiver)) as servers:
+                first, second = servers
+                session_id, drained = await _drained(first, raw_token)
+                messages = await _resume_after_drain(second, raw_token, session_id)
+                return drained, messages, second.process.pid
+        finally:
+            await receiver.stop()
+
+    drained, messages, second_pid = asyncio.run(main())
+    _check_drained(drained)
+    _check_resumed_record(messages, second_pid)

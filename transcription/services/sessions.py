@@ -210,8 +210,38 @@ def session_take_over(*, session_id: uuid.UUID) -> bool:
     return bool(
         AudioSession.objects.filter(
             pk=session_id, status=AudioSession.Status.ACTIVE
-        ).update(heartbeat_at=timezone.now(), **server_process.current())
+        ).update(
+            heartbeat_at=timezone.now(),
+            released_at=None,
+            close_code=None,
+            close_reason="",
+            **server_process.current(),
+        )
     )
+
+
+def session_release(
+    *,
+    session_id: uuid.UUID,
+    close_code: int,
+    reason: str,
+    audio_bytes: int,
+    bytes_per_second: float | None,
+) -> bool:
+    """A shutting-down server lets go of a resumable session it closed (1001): it
+    stays active, for any server to take over at once; `close_code` and `reason`
+    are how it ends if nobody resumes it (`sessions_close_abandoned`)."""
+    with transaction.atomic():
+        released = AudioSession.objects.filter(
+            pk=session_id, status=AudioSession.Status.ACTIVE
+        ).update(
+            released_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+            close_code=close_code,
+            close_reason=reason[:200],
+        )
+        _session_update_audio(session_id, audio_bytes, bytes_per_second)
+    return bool(released)
 
 
 def batch_reply_numbered(*, batch_id: str, seq: int) -> None:
@@ -235,31 +265,54 @@ def sessions_close_abandoned() -> int:
     window = timezone.now() - dt.timedelta(
         seconds=settings.RESUME_SECONDS + HEARTBEAT_SECONDS
     )
+    # One its server released (shutting down) has RESUME_SECONDS from then.
+    released_window = timezone.now() - dt.timedelta(seconds=settings.RESUME_SECONDS)
     gone = [
         pk
-        for pk, pid, started, parameters, heartbeat in AudioSession.objects.filter(
-            status=AudioSession.Status.ACTIVE, server_host=server_process.HOST
-        ).values_list(
-            "pk", "server_pid", "server_started_at", "parameters", "heartbeat_at"
+        for pk, pid, started, parameters, heartbeat, released in (
+            AudioSession.objects.filter(
+                status=AudioSession.Status.ACTIVE, server_host=server_process.HOST
+            ).values_list(
+                "pk",
+                "server_pid",
+                "server_started_at",
+                "parameters",
+                "heartbeat_at",
+                "released_at",
+            )
         )
-        if not server_process.is_running(pid, started)
-        and not (parameters.get("resumable") and heartbeat > window)
+        if (released is not None and released < released_window)
+        or (
+            released is None
+            and not server_process.is_running(pid, started)
+            and not (parameters.get("resumable") and heartbeat > window)
+        )
     ]
     closed = 0
-    for session in _abandoned(gone).only("pk", "heartbeat_at"):
+    for session in _abandoned(gone).only(
+        "pk", "heartbeat_at", "released_at", "close_code", "close_reason"
+    ):
+        # Released by a server that shut down, and not resumed: it ends as that
+        # shutdown closed it (1001, not a failure), when it closed it.
+        released = session.released_at is not None
         with transaction.atomic():
             updated = (
                 _abandoned(gone)
                 .filter(pk=session.pk)
                 .update(
-                    status=AudioSession.Status.FAILED,
-                    ended_at=session.heartbeat_at,
-                    close_reason=message,
+                    status=AudioSession.Status.COMPLETED
+                    if released
+                    else AudioSession.Status.FAILED,
+                    ended_at=session.released_at or session.heartbeat_at,
+                    close_reason=session.close_reason if released else message,
                 )
             )
             if updated:
                 SessionError.objects.create(
-                    session_id=session.pk, kind="abandoned", message=message
+                    session_id=session.pk,
+                    close_code=session.close_code if released else None,
+                    kind="shutdown" if released else "abandoned",
+                    message=session.close_reason if released else message,
                 )
                 closed += updated
     if closed:

@@ -261,6 +261,38 @@ class SessionRecord:
             kind=refusal.kind,
         )
 
+    async def release(self, code: int, reason: str) -> bool:
+        """The server shuts down and lets go of a resumable session it closed: the
+        row stays active for another server to take over (`services.session_release`).
+        False: not released (finals still held, or the database did not take it);
+        the caller ends the row instead."""
+        if self.session_id is None or self.held:
+            return False
+        try:
+            if (found := self.unsaved_language) is not None:
+                await self._language(found)
+                self.unsaved_language = None
+            released = await db_call(
+                services.session_release,
+                session_id=self.session_id,
+                close_code=code,
+                reason=reason,
+                audio_bytes=self.audio_bytes,
+                bytes_per_second=self.bytes_per_second,
+            )
+        except DATABASE_AWAY:
+            return False
+        except Exception:
+            logger.exception("session %s: not released", self.session_id)
+            return False
+        if released:
+            logger.info(
+                "session %s released (%s): another server may resume it",
+                self.session_id,
+                code,
+            )
+        return released
+
     async def end(
         self,
         code: int | None,

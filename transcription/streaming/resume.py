@@ -3,9 +3,10 @@
 On this server a parked session is given the new socket (`StreamSession.resume`).
 On another one, its record says which process served it: a live one is asked over
 the channel layer to hand it over (its parked session stops without recording an
-end); a dead one (killed: not running on this host, or its heartbeat stopped) is
-not asked. Either way this process takes over the record: the stored messages after
-the client's seq (finals and replies carry it), a fresh engine stream, the same open
+end); a dead one (killed: not running on this host, or its heartbeat stopped), or
+one that shut down (it released the session when it closed it 1001), is not asked.
+Either way this process takes over the record: the stored messages after the
+client's seq (finals and replies carry it), a fresh engine stream, the same open
 batch. docs/protocol.md, "Resume".
 """
 
@@ -153,6 +154,11 @@ def _not_resumable(client: Client, row: AudioSession | None) -> str | None:
         return "not resumable"
     if _served_here(row):
         return "ended here (not resumed in time)"
+    if (
+        row.released_at is not None
+        and _since(row.released_at) > settings.RESUME_SECONDS
+    ):
+        return "released by its server too long ago"
     if _silent_for(row) > settings.RESUME_SECONDS + HEARTBEAT_SECONDS:
         return "its server went silent too long ago"
     return None
@@ -198,14 +204,20 @@ def _served_here(row: AudioSession) -> bool:
 
 def _running(row: AudioSession) -> bool:
     """Whether the process that served it may still run (other hosts: its
-    heartbeat decides)."""
+    heartbeat decides); not once it released the session (it shut down)."""
+    if row.released_at is not None:
+        return False
     if row.server_host == server_process.HOST:
         return server_process.is_running(row.server_pid, row.server_started_at)
     return True
 
 
 def _silent_for(row: AudioSession) -> float:
-    return (timezone.now() - row.heartbeat_at) / dt.timedelta(seconds=1)
+    return _since(row.heartbeat_at)
+
+
+def _since(moment: dt.datetime) -> float:
+    return (timezone.now() - moment) / dt.timedelta(seconds=1)
 
 
 def _params(row: AudioSession) -> StreamParams:

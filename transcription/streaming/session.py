@@ -693,13 +693,21 @@ class StreamSession:
             await self._close_transport(close)
             self._enter(State.CLOSED)
             self.release()
-            await self.record.end(
-                close.code,
-                close.message,
-                latency=self.latency.summary(),
-                error_kind=close.kind,
-                failed=close.is_failure,
+            # A resumable session the server closes as it shuts down is let go of:
+            # the client resumes it on another server (or this one, restarted).
+            released = (
+                self.resumable
+                and close is protocol.GOING_AWAY
+                and await self.record.release(close.code, close.message)
             )
+            if not released:
+                await self.record.end(
+                    close.code,
+                    close.message,
+                    latency=self.latency.summary(),
+                    error_kind=close.kind,
+                    failed=close.is_failure,
+                )
         finally:
             await engine_closed
 
