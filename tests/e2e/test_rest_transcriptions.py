@@ -6,12 +6,15 @@ import json
 import re
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import soundfile
 
 from accounts.services import api_token_create
 from tests.e2e.servers import ROOT, run_daphne
+from tests.e2e.test_languages import SPANISH, _most_words
+from tests.transcription.test_whisper_multilingual import _espeak_pcm
 from transcription.models import AudioSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -117,6 +120,10 @@ def test_bad_input_gets_openais_error_shape(echo_rest, raw_token):
     with pytest.raises(openai.BadRequestError) as refused:
         transcribe(echo_rest, raw_token, language="xx")
     assert refused.value.body["message"].startswith("Unsupported language 'xx'")
+    with pytest.raises(openai.BadRequestError) as refused:
+        transcribe(echo_rest, raw_token, language="auto")  # echo identifies nothing
+    assert refused.value.body["param"] == "language"
+    assert "language=auto" in refused.value.body["message"]
     not_audio = io.BytesIO(b"this is no audio at all" * 100)
     with pytest.raises(openai.BadRequestError) as refused:
         client_for(echo_rest, raw_token).audio.transcriptions.create(
@@ -147,6 +154,27 @@ def test_the_offline_engine_hears_the_words(raw_token):
     session = AudioSession.objects.order_by("started_at").first()
     assert session.engine == "pocketsphinx"
     assert session.transcripts.get().text == "hello world"
+
+
+def test_language_auto_names_the_language_identified(raw_token, tmp_path):
+    """Whisper identifies the file's language (espeak-ng's Spanish: synthetic) and
+    verbose_json names it, as OpenAI's does when no language is given."""
+    spanish = tmp_path / "spanish.wav"
+    pcm = _espeak_pcm(SPANISH, "es")
+    soundfile.write(spanish, np.frombuffer(pcm, dtype="<i2"), 16000, subtype="PCM_16")
+    env = {"TRANSCRIPTION_ENGINE": "offline", "OFFLINE_DECODER_PROCESSES": "1"}
+    with run_daphne(env) as server:
+        verbose = transcribe(
+            server,
+            raw_token,
+            path=spanish,
+            language="auto",
+            response_format="verbose_json",
+        )
+    assert verbose.language == "es-ES"
+    assert _most_words(verbose.text, SPANISH), verbose.text
+    session = AudioSession.objects.get()
+    assert (session.language, session.detected_language) == ("auto", "es-ES")
 
 
 def test_the_aws_engine_answers_through_the_same_path(raw_token, tmp_path):

@@ -44,6 +44,7 @@ class FileResult:
     segments: list[Segment] = field(default_factory=list)
     close_code: int = 1006
     error: str = ""
+    language: str = ""  # language=auto: the language identified
 
     @property
     def text(self) -> str:
@@ -129,6 +130,8 @@ def _result(session: StreamSession, transport: _KeepingTransport) -> FileResult:
                     end=message.get("endTime"),
                 )
             )
+        elif message.get("type") == "language":
+            result.language = message["language"]
         elif "error" in message:
             result.error = message["error"]
     return result

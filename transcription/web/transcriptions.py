@@ -2,7 +2,7 @@
 
 Multipart fields as OpenAI's: `file` (required), `model` (required, any name: this
 server has one engine), `language` (ISO 639-1 such as `en`, or this server's own
-codes such as `en-US`), `response_format` (json, text, srt, vtt, verbose_json);
+codes such as `en-US`, or `auto` where the engine identifies it), `response_format` (json, text, srt, vtt, verbose_json);
 `prompt`, `temperature` and `timestamp_granularities[]` are accepted and ignored
 (the engines take none). Authenticated by an API token (`Authorization: Bearer`),
 recorded as a session (transcription.streaming.files).
@@ -31,10 +31,11 @@ from transcription.close_codes import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
 )
-from transcription.engines import get_engine
+from transcription.engines import Capabilities, get_engine
 from transcription.streaming.access import Grant
 from transcription.streaming.admission import Client
 from transcription.streaming.files import FileResult, Segment, transcribe_file
+from transcription.streaming.protocol import AUTO
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _fields(request: HttpRequest):
     return request.POST, request.FILES
 
 
-def _checked(post, files, languages: tuple[str, ...]) -> Upload:
+def _checked(post, files, caps: Capabilities) -> Upload:
     """The fields, checked in OpenAI's order of importance; raises BadUpload."""
     upload = files.get("file")
     if upload is None:
@@ -110,7 +111,17 @@ def _checked(post, files, languages: tuple[str, ...]) -> Upload:
             "response_format",
         )
     asked = post.get("language", "").strip()
-    language = _language(asked, languages) if asked else languages[0]
+    languages = caps.languages
+    if asked == AUTO:
+        if not caps.identifies_language:
+            raise _bad(
+                "Language identification (language=auto) is not available with "
+                f"this server's engine: ask for one of {', '.join(languages[:12])}.",
+                "language",
+            )
+        language: str | None = AUTO
+    else:
+        language = _language(asked, languages) if asked else languages[0]
     if language is None:
         shown = ", ".join(languages[:12])
         more = " and more" if len(languages) > 12 else ""
@@ -150,7 +161,7 @@ async def audio_transcriptions(request: HttpRequest) -> HttpResponse:
     try:
         token = await bearer_authenticate(request)
         post, files = await sync_to_async(_fields)(request)
-        upload = _checked(post, files, engine.capabilities.languages)
+        upload = _checked(post, files, engine.capabilities)
         audio = await _decoded(upload.file)
     except Refused as refused:
         return refused.response
@@ -218,7 +229,7 @@ def _formatted(
     return JsonResponse(
         {
             "task": "transcribe",
-            "language": language,
+            "language": result.language or language,
             "duration": round(audio.seconds, 3),
             "text": result.text,
             "segments": [
