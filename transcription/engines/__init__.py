@@ -18,6 +18,7 @@ from transcription.engines.stream import AudioBacklog
 from transcription.engines.types import (
     Capabilities,
     EngineError,
+    SpeechStarted,
     StreamParams,
     TranscriptEvent,
     audio_backlog_limit,
@@ -28,6 +29,7 @@ __all__ = [
     "AudioBacklog",
     "Capabilities",
     "EngineError",
+    "SpeechStarted",
     "SpeechToText",
     "StreamParams",
     "TranscriptEvent",
@@ -59,8 +61,13 @@ class SpeechToText(Protocol):
     async def end_audio(self) -> None:
         """No more audio: flush, so that events() ends after the last final."""
 
-    def events(self) -> AsyncIterator[TranscriptEvent]:
-        """Partials and finals as they come; raises EngineError on failure."""
+    async def finalize(self) -> None:
+        """End the utterance under way now (the client's Finalize): its final comes
+        after the audio sent so far, and the stream goes on."""
+
+    def events(self) -> AsyncIterator[TranscriptEvent | SpeechStarted]:
+        """Partials, finals and (when asked) speech onsets as they come; raises
+        EngineError on failure."""
 
     async def aclose(self) -> None:
         """Release everything (tasks, processes, connections); safe to call twice."""

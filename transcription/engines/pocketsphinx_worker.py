@@ -54,8 +54,8 @@ def _release_decoder(decoder: Decoder) -> None:
 class Session(EndpointedSession):
     """pocketsphinx: a decoder borrowed while in an utterance."""
 
-    def __init__(self, sample_rate: int):
-        super().__init__(sample_rate)
+    def __init__(self, sample_rate: int, endpointing_ms: int | None = None):
+        super().__init__(sample_rate, endpointing_ms)
         self.decoder: Decoder | None = None
         self.cmn = ""  # carried from one utterance to the next of this speaker
         self.unhyped_bytes = 0
@@ -104,17 +104,27 @@ class Session(EndpointedSession):
             self._emit(hyp.hypstr, is_partial=False)
 
 
-def session_open(key: str, sample_rate: int, language: str = "en-US") -> int:
+def session_open(
+    key: str,
+    sample_rate: int,
+    language: str = "en-US",
+    endpointing_ms: int | None = None,
+) -> int:
     """Start a session's state here (en-US only); returns this worker's pid."""
-    _sessions[key] = Session(sample_rate)
+    _sessions[key] = Session(sample_rate, endpointing_ms)
     return os.getpid()
 
 
 def feed(
-    key: str, data: bytes, last: bool = False, partials: bool = True
+    key: str,
+    data: bytes,
+    last: bool = False,
+    partials: bool = True,
+    finalize: bool = False,
 ) -> list[Event]:
-    """Decode more audio of a session; `last` flushes it and ends its last utterance."""
-    return _sessions[key].feed(data, last, partials)
+    """Decode more audio of a session; `last` flushes it and ends its last utterance,
+    `finalize` ends the utterance under way (the stream goes on)."""
+    return _sessions[key].feed(data, last, partials, finalize)
 
 
 def session_close(key: str) -> None:

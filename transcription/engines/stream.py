@@ -8,11 +8,13 @@ end that task puts in its queue.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
 from transcription.engines.types import (
     EngineError,
+    SpeechStarted,
     StreamParams,
     TranscriptEvent,
     audio_backlog_limit,
@@ -34,6 +36,8 @@ class AudioBacklog:
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._put = self._taken = 0  # bytes put and taken so far
+        self._marks: collections.deque[int] = collections.deque()  # see mark()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -54,7 +58,21 @@ class AudioBacklog:
             await self._room.wait()
         if not (self._ended or self._closed):
             self._data += chunk
+            self._put += len(chunk)
             self._readable.set()
+
+    def mark(self) -> None:
+        """A point in the audio, here (a Finalize): take() stops at it, and
+        `passed_mark()` says when it was reached."""
+        self._marks.append(self._put)
+        self._readable.set()
+
+    def passed_mark(self) -> bool:
+        """Whether what was taken reached the oldest mark (forgotten once told)."""
+        if self._marks and self._marks[0] <= self._taken:
+            self._marks.popleft()
+            return True
+        return False
 
     def end(self) -> None:
         """No more audio will come."""
@@ -70,7 +88,7 @@ class AudioBacklog:
 
     async def readable(self) -> None:
         """Wait until there is audio to take or the end was announced."""
-        while not (self._data or self._ended):
+        while not (self._data or self._ended or self._marks):
             self._readable.clear()
             await self._readable.wait()
 
@@ -78,8 +96,11 @@ class AudioBacklog:
         """Up to `max_bytes` of the oldest audio (whole 16-bit samples when cut)."""
         if len(self._data) > max_bytes:
             max_bytes -= max_bytes % 2
+        if self._marks:  # exactly to the mark, where the client put it
+            max_bytes = min(max_bytes, self._marks[0] - self._taken)
         data = bytes(self._data[:max_bytes])
         del self._data[: len(data)]
+        self._taken += len(data)
         if not self.full:
             self._room.set()
         return data
@@ -96,9 +117,9 @@ class BacklogStream:
 
     def __init__(self, params: StreamParams) -> None:
         self._backlog = AudioBacklog(audio_backlog_limit(params))
-        self._events: asyncio.Queue[TranscriptEvent | EngineError | None] = (
-            asyncio.Queue()
-        )
+        self._events: asyncio.Queue[
+            TranscriptEvent | SpeechStarted | EngineError | None
+        ] = asyncio.Queue()
 
     async def send_audio(self, chunk: bytes) -> None:
         await self._backlog.put(chunk)
@@ -109,7 +130,7 @@ class BacklogStream:
     async def end_audio(self) -> None:
         self._backlog.end()
 
-    async def events(self) -> AsyncIterator[TranscriptEvent]:
+    async def events(self) -> AsyncIterator[TranscriptEvent | SpeechStarted]:
         while True:
             item = await self._events.get()
             if item is None or isinstance(item, EngineError):

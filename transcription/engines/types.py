@@ -23,6 +23,13 @@ class TranscriptEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Speech began, `timestamp` seconds of audio from the start (vadEvents=true)."""
+
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
 class StreamParams:
     """What a client asked for, already validated against the engine's capabilities."""
 
@@ -38,6 +45,10 @@ class StreamParams:
     reply_stream: bool = False
     barge_in: bool = False
     silence_ms: int | None = None
+    # End of turn (docs/protocol.md §15): the pause that ends an utterance (None:
+    # the engine's own), and whether SpeechStarted events are wanted.
+    endpointing_ms: int | None = None
+    vad_events: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,7 @@ class Capabilities:
     min_sample_rate: int
     max_sample_rate: int
     options: tuple[str, ...] = ()  # extra query parameters passed through
+    endpointing: bool = False  # honours endpointingMs (the pause ending an utterance)
 
 
 class EngineError(Exception):

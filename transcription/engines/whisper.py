@@ -78,6 +78,7 @@ class WhisperEngine(PooledEngine):
             encodings=("pcm",),
             min_sample_rate=8000,
             max_sample_rate=192000,
+            endpointing=True,
         )
 
     async def warm_up(self) -> None:

@@ -173,8 +173,10 @@ def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
 class Session(EndpointedSession):
     """One stream: the endpointer's utterances, decoded by Whisper."""
 
-    def __init__(self, sample_rate: int, language: str):
-        super().__init__(sample_rate)
+    def __init__(
+        self, sample_rate: int, language: str, endpointing_ms: int | None = None
+    ):
+        super().__init__(sample_rate, endpointing_ms)
         self.language = whisper_language(language) or "en"
         _model_for(self.language)  # a first non-English session loads the base here
         self.vad = Vad(sample_rate=SAMPLE_RATE)  # pauses inside long utterances
@@ -234,17 +236,27 @@ class Session(EndpointedSession):
         return transcribe(samples / 32768.0, self.language, final=final)
 
 
-def session_open(key: str, sample_rate: int, language: str = "en-US") -> int:
+def session_open(
+    key: str,
+    sample_rate: int,
+    language: str = "en-US",
+    endpointing_ms: int | None = None,
+) -> int:
     """Start a session's state here; returns this worker's pid."""
-    _sessions[key] = Session(sample_rate, language)
+    _sessions[key] = Session(sample_rate, language, endpointing_ms)
     return os.getpid()
 
 
 def feed(
-    key: str, data: bytes, last: bool = False, partials: bool = True
+    key: str,
+    data: bytes,
+    last: bool = False,
+    partials: bool = True,
+    finalize: bool = False,
 ) -> list[Event]:
-    """Decode more audio of a session; `last` flushes it and ends its last utterance."""
-    return _sessions[key].feed(data, last, partials)
+    """Decode more audio of a session; `last` flushes it and ends its last utterance,
+    `finalize` ends the utterance under way (the stream goes on)."""
+    return _sessions[key].feed(data, last, partials, finalize)
 
 
 def session_close(key: str) -> None:
