@@ -262,7 +262,7 @@ async def test_aws_finalize_makes_the_partial_in_flight_final(raw_token, tmp_pat
     # the words made final stand (the service may still have revised them).
     # (The partial in flight is wherever the service was: a word or three.)
     assert finals[0].endswith("today")
-    spoken = len("weather is nice today".split())  # the service's final for it
+    spoken = 4  # words in the service's final for it: "weather is nice today"
     assert len(first["transcript"].split()) + len(finals[0].split()) == spoken
     assert finals[1:] == ["waste turn on the lights"]
     assert error["error"].startswith("Unsupported endpointingMs")

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from tests.audio import chunks, read_pcm
-from transcription.engines import Capabilities, TranscriptEvent
+from transcription.engines import Capabilities, StreamParams, TranscriptEvent
 from transcription.engines import pocketsphinx_worker as worker
 from transcription.engines.early_finals import EarlyFinals
 from transcription.engines.echo import EchoEngine
@@ -256,3 +256,25 @@ def test_a_second_finalize_in_the_same_result():
     early.told(partial("one two"))
     assert early.finalize() == final("two", "r1+1")
     assert early.told(final("one two three")) == final("three", "r1+2")
+
+
+# --- stored with the session: a take-over elsewhere keeps them ---------------------
+
+
+@pytest.mark.django_db
+def test_a_take_over_opens_the_engine_with_the_same_settings():
+    from transcription.services import session_start
+    from transcription.streaming.resume import _params
+
+    asked = StreamParams(endpointing_ms=800, vad_events=True)
+    row = session_start(
+        user=None, token=None, auth_method="", engine="whisper", params=asked
+    )
+    assert row.parameters == {"detail": False, "endpointingMs": 800, "vadEvents": True}
+    restored = _params(row)
+    assert (restored.endpointing_ms, restored.vad_events) == (800, True)
+    assert restored.options == {}
+    plain = session_start(
+        user=None, token=None, auth_method="", engine="whisper", params=StreamParams()
+    )
+    assert plain.parameters == {"detail": False}  # a seed client's row as before
