@@ -355,6 +355,10 @@ SILENCE_SECONDS = env.float("SILENCE_SECONDS", default=3.0)
 # The bounds of a session's own pause (`silenceMs=`, docs/protocol.md §11).
 SILENCE_MS_MIN = env.int("SILENCE_MS_MIN", default=500)
 SILENCE_MS_MAX = env.int("SILENCE_MS_MAX", default=10000)
+# The bounds of a session's pause that ends an utterance (`endpointingMs=`,
+# docs/protocol.md §15); without it, the offline engines' own 300 ms.
+ENDPOINTING_MS_MIN = env.int("ENDPOINTING_MS_MIN", default=200)
+ENDPOINTING_MS_MAX = env.int("ENDPOINTING_MS_MAX", default=5000)
 TTS_ENGINE = env.str("TTS_ENGINE", default="offline")
 TTS_TIMEOUT = env.float("TTS_TIMEOUT", default=30.0)
 # ONNX Runtime threads per Piper synthesis (TTS_THREADS of them may run at once).

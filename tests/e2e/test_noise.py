@@ -67,8 +67,9 @@ async def test_noise_gets_no_transcript_and_speech_its_words(raw_token):
         "SILENCE_SECONDS": "60",
         "TTS_ENGINE": "espeak",
     }
-    # resumable=true only for the session id it announces (to find its batches).
-    url = f"{{}}/?token={raw_token}&detail=true&resumable=true"
+    # resumable=true only for the session id it announces (to find its batches);
+    # vadEvents=true: noise gets no SpeechStarted either.
+    url = f"{{}}/?token={raw_token}&detail=true&resumable=true&vadEvents=true"
     try:
         with run_daphne(env) as server:
             url = url.format(server.ws_url)
@@ -87,6 +88,7 @@ async def test_noise_gets_no_transcript_and_speech_its_words(raw_token):
     for name, (_, messages) in zip(sorted(NOISES), noises, strict=True):
         assert messages == [], name  # no final, and no partial either
     for _, messages in spoken:
+        assert messages[0]["type"] == "SpeechStarted"  # before any transcript
         heard = _finals(messages)
         assert WEATHER in heard
         assert LIGHTS in heard
@@ -100,7 +102,7 @@ async def test_noise_gets_no_transcript_and_speech_its_words(raw_token):
 
 async def test_pocketsphinx_hears_no_word_in_noise(raw_token):
     env = {"TRANSCRIPTION_ENGINE": "pocketsphinx", "OFFLINE_DECODER_PROCESSES": "1"}
-    url = f"{{}}/?token={raw_token}&resumable=true"
+    url = f"{{}}/?token={raw_token}&resumable=true&vadEvents=true"
     with run_daphne(env) as server:
         url = url.format(server.ws_url)
         results = await asyncio.gather(
@@ -109,5 +111,6 @@ async def test_pocketsphinx_hears_no_word_in_noise(raw_token):
             stream(url, fixture_pcm("two_utterances.wav")),
         )
     pink, white, speech = (messages for _, messages in results)
-    assert pink == white == []
+    assert pink == white == []  # no SpeechStarted either
     assert "lights" in _finals(speech)
+    assert [m for m in speech if m.get("type") == "SpeechStarted"]

@@ -221,7 +221,9 @@ class _BusyDecoder:
         self.busy = threading.Event()
         self.free = threading.Event()
 
-    def feed(self, key: str, data: bytes, last: bool, partials: bool) -> list:
+    def feed(
+        self, key: str, data: bytes, last: bool, partials: bool, finalize: bool = False
+    ) -> list:
         self.busy.set()
         self.free.wait(30)  # bounded: a failing test does not hang the run
         return []

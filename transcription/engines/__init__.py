@@ -21,6 +21,7 @@ from transcription.engines.types import (
     Capabilities,
     EngineError,
     LanguageIdentified,
+    SpeechStarted,
     StreamEvent,
     StreamParams,
     TranscriptEvent,
@@ -34,6 +35,7 @@ __all__ = [
     "Capabilities",
     "EngineError",
     "LanguageIdentified",
+    "SpeechStarted",
     "SpeechToText",
     "StreamEvent",
     "StreamParams",
@@ -67,9 +69,14 @@ class SpeechToText(Protocol):
     async def end_audio(self) -> None:
         """No more audio: flush, so that events() ends after the last final."""
 
+    async def finalize(self) -> None:
+        """End the utterance under way now (the client's Finalize): its final comes
+        after the audio sent so far, and the stream goes on."""
+
     def events(self) -> AsyncIterator[StreamEvent]:
-        """Partials and finals as they come (with language=auto, the language
-        identified first, once); raises EngineError on failure."""
+        """Partials, finals, (when asked) speech onsets and (with language=auto)
+        the language identified, once, as they come; raises EngineError on
+        failure."""
 
     async def aclose(self) -> None:
         """Release everything (tasks, processes, connections); safe to call twice."""

@@ -41,11 +41,13 @@ from transcription.engines.aws_languages import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
 )
+from transcription.engines.early_finals import EarlyFinals
 from transcription.engines.options import parse_flag
 from transcription.engines.stream import BacklogStream
 from transcription.engines.types import (
     Capabilities,
     EngineError,
+    SpeechStarted,
     StreamParams,
     TranscriptEvent,
 )
@@ -204,9 +206,17 @@ class AwsTranscribeStream(BacklogStream):
         self._http = http
         self._session_id = params.session_id
         self._min_event, self._max_event = _event_sizes(params)
+        self._early = EarlyFinals()  # Finalize: the service has no call for it
+        self._vad_events = params.vad_events
+        self._last_result = ""  # its first event is the onset (vadEvents)
         self._closed = False
         self._sender = asyncio.create_task(self._send())
         self._reader = asyncio.create_task(self._read())
+
+    async def finalize(self) -> None:
+        """The partial in flight made final now (see `early_finals`)."""
+        if (final := self._early.finalize()) is not None:
+            self._events.put_nowait(final)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -249,13 +259,21 @@ class AwsTranscribeStream(BacklogStream):
             async for event in self._stream.output_stream:
                 if isinstance(event, AwsTranscriptEvent):
                     for item in _transcript_events(event):
-                        self._events.put_nowait(item)
+                        self._told(item)
             if not self._closed:
                 await self._http.check_completed()
         except Exception as exc:
             self._fail(exc)
         finally:
             self._end_events()
+
+    def _told(self, item: TranscriptEvent) -> None:
+        # No VAD here: a result's first event is when the service heard speech.
+        if self._vad_events and item.result_id != self._last_result:
+            self._events.put_nowait(SpeechStarted(timestamp=item.start or 0.0))
+        self._last_result = item.result_id
+        if (told := self._early.told(item)) is not None:
+            self._events.put_nowait(told)
 
     def _fail(self, exc: Exception) -> None:
         error = engine_error(exc)

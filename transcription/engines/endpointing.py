@@ -3,6 +3,11 @@
 Shared by the worker modules (`offline_worker`, `whisper_worker`): like them it
 imports no Django. `EndpointedSession` turns a session's audio, at any sample rate
 and in chunks of any size, into 16 kHz utterances with pocketsphinx's VAD endpointer.
+
+The pause that ends an utterance (`endpointing_ms`, the client's endpointingMs) is
+the endpointer's window up to its default, 0.3 s; a longer pause keeps that window and
+holds the utterance open for the rest (`hold_frames`): a longer window would also
+need that much speech (90% of it) before an utterance starts, and miss short words.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ from pocketsphinx import Endpointer
 SAMPLE_RATE = 16000  # what the models are trained on
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 
-# (text, is_partial, start seconds, end seconds, utterance number)
+# (text, is_partial, start seconds, end seconds, utterance number); an onset
+# (speech began) is a partial with no text (ONSET), which no decoder emits.
 Event = tuple[str, bool, float, float, int]
+ONSET = ""
+DEFAULT_WINDOW_MS = 300  # pocketsphinx's own Endpointer window
+MIN_WINDOW_MS = 200  # shorter, its 90% rule cannot decide (it refuses)
 
 
 def exit_with_parent() -> None:
@@ -36,6 +45,15 @@ def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
     os._exit(0)
 
 
+def window_and_hold(endpointing_ms: int | None, frame_ms: float) -> tuple[float, int]:
+    """The endpointer's window (seconds) and the frames of silence held after it,
+    for a pause of `endpointing_ms` (None: the endpointer's own, 0.3 s)."""
+    if endpointing_ms is None:
+        return Endpointer.DEFAULT_WINDOW, 0
+    window_ms = max(min(endpointing_ms, DEFAULT_WINDOW_MS), MIN_WINDOW_MS)
+    return window_ms / 1000, max(round((endpointing_ms - window_ms) / frame_ms), 0)
+
+
 class EndpointedSession:
     """One stream's front end: resampler and VAD endpointer, in 16 kHz frames.
 
@@ -44,9 +62,13 @@ class EndpointedSession:
     call; they append events to `self.events`.
     """
 
-    def __init__(self, sample_rate: int):
-        self.endpointer = Endpointer(sample_rate=SAMPLE_RATE)
+    def __init__(self, sample_rate: int, endpointing_ms: int | None = None):
+        frame_ms = Endpointer(sample_rate=SAMPLE_RATE).frame_length * 1000
+        window, self.hold_frames = window_and_hold(endpointing_ms, frame_ms)
+        self.endpointer = Endpointer(window=window, sample_rate=SAMPLE_RATE)
         self.frame_bytes = self.endpointer.frame_bytes
+        self.held: int | None = None  # frames of silence an utterance is held for
+        self.onset_at: float | None = None  # an utterance's onset, not announced yet
         self.resampler = (
             None
             if sample_rate == SAMPLE_RATE
@@ -61,7 +83,11 @@ class EndpointedSession:
         self.utterance_bytes = 0
         self.events: list[Event] = []
 
-    def feed(self, data: bytes, last: bool, partials: bool = True) -> list[Event]:
+    def feed(
+        self, data: bytes, last: bool, partials: bool = True, finalize: bool = False
+    ) -> list[Event]:
+        """Events of more audio; `last` ends the stream, `finalize` the utterance
+        under way (after this audio)."""
         self.partials = partials
         self.pending += self._to_16k(data, last)
         frame_bytes = self.frame_bytes
@@ -71,20 +97,31 @@ class EndpointedSession:
             self._frame(bytes(view[offset : offset + frame_bytes]))
         view.release()
         del self.pending[:whole]
-        if last:
-            if self.endpointer.in_speech:
-                # The endpointer rejects an empty last frame; one silent sample is
-                # inaudible.
-                tail = bytes(self.pending[: len(self.pending) & ~1]) or b"\0\0"
-                speech = self.endpointer.end_stream(tail)
-                if speech:
-                    self._decode(speech)
-                self._end_utterance()
-            self.pending.clear()
+        self._announce_onset()
+        if last or finalize:
+            self._flush_utterance(whole=last)
         else:
             self._after_feed()
         events, self.events = self.events, []
         return events
+
+    def _flush_utterance(self, *, whole: bool) -> None:
+        """End the utterance under way now, with what the endpointer still holds;
+        `whole`: also the audio short of a frame (the stream ends). The endpointer
+        goes on afterwards (its clock too)."""
+        if self.endpointer.in_speech:
+            # The endpointer rejects an empty last frame; one silent sample is
+            # inaudible.
+            tail = bytes(self.pending[: len(self.pending) & ~1]) if whole else b""
+            speech = self.endpointer.end_stream(tail or b"\0\0")
+            if speech:
+                self._decode(speech)
+            self._utterance_ended()
+        elif self.held is not None:
+            self._utterance_ended()
+        self.held = None
+        if whole:
+            self.pending.clear()
 
     def close(self) -> None:
         """Release what the session holds (its worker forgets it)."""
@@ -103,17 +140,54 @@ class EndpointedSession:
         was_in_speech = self.endpointer.in_speech
         speech = self.endpointer.process(frame)
         if speech is None:
+            if self.held is not None:
+                self.held += 1
+                if self.held >= self.hold_frames:  # the whole pause: it ends
+                    self.held = None
+                    self._utterance_ended()
             return
         if not was_in_speech:
-            self._start_utterance()
+            if self.held is None:
+                self._start_utterance()
+            else:  # speech again within the pause: the same utterance goes on
+                self.held = None
+                self._resume_utterance()
         self._decode(speech)
         if not self.endpointer.in_speech:
-            self._end_utterance()
+            if self.hold_frames:
+                self.held = 0
+            else:
+                self._utterance_ended()
+
+    def _resume_utterance(self) -> None:
+        """The pause, as silence: the decoder hears it, and the times stay right."""
+        heard = self.utterance_start + self.utterance_bytes / BYTES_PER_SECOND
+        gap = int((self.endpointer.speech_start - heard) * SAMPLE_RATE)
+        if gap > 0:
+            self._decode(bytes(2 * gap))
 
     def _start_utterance(self) -> None:
         self.utterances += 1
         self.utterance_start = self.endpointer.speech_start
         self.utterance_bytes = 0
+        self.onset_at = round(self.utterance_start, 3)
+
+    def _announce_onset(self) -> None:
+        """The utterance's onset (SpeechStarted), once its speech is confirmed: not
+        for noise a speech gate turns down (checked once per call, and at its end)."""
+        start = self.onset_at
+        if start is not None and self._speech_confirmed():
+            self.onset_at = None
+            self.events.append((ONSET, True, start, start, self.utterances))
+
+    def _speech_confirmed(self) -> bool:
+        """Whether the utterance under way is speech (subclasses with a gate)."""
+        return True
+
+    def _utterance_ended(self) -> None:
+        self._announce_onset()
+        self.onset_at = None  # never confirmed: never announced
+        self._end_utterance()
 
     def _decode(self, speech: bytes) -> None:
         self.utterance_bytes += len(speech)

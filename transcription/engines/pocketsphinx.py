@@ -16,6 +16,7 @@ class PocketsphinxEngine(PooledEngine):
         encodings=("pcm",),
         min_sample_rate=8000,
         max_sample_rate=192000,
+        endpointing=True,
     )
 
     def __init__(self, processes: int | None = None) -> None:

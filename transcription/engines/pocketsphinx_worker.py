@@ -68,8 +68,8 @@ class Session(EndpointedSession):
     """pocketsphinx: a decoder borrowed while in an utterance, fed once the
     utterance is known to be speech."""
 
-    def __init__(self, sample_rate: int):
-        super().__init__(sample_rate)
+    def __init__(self, sample_rate: int, endpointing_ms: int | None = None):
+        super().__init__(sample_rate, endpointing_ms)
         self.decoder: Decoder | None = None
         self.gate = SpeechGate(_gate)
         self.unheard = bytearray()  # the utterance's audio before Silero heard speech
@@ -119,6 +119,9 @@ class Session(EndpointedSession):
                 self.partial = text
                 self._emit(text, is_partial=True)
 
+    def _speech_confirmed(self) -> bool:
+        return self.gate.heard_speech()
+
     def _end_utterance(self) -> None:
         decoder, self.decoder = self._utterance_decoder(), None
         self.unheard.clear()  # never speech: never decoded
@@ -130,17 +133,27 @@ class Session(EndpointedSession):
             self._emit(hyp.hypstr, is_partial=False)
 
 
-def session_open(key: str, sample_rate: int, language: str = "en-US") -> int:
+def session_open(
+    key: str,
+    sample_rate: int,
+    language: str = "en-US",
+    endpointing_ms: int | None = None,
+) -> int:
     """Start a session's state here (en-US only); returns this worker's pid."""
-    _sessions[key] = Session(sample_rate)
+    _sessions[key] = Session(sample_rate, endpointing_ms)
     return os.getpid()
 
 
 def feed(
-    key: str, data: bytes, last: bool = False, partials: bool = True
+    key: str,
+    data: bytes,
+    last: bool = False,
+    partials: bool = True,
+    finalize: bool = False,
 ) -> list[Event]:
-    """Decode more audio of a session; `last` flushes it and ends its last utterance."""
-    return _sessions[key].feed(data, last, partials)
+    """Decode more audio of a session; `last` flushes it and ends its last utterance,
+    `finalize` ends the utterance under way (the stream goes on)."""
+    return _sessions[key].feed(data, last, partials, finalize)
 
 
 def session_close(key: str) -> None:

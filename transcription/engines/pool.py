@@ -10,8 +10,10 @@ events that come back. `send_audio()` only appends to a bounded backlog, and wai
 while it is full.
 
 A worker module provides `init_worker(*initargs)`, `session_open(key, sample_rate,
-language, partials) -> pid`, `feed(key, data, last, partials) -> events`,
-`session_close(key)` and `stats()`.
+language, endpointing_ms) -> pid`, `feed(key, data, last, partials, finalize) ->
+events`, `session_close(key)` and `stats()`. A Finalize is a mark in the backlog: the
+call that reaches it carries `finalize`, so the utterance ends after exactly the audio
+sent before it.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from typing import Any
 from django.conf import settings
 
 from transcription.close_codes import CLOSE_SERVER_ERROR
+from transcription.engines.endpointing import ONSET
 from transcription.engines.stream import BacklogStream
 from transcription.engines.types import (
     Capabilities,
     EngineError,
     LanguageIdentified,
+    SpeechStarted,
     StreamParams,
     TranscriptEvent,
 )
@@ -156,6 +160,7 @@ class OfflineStream(BacklogStream):
         self._pool, self._worker, self._executor = pool, worker, executor
         self._key = key
         self._send_partials = params.send_partials
+        self._vad_events = params.vad_events
         # Partials are skipped, finals never, while a call carries more audio than
         # this (the session is behind real time); None: never skipped.
         self._behind_bytes = (
@@ -166,6 +171,9 @@ class OfflineStream(BacklogStream):
         self._max_call_bytes = int(params.sample_rate * MAX_SECONDS_PER_CALL) * 2
         self._closed = False
         self._task = asyncio.create_task(self._decode_loop())
+
+    async def finalize(self) -> None:
+        self._backlog.mark()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -221,12 +229,17 @@ class OfflineStream(BacklogStream):
                 data,
                 last,
                 self._partials_wanted(len(data)),
+                backlog.passed_mark(),
             )
             for event in events:
                 if isinstance(event, LanguageIdentified):
                     self._events.put_nowait(event)
                     continue
                 text, is_partial, start, end, utterance = event
+                if is_partial and text == ONSET:
+                    if self._vad_events:
+                        self._events.put_nowait(SpeechStarted(timestamp=start))
+                    continue
                 self._events.put_nowait(
                     TranscriptEvent(
                         text=text,
@@ -307,6 +320,7 @@ class PooledEngine:
                 key,
                 params.sample_rate,
                 params.language,
+                params.endpointing_ms,
             )
         )
         try:

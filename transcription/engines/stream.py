@@ -8,6 +8,7 @@ end that task puts in its queue.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -34,6 +35,8 @@ class AudioBacklog:
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._put = self._taken = 0  # bytes put and taken so far
+        self._marks: collections.deque[int] = collections.deque()  # see mark()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -54,7 +57,21 @@ class AudioBacklog:
             await self._room.wait()
         if not (self._ended or self._closed):
             self._data += chunk
+            self._put += len(chunk)
             self._readable.set()
+
+    def mark(self) -> None:
+        """A point in the audio, here (a Finalize): take() stops at it, and
+        `passed_mark()` says when it was reached."""
+        self._marks.append(self._put)
+        self._readable.set()
+
+    def passed_mark(self) -> bool:
+        """Whether what was taken reached the oldest mark (forgotten once told)."""
+        if self._marks and self._marks[0] <= self._taken:
+            self._marks.popleft()
+            return True
+        return False
 
     def end(self) -> None:
         """No more audio will come."""
@@ -70,7 +87,7 @@ class AudioBacklog:
 
     async def readable(self) -> None:
         """Wait until there is audio to take or the end was announced."""
-        while not (self._data or self._ended):
+        while not (self._data or self._ended or self._marks):
             self._readable.clear()
             await self._readable.wait()
 
@@ -78,8 +95,11 @@ class AudioBacklog:
         """Up to `max_bytes` of the oldest audio (whole 16-bit samples when cut)."""
         if len(self._data) > max_bytes:
             max_bytes -= max_bytes % 2
+        if self._marks:  # exactly to the mark, where the client put it
+            max_bytes = min(max_bytes, self._marks[0] - self._taken)
         data = bytes(self._data[:max_bytes])
         del self._data[: len(data)]
+        self._taken += len(data)
         if not self.full:
             self._room.set()
         return data

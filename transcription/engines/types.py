@@ -15,6 +15,7 @@ __all__ = [
     "Capabilities",
     "EngineError",
     "LanguageIdentified",
+    "SpeechStarted",
     "StreamEvent",
     "StreamParams",
     "TranscriptEvent",
@@ -34,9 +35,16 @@ class TranscriptEvent:
     speaker: str = ""  # when the engine labels speakers (AWS showSpeakerLabel)
 
 
-# What a stream yields: transcripts, and with language=auto its language, once,
-# before the first final.
-StreamEvent = TranscriptEvent | LanguageIdentified
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Speech began, `timestamp` seconds of audio from the start (vadEvents=true)."""
+
+    timestamp: float
+
+
+# What a stream yields: transcripts, speech onsets (vadEvents=true) and, with
+# language=auto, its language, once, before the first final.
+StreamEvent = TranscriptEvent | SpeechStarted | LanguageIdentified
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,10 @@ class StreamParams:
     reply_stream: bool = False
     barge_in: bool = False
     silence_ms: int | None = None
+    # End of turn (docs/protocol.md §15): the pause that ends an utterance (None:
+    # the engine's own), and whether SpeechStarted events are wanted.
+    endpointing_ms: int | None = None
+    vad_events: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +80,7 @@ class Capabilities:
     options: tuple[str, ...] = ()  # extra query parameters passed through
     # Whether it takes language=auto (identifies the language of the speech).
     identifies_language: bool = False
+    endpointing: bool = False  # honours endpointingMs (the pause ending an utterance)
 
 
 class EngineError(Exception):

@@ -80,6 +80,7 @@ class WhisperEngine(PooledEngine):
             min_sample_rate=8000,
             max_sample_rate=192000,
             identifies_language=not english_only,
+            endpointing=True,
         )
 
     async def warm_up(self) -> None:

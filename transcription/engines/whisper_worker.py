@@ -218,10 +218,12 @@ class Session(EndpointedSession):
     asked.
     """
 
-    def __init__(self, sample_rate: int, language: str):
-        super().__init__(sample_rate)
+    def __init__(
+        self, sample_rate: int, language: str, endpointing_ms: int | None = None
+    ):
+        super().__init__(sample_rate, endpointing_ms)
         self.identifying = language == language_id.AUTO
-        self.held: list[_Held] = []
+        self.waiting: list[_Held] = []  # utterances before the language is known
         self.tries = 0
         self.found: LanguageIdentified | None = None  # for the caller, once
         self.ending = False  # the stream ends with this call
@@ -269,12 +271,14 @@ class Session(EndpointedSession):
         self._reset_utterance()
 
     def feed_events(
-        self, data: bytes, last: bool, partials: bool = True
+        self, data: bytes, last: bool, partials: bool = True, finalize: bool = False
     ) -> list[Event | LanguageIdentified]:
         """`feed()`, with the language identified in this call first."""
         self.ending = last  # a try in this call takes its best guess
-        events: list[Event | LanguageIdentified] = [*self.feed(data, last, partials)]
-        if last and self.identifying and self.held:
+        events: list[Event | LanguageIdentified] = [
+            *self.feed(data, last, partials, finalize)
+        ]
+        if last and self.identifying and self.waiting:
             self._identify(ended=True)  # whatever was heard, now
             events += self.events
             self.events = []
@@ -285,13 +289,16 @@ class Session(EndpointedSession):
             self.found = None
         return events
 
+    def _speech_confirmed(self) -> bool:
+        return self.gate.heard_speech()
+
     def _end_utterance(self) -> None:
         if not self.audio:  # cut just before the endpointer's own end
             return
         if self.identifying:
             if self.gate.heard_speech():  # noise is neither held nor identified
                 end = self.utterance_start + self.utterance_bytes / BYTES_PER_SECOND
-                self.held.append(
+                self.waiting.append(
                     _Held(bytes(self.audio), self.utterance_start, end, self.utterances)
                 )
             self.audio.clear()
@@ -325,7 +332,7 @@ class Session(EndpointedSession):
         """Try to identify the language of the speech held so far (and of the
         utterance under way); once it is, decode what was held."""
         under_way = bytes(self.audio) if self.gate.heard_speech() else b""
-        speech = b"".join(held.audio for held in self.held) + under_way
+        speech = b"".join(held.audio for held in self.waiting) + under_way
         if not speech:
             return  # no speech heard yet: nothing to identify
         seconds = len(speech) / BYTES_PER_SECOND
@@ -345,7 +352,7 @@ class Session(EndpointedSession):
         self.identifying = False
         self.language = whisper_language(guess.language) or "en"
         self.found = guess
-        held, self.held = self.held, []
+        held, self.waiting = self.waiting, []
         for utterance in held:
             text = transcribe(_floats(utterance.audio), self.language, final=True)
             if text:
@@ -364,17 +371,27 @@ def _floats(audio: bytes | bytearray) -> np.ndarray:
     return np.frombuffer(bytes(audio), dtype="<i2").astype(np.float32) / 32768.0
 
 
-def session_open(key: str, sample_rate: int, language: str = "en-US") -> int:
+def session_open(
+    key: str,
+    sample_rate: int,
+    language: str = "en-US",
+    endpointing_ms: int | None = None,
+) -> int:
     """Start a session's state here; returns this worker's pid."""
-    _sessions[key] = Session(sample_rate, language)
+    _sessions[key] = Session(sample_rate, language, endpointing_ms)
     return os.getpid()
 
 
 def feed(
-    key: str, data: bytes, last: bool = False, partials: bool = True
+    key: str,
+    data: bytes,
+    last: bool = False,
+    partials: bool = True,
+    finalize: bool = False,
 ) -> list[Event | LanguageIdentified]:
-    """Decode more audio of a session; `last` flushes it and ends its last utterance."""
-    return _sessions[key].feed_events(data, last, partials)
+    """Decode more audio of a session; `last` flushes it and ends its last utterance,
+    `finalize` ends the utterance under way (the stream goes on)."""
+    return _sessions[key].feed_events(data, last, partials, finalize)
 
 
 def session_close(key: str) -> None:

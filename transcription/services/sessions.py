@@ -53,6 +53,17 @@ def voice_parameters(params: StreamParams) -> dict[str, object]:
     return asked
 
 
+def turn_parameters(params: StreamParams) -> dict[str, object]:
+    """The end-of-turn settings a session asked for (endpointingMs, vadEvents), as
+    stored in its `parameters` (a take-over elsewhere opens the engine with them)."""
+    asked: dict[str, object] = {}
+    if params.endpointing_ms is not None:
+        asked["endpointingMs"] = params.endpointing_ms
+    if params.vad_events:
+        asked["vadEvents"] = True
+    return asked
+
+
 def session_start(
     *,
     user,
@@ -70,6 +81,7 @@ def session_start(
             "detail": params.detail,
             **dict(params.options),
             **voice_parameters(params),
+            **turn_parameters(params),
         }
         if resumable:
             parameters["resumable"] = True

@@ -108,7 +108,8 @@ AT_CAPACITY: Final = Close(
 UNEXPECTED_TEXT: Final = Close(
     CLOSE_POLICY,
     "Unexpected text frame: send audio as binary frames and the text "
-    "END_OF_STREAM when done.",
+    "END_OF_STREAM when done (or a control message: "
+    '{"type": "KeepAlive"}, {"type": "Finalize"}, {"type": "CloseStream"}).',
     "frame",
 )
 ENGINE_DID_NOT_START: Final = Close(
@@ -244,6 +245,9 @@ KNOWN_PARAMETERS: Final = frozenset(
         "replyStream",
         "bargeIn",
         "silenceMs",
+        # End of turn (docs/protocol.md §15).
+        "endpointingMs",
+        "vadEvents",
     }
 )
 # The longest value a parameter the server reads may have (the token excepted: the
@@ -314,6 +318,8 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
         reply_stream=_flag(query, "replyStream", False),
         barge_in=_flag(query, "bargeIn", False),
         silence_ms=_silence_ms(query),
+        endpointing_ms=_endpointing_ms(query, caps),
+        vad_events=_flag(query, "vadEvents", False),
         language=language,
         encoding=encoding,
         sample_rate=sample_rate,
@@ -342,18 +348,85 @@ def _language(query: dict[str, list[str]], caps: Capabilities) -> str:
 def _silence_ms(query: dict[str, list[str]]) -> int | None:
     """silenceMs: this session's pause before a batch goes, within the settings'
     bounds (SILENCE_MS_MIN, SILENCE_MS_MAX); None: SILENCE_SECONDS."""
-    values = query.get("silenceMs")
+    return _milliseconds(
+        query, "silenceMs", settings.SILENCE_MS_MIN, settings.SILENCE_MS_MAX
+    )
+
+
+def _endpointing_ms(query: dict[str, list[str]], caps: Capabilities) -> int | None:
+    """endpointingMs: the pause that ends an utterance, within the settings' bounds
+    (ENDPOINTING_MS_MIN, ENDPOINTING_MS_MAX), for an engine that can honour it;
+    None: the engine's own."""
+    value = _milliseconds(
+        query,
+        "endpointingMs",
+        settings.ENDPOINTING_MS_MIN,
+        settings.ENDPOINTING_MS_MAX,
+    )
+    if value is not None and not caps.endpointing:
+        raise ProtocolError(
+            "Unsupported endpointingMs: this server's engine decides by itself when "
+            "an utterance ends; leave endpointingMs out (or send "
+            '{"type": "Finalize"} to end one now).'
+        )
+    return value
+
+
+def _milliseconds(
+    query: dict[str, list[str]], name: str, low: int, high: int
+) -> int | None:
+    values = query.get(name)
     if not values:
         return None
     text = values[-1]
-    low, high = settings.SILENCE_MS_MIN, settings.SILENCE_MS_MAX
     allowed = f"an integer from {low} to {high} (milliseconds)"
     if not text.isascii() or not text.isdigit():
-        raise ProtocolError(f"Invalid silenceMs {text!r}: use {allowed}.")
+        raise ProtocolError(f"Invalid {name} {text!r}: use {allowed}.")
     value = int(text)
     if not low <= value <= high:
-        raise ProtocolError(f"Unsupported silenceMs {value}: use {allowed}.")
+        raise ProtocolError(f"Unsupported {name} {value}: use {allowed}.")
     return value
+
+
+# --- control messages (JSON text frames; docs/protocol.md §15) ---------------------
+
+KEEP_ALIVE: Final = "KeepAlive"
+FINALIZE: Final = "Finalize"
+CLOSE_STREAM: Final = "CloseStream"
+CONTROL_TYPES: Final = frozenset({KEEP_ALIVE, FINALIZE, CLOSE_STREAM})
+
+
+def control_type(text: str) -> str | None:
+    """The type of a control message (`{"type": "KeepAlive"}`…), or None when the
+    text is none (not JSON, not an object, another type). Other keys are ignored."""
+    if not text.startswith("{"):
+        return None
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    kind = message.get("type") if isinstance(message, dict) else None
+    return kind if isinstance(kind, str) and kind in CONTROL_TYPES else None
+
+
+def speech_started_message(timestamp: float) -> str:
+    """vadEvents=true: speech began, `timestamp` seconds of the session's audio."""
+    return json.dumps({"type": "SpeechStarted", "timestamp": round(timestamp, 3)})
+
+
+def metadata_message(
+    *, session_id: uuid.UUID | None, audio_seconds: float, finals: int, duration: float
+) -> str:
+    """The last message before the close, after a CloseStream."""
+    return json.dumps(
+        {
+            "type": "Metadata",
+            "session_id": str(session_id) if session_id else None,
+            "audio_seconds": round(audio_seconds, 3),
+            "finals": finals,
+            "duration": round(duration, 3),
+        }
+    )
 
 
 def error_message(message: str) -> str:

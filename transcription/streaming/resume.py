@@ -221,19 +221,23 @@ def _since(moment: dt.datetime) -> float:
 
 
 def _params(row: AudioSession) -> StreamParams:
+    stored = row.parameters
     options = {
         name: str(value)
-        for name, value in row.parameters.items()
-        if name not in {"detail", "resumable"}
+        for name, value in stored.items()
+        if name not in {"detail", "resumable", "endpointingMs", "vadEvents"}
     }
+    endpointing = stored.get("endpointingMs")
     return StreamParams(
         # language=auto goes on in the language identified (no second message).
         language=row.detected_language or row.language or "en-US",
         encoding=row.encoding or "pcm",
         sample_rate=row.sample_rate or 16000,
         send_partials=row.send_partials,
-        detail=bool(row.parameters.get("detail")),
+        detail=bool(stored.get("detail")),
         options=options,
+        endpointing_ms=endpointing if isinstance(endpointing, int) else None,
+        vad_events=bool(stored.get("vadEvents")),
     )
 
 

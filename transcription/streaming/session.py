@@ -41,6 +41,7 @@ from transcription.db import db_call
 from transcription.engines import (
     EngineError,
     LanguageIdentified,
+    SpeechStarted,
     SpeechToText,
     StreamEvent,
     TranscriptEvent,
@@ -51,7 +52,7 @@ from transcription.engines import (
 )
 from transcription.models import HEARTBEAT_SECONDS, Transcript
 from transcription.runtime import capacity, shutdown, worker_runner
-from transcription.streaming import admission, protocol
+from transcription.streaming import admission, control, protocol
 from transcription.streaming.access import Handle, access_watch
 from transcription.streaming.admission import Client
 from transcription.streaming.latency import SessionLatency
@@ -163,6 +164,7 @@ class StreamSession:
         self._background: set[asyncio.Task] = set()
         self.waiting_for_room = False
         self.close_reason = ""
+        self.metadata_wanted = False  # CloseStream: Metadata before the close
         self.conclusion: Close | None = None
         self.lost_because: Close | None = None  # the server dropped the socket
         self.concluded = asyncio.Event()
@@ -178,6 +180,10 @@ class StreamSession:
         if state is not State.CLOSED and state not in _NEXT[self.state]:
             raise RuntimeError(f"session {self.session_id}: {self.state} → {state}")
         self.state = state
+
+    @property
+    def streams_audio(self) -> bool:
+        return self.state is State.STREAMING
 
     @property
     def takes_frames(self) -> bool:
@@ -370,6 +376,8 @@ class StreamSession:
             self.frame_too_big(len(text.encode()))
         elif text == protocol.END_OF_STREAM:
             await self.end_audio()
+        elif (kind := protocol.control_type(text)) is not None:
+            await control.handle(self, kind)
         else:
             self.conclude(protocol.UNEXPECTED_TEXT)
 
@@ -553,6 +561,10 @@ class StreamSession:
         now = asyncio.get_running_loop().time()
         if self.state is State.FLUSHING:
             self.clock.progress_at = now
+        if isinstance(event, SpeechStarted):
+            if self.params.vad_events:
+                await self._send(protocol.speech_started_message(event.timestamp))
+            return
         if not has_words(event.text):
             # Noise transcribed (". . ."), whatever the engine: no partial (nor
             # barge-in), no final, so nothing stored, batched or answered.
@@ -688,6 +700,8 @@ class StreamSession:
                 await self._send(protocol.error_message(close.message))
             elif self.voice:
                 await self.voice.flush_and_wait()
+            if self.metadata_wanted and not close.is_error:
+                await self._send(control.metadata(self))
             if self.parked is not None and close.kind != protocol.SHUTDOWN:
                 await self._until_resumed()  # what it says last reaches the client
             await self._close_transport(close)

@@ -1,8 +1,9 @@
 """POST /v1/audio/transcriptions: OpenAI's transcription endpoint, over our sessions.
 
 Multipart fields as OpenAI's: `file` (required), `model` (required, any name: this
-server has one engine), `language` (ISO 639-1 such as `en`, or this server's own
-codes such as `en-US`, or `auto` where the engine identifies it), `response_format` (json, text, srt, vtt, verbose_json);
+server has one engine), `language` (ISO 639-1 such as `en`, this server's own codes
+such as `en-US`, or `auto` where the engine identifies it), `response_format` (json,
+text, srt, vtt, verbose_json);
 `prompt`, `temperature` and `timestamp_granularities[]` are accepted and ignored
 (the engines take none). Authenticated by an API token (`Authorization: Bearer`),
 recorded as a session (transcription.streaming.files).
