@@ -199,6 +199,7 @@ class EndpointedSession:
         """Once per call that did not end the stream (partials, for example)."""
 
     def _emit(self, text: str, *, is_partial: bool) -> None:
+        self._announce_onset()  # words of it come after its onset
         end = self.utterance_start + self.utterance_bytes / BYTES_PER_SECOND
         self.events.append(
             (
