@@ -27,8 +27,9 @@ class AudioBacklog:
     decodes is slowed down instead of filling the server's memory.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, sample_bytes: int = 2) -> None:
         self.limit = limit
+        self.sample_bytes = sample_bytes  # take() cuts between whole samples
         self._data = bytearray()
         self._ended = self._closed = False
         self._readable = asyncio.Event()
@@ -75,9 +76,9 @@ class AudioBacklog:
             await self._readable.wait()
 
     def take(self, max_bytes: int) -> bytes:
-        """Up to `max_bytes` of the oldest audio (whole 16-bit samples when cut)."""
+        """Up to `max_bytes` of the oldest audio (whole samples when cut)."""
         if len(self._data) > max_bytes:
-            max_bytes -= max_bytes % 2
+            max_bytes -= max_bytes % self.sample_bytes
         data = bytes(self._data[:max_bytes])
         del self._data[: len(data)]
         if not self.full:
