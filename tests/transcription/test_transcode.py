@@ -117,8 +117,8 @@ async def test_g711_reaches_the_engine_as_pcm_at_its_own_rate(encoding):
 @pytest.mark.parametrize(
     ("audio", "why"),
     [
-        (os.urandom(20000), "does not begin as a WebM stream"),
-        (read_pcm("hello_world.wav")[0], "does not begin as a WebM stream"),
+        (os.urandom(20000), "does not begin as WebM streams do"),
+        (read_pcm("hello_world.wav")[0], "does not begin as WebM streams do"),
         # A header, then garbage: FFmpeg's own words.
         (b"\x1a\x45\xdf\xa3" + os.urandom(5000), "Invalid data"),
     ],

@@ -243,7 +243,7 @@ class ContainerStream:
         if not head:
             return  # no audio at all
         if not self._container.starts(head):
-            raise BadAudio(f"it does not begin as a {self._container.name} stream")
+            raise BadAudio(f"it does not begin as {self._container.name} streams do")
         resampler = av.AudioResampler(format="s16", layout="mono", rate=DECODED_RATE)
         skipped = decoded = 0
         with av.open(source, mode="r", format=self._container.demuxer) as container:
