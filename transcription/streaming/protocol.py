@@ -383,8 +383,9 @@ def resumable(query_string: bytes) -> bool:
     encoding = query.get("encoding", ["pcm"])[-1]
     if wanted and encoding not in SAMPLE_BYTES:
         raise ProtocolError(
-            f"resumable=true needs an encoding with a fixed byte rate (pcm, mulaw, "
-            f"alaw): a {encoding} stream cannot be resumed in the middle."
+            "resumable=true needs an encoding with a fixed byte rate (pcm, mulaw, "
+            f"alaw): {encoding[:20]} is a container, whose stream cannot be resumed "
+            "in the middle."
         )
     return wanted
 
