@@ -99,10 +99,11 @@ def test_mediarecorder_chunks_stream_as_webm_and_come_back_as_finals(
     assert mime.startswith("audio/webm")
     assert closed_with == 1000
     assert chunks_sent > 4  # streamed as recorded, not one file at the end
-    heard = [words(m["transcript"]) for m in received if "transcript" in m]
-    # The fake microphone loops the fixture: each sentence, whole, at least once.
-    assert WEATHER in heard
-    assert LIGHTS in heard
+    heard = " ".join(words(m["transcript"]) for m in received if "transcript" in m)
+    # The fake microphone loops the fixture: each sentence at least once (in one
+    # final or, if a busy machine made Chromium's fake device stutter, across two).
+    assert WEATHER in heard, received
+    assert LIGHTS in heard, received
     assert "error" not in str(received)
     session = AudioSession.objects.get()
     assert (session.encoding, session.close_code) == ("webm", 1000)
