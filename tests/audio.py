@@ -33,3 +33,43 @@ def mp3_seconds(audio: bytes) -> float:
     data, rate = soundfile.read(io.BytesIO(audio))
     assert abs(data).max() > 0.01  # not silence
     return len(data) / rate
+
+
+# How the tests make each encoding a client may send (docs/protocol.md §3): PyAV's
+# (format, codec, rate, muxer options), the containers as MediaRecorder's streams are.
+ENCODERS = {
+    "webm": ("webm", "libopus", 48000, {}),
+    "ogg-opus": ("ogg", "libopus", 48000, {"page_duration": "250000"}),
+    # Fragmented, as MediaRecorder writes it: a stream needs no seek back to `moov`.
+    "mp4": (
+        "mp4",
+        "aac",
+        48000,
+        {"movflags": "empty_moov+default_base_moof", "frag_duration": "250000"},
+    ),
+    "flac": ("flac", "flac", 16000, {}),
+    "mulaw": ("mulaw", "pcm_mulaw", 8000, {}),
+    "alaw": ("alaw", "pcm_alaw", 8000, {}),
+}
+
+
+def encode(pcm: bytes, rate: int, encoding: str) -> bytes:
+    """16-bit mono PCM at `rate` as `encoding` (one of ENCODERS), encoded by PyAV."""
+    import av
+    import numpy as np
+
+    form, codec, out_rate, options = ENCODERS[encoding]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=form, options=options) as container:
+        stream = container.add_stream(codec, rate=out_rate, layout="mono")
+        resampler = av.AudioResampler(
+            format=stream.format.name, layout="mono", rate=out_rate
+        )
+        frame = av.AudioFrame.from_ndarray(
+            np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = rate
+        for piece in [*resampler.resample(frame), *resampler.resample(None)]:
+            container.mux(stream.encode(piece))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()

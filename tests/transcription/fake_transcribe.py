@@ -6,8 +6,9 @@ checks what the service checks: the SigV4 `authorization` header (recomputed wit
 secret key the test gave the client), and that every audio event arrives inside a
 signed envelope whose chunk signature chains from the request's signature. It answers
 with partial and final `TranscriptEvent`s, decoded from the audio with pocketsphinx
-(16 kHz PCM) or taken from a script, and it can play each error the service sends:
-an HTTP error at start, an exception event mid-stream, the 15-second no-audio timeout.
+(PCM at any rate, resampled to 16 kHz) or taken from a script, and it can play each
+error the service sends: an HTTP error at start, an exception event mid-stream, the
+15-second no-audio timeout.
 
 It runs its own event loop in a thread, so an in-process engine and a daphne
 subprocess reach it alike at `fake.url`.
@@ -34,6 +35,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import numpy as np
 import trustme
 from amazon_transcribe.eventstream import (
     EventStreamBuffer,
@@ -47,6 +49,7 @@ NO_AUDIO_MESSAGE = (
     "Your request timed out because no new audio was received for 15 seconds."
 )
 MAX_AUDIO_EVENT_BYTES = 32 * 1024  # the service refuses bigger audio chunks
+RECOGNIZER_RATE = 16000
 
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
@@ -133,15 +136,28 @@ class _Recognizer:
     """pocketsphinx with its endpointer: partial hypotheses and one final per pause."""
 
     def __init__(self, sample_rate: int):
+        import soxr
         from pocketsphinx import Decoder, Endpointer
 
-        self.endpointer = Endpointer(sample_rate=sample_rate)
-        self.decoder = Decoder(samprate=sample_rate, loglevel="FATAL")
+        # As the service takes PCM at any rate: heard at pocketsphinx's 16 kHz.
+        self.resampler = (
+            None
+            if sample_rate == RECOGNIZER_RATE
+            else soxr.ResampleStream(sample_rate, RECOGNIZER_RATE, 1, dtype="int16")
+        )
+        self.endpointer = Endpointer(sample_rate=RECOGNIZER_RATE)
+        self.decoder = Decoder(samprate=RECOGNIZER_RATE, loglevel="FATAL")
         self.pending = b""
         self.partial = ""
         self.samples = 0
         self.utterance_start = 0.0
-        self.sample_rate = sample_rate
+        self.sample_rate = RECOGNIZER_RATE
+
+    def resampled(self, audio: bytes) -> bytes:
+        if self.resampler is None:
+            return audio
+        samples = np.frombuffer(audio[: len(audio) // 2 * 2], dtype="<i2")
+        return self.resampler.resample_chunk(samples).astype("<i2").tobytes()
 
     def feed(self, audio: bytes) -> list[tuple[str, bool, float, float]]:
         self.pending += audio
@@ -195,7 +211,7 @@ class _Stream:
         self.result_id = str(uuid.uuid4())
         encoding = received.headers.get("x-amzn-transcribe-media-encoding")
         rate = int(received.headers.get("x-amzn-transcribe-sample-rate", "0"))
-        self.decodes = self.play.script is None and encoding == "pcm" and rate == 16000
+        self.decodes = self.play.script is None and encoding == "pcm"
         self.recognizer: _Recognizer | None = None
         self.seconds = 0.0
         self.rate = rate or 16000
@@ -236,7 +252,7 @@ class _Stream:
         if self.decodes:
             if self.recognizer is None:
                 self.recognizer = _Recognizer(self.rate)
-            return self.recognizer.feed(audio)
+            return self.recognizer.feed(self.recognizer.resampled(audio))
         if len(self.received.audio_events) > 1:
             return []
         return [

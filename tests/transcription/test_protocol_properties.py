@@ -173,5 +173,28 @@ def test_resume_parameters():
     assert not resumable(b"")
     with pytest.raises(ProtocolError, match="resumable"):
         resumable(b"resumable=yes")
+    assert resumable(b"resumable=true&encoding=mulaw")
+    with pytest.raises(ProtocolError, match="webm is a container"):
+        resumable(b"resumable=true&encoding=webm")
+    assert not resumable(b"encoding=webm")
     final = numbered('{"transcript": "hi"}', 3)
     assert json.loads(final) == {"transcript": "hi", "seq": 3}
+
+
+def test_g711_is_8_khz_unless_the_client_says_and_containers_keep_the_default():
+    caps = Capabilities(
+        languages=("en-US",),
+        encodings=("pcm", "mulaw", "alaw", "webm"),
+        min_sample_rate=8000,
+        max_sample_rate=48000,
+    )
+
+    def rate(query: bytes) -> int:
+        return parse_params(query, caps).sample_rate
+
+    assert rate(b"") == 16000  # seed 004's default, unchanged
+    assert rate(b"encoding=mulaw") == rate(b"encoding=alaw") == 8000
+    assert rate(b"encoding=mulaw&sampleRate=16000") == 16000
+    assert rate(b"encoding=webm") == 16000
+    with pytest.raises(ProtocolError, match="Unsupported encoding 'mp3'"):
+        parse_params(b"encoding=mp3", caps)

@@ -16,7 +16,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amazon_transcribe import exceptions as aws_errors
 from amazon_transcribe.auth import CredentialResolver
@@ -44,6 +44,7 @@ from transcription.engines.aws_languages import (
 from transcription.engines.early_finals import EarlyFinals
 from transcription.engines.options import parse_flag
 from transcription.engines.stream import BacklogStream
+from transcription.engines.transcode import TRANSCODED, open_transcoded
 from transcription.engines.types import (
     Capabilities,
     EngineError,
@@ -51,6 +52,9 @@ from transcription.engines.types import (
     StreamParams,
     TranscriptEvent,
 )
+
+if TYPE_CHECKING:
+    from transcription.engines import SpeechToText
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +322,8 @@ class AwsTranscribeEngine:
     name = "aws"
     capabilities = Capabilities(
         languages=LANGUAGES,
-        encodings=ENCODINGS,
+        # AWS's own (pcm, ogg-opus, flac) passed through; the others transcoded.
+        encodings=ENCODINGS + tuple(e for e in TRANSCODED if e not in ENCODINGS),
         min_sample_rate=MIN_SAMPLE_RATE,
         max_sample_rate=MAX_SAMPLE_RATE,
         options=tuple(OPTIONS),
@@ -337,7 +342,13 @@ class AwsTranscribeEngine:
         )
         return client, http
 
-    async def open(self, params: StreamParams) -> AwsTranscribeStream:
+    async def open(self, params: StreamParams) -> SpeechToText:
+        """A Transcribe stream; an encoding AWS lacks is decoded to PCM first."""
+        if params.encoding not in ENCODINGS:
+            return await open_transcoded(self._open_native, params)
+        return await self._open_native(params)
+
+    async def _open_native(self, params: StreamParams) -> AwsTranscribeStream:
         keywords = sdk_options(params.options)
         if _is_uuid(params.session_id):
             keywords["session_id"] = params.session_id

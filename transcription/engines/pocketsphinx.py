@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from transcription.engines import pocketsphinx_worker
 from transcription.engines.pool import DecoderPool, PooledEngine, speech_gate_config
+from transcription.engines.transcode import TRANSCODED
 from transcription.engines.types import Capabilities
 
 
 class PocketsphinxEngine(PooledEngine):
-    """pocketsphinx en-US, any PCM sample rate (resampled to 16 kHz in the worker)."""
+    """pocketsphinx en-US, any PCM sample rate (resampled to 16 kHz in the worker),
+    and the encodings `transcode` turns into PCM."""
 
     name = "pocketsphinx"
     capabilities = Capabilities(
         languages=("en-US",),
-        encodings=("pcm",),
+        encodings=("pcm", *TRANSCODED),
         min_sample_rate=8000,
         max_sample_rate=192000,
         endpointing=True,

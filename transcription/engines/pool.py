@@ -27,13 +27,14 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from transcription.close_codes import CLOSE_SERVER_ERROR
 from transcription.engines.endpointing import ONSET
 from transcription.engines.stream import BacklogStream
+from transcription.engines.transcode import TRANSCODED, open_transcoded
 from transcription.engines.types import (
     Capabilities,
     EngineError,
@@ -43,6 +44,9 @@ from transcription.engines.types import (
     TranscriptEvent,
 )
 from transcription.executors import run_blocking
+
+if TYPE_CHECKING:
+    from transcription.engines import SpeechToText
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +283,13 @@ class PooledEngine:
         started = await run_blocking(DECODER_START_POOL, self.pool.start)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in started))
 
-    async def open(self, params: StreamParams) -> OfflineStream:
+    async def open(self, params: StreamParams) -> SpeechToText:
+        """A stream for `params`; audio other than PCM is decoded in front of it."""
+        if params.encoding in TRANSCODED:
+            return await open_transcoded(self._open_pcm, params)
+        return await self._open_pcm(params)
+
+    async def _open_pcm(self, params: StreamParams) -> OfflineStream:
         key = uuid.uuid4().hex
         for _attempt in range(2):  # a process found dead is replaced, then retried
             worker = self.pool.acquire()

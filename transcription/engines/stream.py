@@ -28,8 +28,9 @@ class AudioBacklog:
     decodes is slowed down instead of filling the server's memory.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, sample_bytes: int = 2) -> None:
         self.limit = limit
+        self.sample_bytes = sample_bytes  # take() cuts between whole samples
         self._data = bytearray()
         self._ended = self._closed = False
         self._readable = asyncio.Event()
@@ -44,6 +45,16 @@ class AudioBacklog:
     @property
     def full(self) -> bool:
         return len(self._data) >= self.limit
+
+    @property
+    def received(self) -> int:
+        """Bytes put so far."""
+        return self._put
+
+    @property
+    def taken(self) -> int:
+        """Bytes taken so far."""
+        return self._taken
 
     @property
     def ended(self) -> bool:
@@ -92,9 +103,9 @@ class AudioBacklog:
             await self._readable.wait()
 
     def take(self, max_bytes: int) -> bytes:
-        """Up to `max_bytes` of the oldest audio (whole 16-bit samples when cut)."""
+        """Up to `max_bytes` of the oldest audio (whole samples when cut)."""
         if len(self._data) > max_bytes:
-            max_bytes -= max_bytes % 2
+            max_bytes -= max_bytes % self.sample_bytes
         if self._marks:  # exactly to the mark, where the client put it
             max_bytes = min(max_bytes, self._marks[0] - self._taken)
         data = bytes(self._data[:max_bytes])

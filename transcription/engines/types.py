@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from django.conf import settings
 
@@ -99,12 +100,31 @@ class EngineError(Exception):
         self.kind = kind
 
 
-def audio_backlog_limit(params: StreamParams) -> int:
-    """Bytes of audio a session may hold waiting for its engine (docs/protocol.md §7).
+# The encodings whose byte rate is fixed, and their bytes per sample: raw 16-bit PCM
+# and G.711 (telephony). The others (webm, ogg-opus, mp4, flac) are compressed.
+SAMPLE_BYTES: Final[Mapping[str, int]] = {"pcm": 2, "mulaw": 1, "alaw": 1}
+# G.711 is telephony's: 8 kHz unless the client says otherwise (docs/protocol.md §3).
+TELEPHONY_SAMPLE_RATE: Final = 8000
 
-    MAX_AUDIO_BACKLOG_SECONDS of audio for raw PCM (16-bit), MAX_AUDIO_BACKLOG_BYTES
-    for encodings without a fixed byte rate.
+
+def default_sample_rate(encoding: str) -> int:
+    """The sampleRate a client that names none gets for `encoding`."""
+    return TELEPHONY_SAMPLE_RATE if encoding in ("mulaw", "alaw") else 16000
+
+
+def bytes_per_second(params: StreamParams) -> int | None:
+    """What a second of the client's audio weighs; None for compressed encodings."""
+    width = SAMPLE_BYTES.get(params.encoding)
+    return params.sample_rate * width if width else None
+
+
+def audio_backlog_limit(params: StreamParams) -> int:
+    """Bytes of audio a session may hold waiting for its engine (docs/protocol.md §7),
+    counted as the client sent them (compressed audio before it is decoded).
+
+    MAX_AUDIO_BACKLOG_SECONDS of audio for PCM and G.711, MAX_AUDIO_BACKLOG_BYTES for
+    encodings without a fixed byte rate.
     """
-    if params.encoding == "pcm":
-        return int(settings.MAX_AUDIO_BACKLOG_SECONDS * params.sample_rate * 2)
+    if rate := bytes_per_second(params):
+        return int(settings.MAX_AUDIO_BACKLOG_SECONDS * rate)
     return settings.MAX_AUDIO_BACKLOG_BYTES

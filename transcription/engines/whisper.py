@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -20,10 +20,10 @@ from transcription.engines import whisper_multilingual, whisper_worker
 from transcription.engines.pool import (
     DECODER_START_POOL,
     DecoderPool,
-    OfflineStream,
     PooledEngine,
     speech_gate_config,
 )
+from transcription.engines.transcode import TRANSCODED
 from transcription.engines.types import Capabilities, EngineError, StreamParams
 from transcription.engines.whisper_model import (
     ModelError,
@@ -33,6 +33,9 @@ from transcription.engines.whisper_model import (
     verify,
 )
 from transcription.executors import run_blocking
+
+if TYPE_CHECKING:
+    from transcription.engines import SpeechToText
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class WhisperEngine(PooledEngine):
         ) and not self.multilingual
         self.capabilities = Capabilities(
             languages=client_languages(english_only=english_only),
-            encodings=("pcm",),
+            encodings=("pcm", *TRANSCODED),
             min_sample_rate=8000,
             max_sample_rate=192000,
             identifies_language=not english_only,
@@ -87,7 +90,7 @@ class WhisperEngine(PooledEngine):
         await self._ready()
         await super().warm_up()
 
-    async def open(self, params: StreamParams) -> OfflineStream:
+    async def open(self, params: StreamParams) -> SpeechToText:
         await self._ready()
         return await super().open(params)
 

@@ -30,6 +30,7 @@ from transcription.engines import (
     TranscriptEvent,
 )
 from transcription.engines.options import parse_flag
+from transcription.engines.types import SAMPLE_BYTES, default_sample_rate
 
 END_OF_STREAM: Final = "END_OF_STREAM"
 
@@ -302,7 +303,8 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
             f"Unsupported encoding {encoding!r}: this server accepts "
             f"{_listed(caps.encodings)}."
         )
-    rate_text = query.get("sampleRate", ["16000"])[-1]
+    # G.711 defaults to telephony's 8 kHz; a container's own rate wins over this one.
+    rate_text = query.get("sampleRate", [str(default_sample_rate(encoding))])[-1]
     allowed_rates = f"an integer from {caps.min_sample_rate} to {caps.max_sample_rate}"
     if not rate_text.isascii() or not rate_text.isdigit():
         raise ProtocolError(f"Invalid sampleRate {rate_text!r}: use {allowed_rates}.")
@@ -471,8 +473,18 @@ class ResumeRequest(NamedTuple):
 
 
 def resumable(query_string: bytes) -> bool:
-    """Whether a new session asks to be resumable (ProtocolError if malformed)."""
-    return _flag(_query(query_string), "resumable", False)
+    """Whether a new session asks to be resumable (ProtocolError if malformed, or
+    with a container encoding: its stream cannot be taken up mid-file)."""
+    query = _query(query_string)
+    wanted = _flag(query, "resumable", False)
+    encoding = query.get("encoding", ["pcm"])[-1]
+    if wanted and encoding not in SAMPLE_BYTES:
+        raise ProtocolError(
+            "resumable=true needs an encoding with a fixed byte rate (pcm, mulaw, "
+            f"alaw): {encoding[:20]} is a container, whose stream cannot be resumed "
+            "in the middle."
+        )
+    return wanted
 
 
 def resume_request(query_string: bytes) -> ResumeRequest | None:

@@ -28,6 +28,7 @@ from django.utils import timezone
 from transcription import metrics, services
 from transcription.db import DATABASE_AWAY, db_call
 from transcription.engines import LanguageIdentified, StreamParams, TranscriptEvent
+from transcription.engines.types import bytes_per_second
 from transcription.models import Transcript
 from transcription.services.sessions import LatencySummary
 from transcription.streaming.admission import Client
@@ -74,7 +75,7 @@ class SessionRecord:
     def __init__(self, *, engine: str) -> None:
         self.engine = engine
         self.session_id: uuid.UUID | None = None
-        self.bytes_per_second: int | None = None  # PCM's byte rate; else None
+        self.bytes_per_second: int | None = None  # PCM's, G.711's; None: compressed
         self.audio_bytes = 0
         self.finals = 0
         self.held: collections.deque[_Held] = collections.deque()
@@ -109,8 +110,7 @@ class SessionRecord:
         self.session_id = session.pk
 
     def streaming(self, params: StreamParams) -> None:
-        if params.encoding == "pcm":
-            self.bytes_per_second = params.sample_rate * 2
+        self.bytes_per_second = bytes_per_second(params)
 
     async def final(
         self,

@@ -1,0 +1,226 @@
+"""The audio browsers and phones send, turned into PCM in front of an engine."""
+
+import asyncio
+import os
+
+import av
+import numpy as np
+import pytest
+
+from tests.audio import chunks, encode, read_pcm
+from transcription.engines import EngineError, StreamParams, TranscriptEvent, g711
+from transcription.engines.transcode import open_transcoded
+from transcription.engines.types import audio_backlog_limit
+
+
+class PcmSink:
+    """An engine's stream that keeps the PCM it gets; one final at the end."""
+
+    def __init__(self, params: StreamParams, *, takes: bool = True) -> None:
+        self.params = params
+        self.pcm = bytearray()
+        self.ended = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.waiting = asyncio.Event()  # send_audio() is waiting (takes=False)
+        self.takes = takes  # False: send_audio waits (an engine far behind)
+        self.finalized_at: list[int] = []  # PCM bytes it had at each finalize()
+
+    async def send_audio(self, chunk: bytes) -> None:
+        if not self.takes:
+            self.waiting.set()
+            await self.closed.wait()
+        self.pcm += chunk
+
+    def backlog_full(self) -> bool:
+        return not self.takes
+
+    async def end_audio(self) -> None:
+        self.ended.set()
+
+    async def finalize(self) -> None:
+        self.finalized_at.append(len(self.pcm))
+
+    async def events(self):
+        await self.ended.wait()
+        yield TranscriptEvent(text=f"{len(self.pcm)} bytes", is_partial=False)
+
+    async def aclose(self) -> None:
+        self.closed.set()
+        self.ended.set()
+
+
+async def transcoded(encoding: str, *, rate: int = 16000, takes: bool = True):
+    sinks: list[PcmSink] = []
+
+    async def open_pcm(params: StreamParams) -> PcmSink:
+        sinks.append(PcmSink(params, takes=takes))
+        return sinks[-1]
+
+    params = StreamParams(encoding=encoding, sample_rate=rate, session_id="test")
+    stream = await open_transcoded(open_pcm, params)
+    return stream, sinks[0]
+
+
+async def send_all(stream, data: bytes, size: int) -> list[TranscriptEvent]:
+    for piece in chunks(data, size):
+        await stream.send_audio(piece)
+    await stream.end_audio()
+    try:
+        return [event async for event in stream.events()]
+    finally:
+        await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "codec"), [("mulaw", "pcm_mulaw"), ("alaw", "pcm_alaw")]
+)
+def test_g711_tables_decode_every_byte_as_ffmpeg_does(encoding, codec):
+    decoder = av.CodecContext.create(codec, "r")
+    decoder.sample_rate, decoder.layout = 8000, "mono"
+    every_byte = bytes(range(256))
+    (frame,) = decoder.decode(av.Packet(every_byte))
+    assert (
+        g711.to_pcm(encoding, every_byte) == frame.to_ndarray().astype("<i2").tobytes()
+    )
+
+
+@pytest.mark.parametrize("encoding", ["webm", "ogg-opus", "mp4", "flac"])
+@pytest.mark.parametrize("size", [333, 4096])
+async def test_a_container_stream_reaches_the_engine_as_16_khz_pcm(encoding, size):
+    pcm, rate = read_pcm("two_utterances.wav")
+    stream, sink = await transcoded(encoding)
+    events = await send_all(stream, encode(pcm, rate, encoding), size)
+    assert sink.params.encoding == "pcm"
+    assert sink.params.sample_rate == 16000
+    assert [e.text for e in events] == [f"{len(sink.pcm)} bytes"]
+    # All of it (AAC adds a frame of priming) and the same sound: lossy codecs
+    # keep the loudness of each tenth of a second.
+    assert abs(len(sink.pcm) - len(pcm)) <= 0.05 * 32000
+    ours = loudness(bytes(sink.pcm[: len(pcm)]))
+    theirs = loudness(pcm[: len(sink.pcm)])
+    assert np.corrcoef(ours, theirs)[0, 1] > 0.95
+
+
+def loudness(pcm: bytes) -> np.ndarray:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    tenths = samples[: len(samples) // 1600 * 1600].reshape(-1, 1600)
+    return np.sqrt((tenths**2).mean(axis=1))
+
+
+@pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
+async def test_g711_reaches_the_engine_as_pcm_at_its_own_rate(encoding):
+    pcm, rate = read_pcm("hello_world.wav")
+    data = encode(pcm, rate, encoding)
+    stream, sink = await transcoded(encoding, rate=8000)
+    await send_all(stream, data, 160)  # 20 ms frames, as telephony sends them
+    assert (sink.params.encoding, sink.params.sample_rate) == ("pcm", 8000)
+    assert bytes(sink.pcm) == g711.to_pcm(encoding, data)
+    assert len(sink.pcm) == 2 * len(data)
+
+
+@pytest.mark.parametrize(
+    ("audio", "why"),
+    [
+        (os.urandom(20000), "does not begin as WebM streams do"),
+        (read_pcm("hello_world.wav")[0], "does not begin as WebM streams do"),
+        # A header, then garbage: FFmpeg's own words.
+        (b"\x1a\x45\xdf\xa3" + os.urandom(5000), "Invalid data"),
+    ],
+)
+async def test_audio_that_is_no_webm_ends_the_stream_with_a_1008(audio, why):
+    stream, sink = await transcoded("webm")
+    with pytest.raises(EngineError) as raised:
+        await send_all(stream, audio, 1000)
+    error = raised.value
+    assert (error.close_code, error.kind) == (1008, "audio")
+    assert error.message.startswith("The audio could not be decoded as WebM (")
+    assert why in error.message
+    assert sink.ended.is_set()  # what was decoded was finalized first
+
+
+@pytest.mark.parametrize("encoding", ["webm", "ogg-opus", "mp4", "flac"])
+async def test_a_recording_cut_short_gives_what_it_holds(encoding):
+    pcm, rate = read_pcm("two_utterances.wav")
+    data = encode(pcm, rate, encoding)
+    stream, sink = await transcoded(encoding)
+    events = await send_all(stream, data[: len(data) // 2] + os.urandom(3000), 1000)
+    assert [e.is_partial for e in events] == [False]  # no error: what came, decoded
+    # About half of it (containers do not cut their bytes evenly in time).
+    assert 0.3 * len(pcm) < len(sink.pcm) < 0.7 * len(pcm)
+
+
+async def test_the_backlog_counts_compressed_bytes_and_holds_its_limit(settings):
+    settings.MAX_AUDIO_BACKLOG_BYTES = 4096
+    pcm, rate = read_pcm("two_utterances.wav")
+    data = encode(pcm, rate, "webm")
+    stream, sink = await transcoded("webm", takes=False)  # the engine takes nothing
+    assert audio_backlog_limit(StreamParams(encoding="webm")) == 4096
+    sent = 0
+
+    async def send() -> None:
+        nonlocal sent
+        for piece in chunks(data, 1024):
+            await stream.send_audio(piece)
+            sent += len(piece)
+
+    sender = asyncio.create_task(send())
+
+    async def stuck() -> None:  # the decoder waits for the engine, the backlog full
+        while not (sink.waiting.is_set() and stream.backlog_full()):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(stuck(), 10)
+    assert not sender.done()  # flow control: the socket would not be read now
+    # What the session holds: the backlog's limit, and one read of the decoder.
+    assert len(stream._backlog) < 4096 + 1024
+    assert sent < len(data)
+    await stream.aclose()
+    await asyncio.wait_for(sender, 5)  # closing frees the sender
+    await asyncio.to_thread(stream._thread.join, 5)  # it said it was done
+    assert not stream._thread.is_alive()
+
+
+async def test_closing_mid_stream_stops_the_decoder_thread():
+    stream, sink = await transcoded("webm")
+    pcm, rate = read_pcm("hello_world.wav")
+    await stream.send_audio(encode(pcm, rate, "webm")[:3000])
+    await stream.aclose()
+    await asyncio.to_thread(stream._thread.join, 5)  # it said it was done
+    assert not stream._thread.is_alive()
+    assert sink.closed.is_set()
+
+
+@pytest.mark.parametrize("decoder_waits", [True, False])
+async def test_finalize_reaches_the_engine_after_the_audio_sent_before_it(
+    decoder_waits,
+):
+    """A Finalize mid-stream: the engine's finalize() comes once the audio of the
+    bytes before it was decoded and handed on (the decoder waiting for more, or
+    still decoding them), not at the end."""
+    pcm, rate = read_pcm("two_utterances.wav")
+    webm = encode(pcm, rate, "webm")
+    half = len(webm) // 2
+    stream, sink = await transcoded("webm")
+    for piece in chunks(webm[:half], 4096):
+        await stream.send_audio(piece)
+    if decoder_waits:
+        async with asyncio.timeout(10):
+            while not stream._waiting or stream._backlog.taken < half:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    await stream.finalize()
+    for piece in chunks(webm[half:], 4096):
+        await stream.send_audio(piece)
+    await stream.end_audio()
+    [event async for event in stream.events()]
+    await stream.aclose()
+    [at] = sink.finalized_at
+    assert 0.2 * len(pcm) < at < 0.8 * len(pcm)
+    assert at < len(sink.pcm)
+
+
+async def test_g711_finalize_passes_through_after_its_audio():
+    stream, sink = await transcoded("mulaw", rate=8000)
+    await stream.send_audio(bytes(8000))  # one second of µ-law
+    await stream.finalize()
+    assert sink.finalized_at == [16000]
+    await stream.aclose()
