@@ -278,3 +278,22 @@ def test_a_take_over_opens_the_engine_with_the_same_settings():
         user=None, token=None, auth_method="", engine="whisper", params=StreamParams()
     )
     assert plain.parameters == {"detail": False}  # a seed client's row as before
+
+
+@pytest.mark.django_db
+def test_a_take_over_keeps_the_voice_loop_extensions():
+    """replyStream, bargeIn and silenceMs: the session's own, not engine options."""
+    from transcription.services import session_start
+    from transcription.streaming.resume import _params
+
+    asked = StreamParams(reply_stream=True, barge_in=True, silence_ms=1500)
+    row = session_start(
+        user=None, token=None, auth_method="", engine="whisper", params=asked
+    )
+    restored = _params(row)
+    assert (restored.reply_stream, restored.barge_in, restored.silence_ms) == (
+        True,
+        True,
+        1500,
+    )
+    assert restored.options == {}

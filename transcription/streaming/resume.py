@@ -220,15 +220,33 @@ def _since(moment: dt.datetime) -> float:
     return (timezone.now() - moment) / dt.timedelta(seconds=1)
 
 
+# Stored with the session as its own (not an engine's option): `_params` reads them.
+SESSION_PARAMETERS = frozenset(
+    {
+        "detail",
+        "resumable",
+        "endpointingMs",
+        "vadEvents",
+        "replyStream",
+        "bargeIn",
+        "silenceMs",
+    }
+)
+
+
 def _params(row: AudioSession) -> StreamParams:
     stored = row.parameters
     options = {
         name: str(value)
         for name, value in stored.items()
-        if name not in {"detail", "resumable", "endpointingMs", "vadEvents"}
+        if name not in SESSION_PARAMETERS
     }
     endpointing = stored.get("endpointingMs")
+    silence = stored.get("silenceMs")
     return StreamParams(
+        reply_stream=bool(stored.get("replyStream")),
+        barge_in=bool(stored.get("bargeIn")),
+        silence_ms=silence if isinstance(silence, int) else None,
         # language=auto goes on in the language identified (no second message).
         language=row.detected_language or row.language or "en-US",
         encoding=row.encoding or "pcm",
