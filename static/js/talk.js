@@ -24,6 +24,7 @@
     problemText: byId("problem-text"),
     restart: byId("restart"),
     partial: byId("partial"),
+    detected: byId("detected-language"),
     finals: byId("finals"),
     finalsEmpty: byId("finals-empty"),
     replies: byId("replies"),
@@ -303,6 +304,8 @@
       replies.add(message);
     } else if (message.type === "reply_cancelled") {
       replies.cancelled(message.batch_id);
+    } else if (message.type === "language") {
+      showLanguage(message.language, message.probability);
     } else if ("partialTranscript" in message) {
       if (message.partialTranscript.trim()) speaksAgain();
       ui.partial.textContent = message.partialTranscript;
@@ -311,6 +314,19 @@
       if (message.transcript.trim()) speaksAgain();
       addFinal(message.transcript, message.seq);
     }
+  }
+
+  // language=auto: the server names the language it identified, once per session.
+  function showLanguage(code, probability) {
+    let name = code;
+    try {
+      name = `${new Intl.DisplayNames([navigator.language || "en"], { type: "language" }).of(code)} · ${code}`;
+    } catch {
+      // A browser without the names shows the code.
+    }
+    ui.detected.textContent = `Language detected: ${name} (${Math.round(probability * 100)} % sure)`;
+    ui.detected.dataset.language = code;
+    ui.detected.hidden = false;
   }
 
   // Barge-in: the person speaks while a reply plays. The server cancels a reply still
@@ -498,6 +514,7 @@
     kept = [];
     audioEnd = 0;
     delete root.dataset.sessionId;
+    ui.detected.hidden = true; // a new session identifies its language again
     if (ui.finals.children.length) {
       const divider = document.createElement("li");
       divider.className = "divider";
@@ -545,6 +562,7 @@
   if (window.Intl && Intl.DisplayNames) {
     const names = new Intl.DisplayNames([navigator.language || "en"], { type: "language" });
     for (const option of ui.language.options) {
+      if ("fixedLabel" in option.dataset) continue;
       try {
         const name = names.of(option.value);
         if (name && name !== option.value) option.textContent = `${name} · ${option.value}`;

@@ -30,6 +30,7 @@ def talk(request: HttpRequest) -> HttpResponse:
         "transcription/talk.html",
         {
             "languages": caps.languages,
+            "identifies_language": caps.identifies_language,
             "default_language": "en-US" if "en-US" in caps.languages else "",
             "close_texts": close_texts(),
             "nav": "talk",
