@@ -48,12 +48,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLOSE_TIMEOUT_SECONDS = 5.0
+DECODED_BYTES_PER_SECOND: Final = DECODED_RATE * 2  # 16-bit mono
 # Decoded audio goes to the engine when the decoder has read all it was given, or
 # at this much (a stream sent faster than real time), whichever comes first.
-DELIVER_BYTES = DECODED_RATE * 2
+DELIVER_BYTES = DECODED_BYTES_PER_SECOND
 # Enough of the first chunk to tell its container.
 HEAD_BYTES = 8
-DECODED_BYTES_PER_SECOND: Final = DECODED_RATE * 2  # 16-bit mono
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
