@@ -28,15 +28,20 @@ def raw_token(django_user_model):
     return api_token_create(user=user, name="e2e-encodings")[1]
 
 
-async def send(url: str, audio: bytes, size: int = 2048) -> tuple[list[dict], int]:
-    """`audio` in frames of `size` bytes, then END_OF_STREAM: every message and the
-    close code."""
+CLOSE_STREAM = '{"type": "CloseStream"}'
+
+
+async def send(
+    url: str, audio: bytes, size: int = 2048, end: str = "END_OF_STREAM"
+) -> tuple[list[dict], int]:
+    """`audio` in frames of `size` bytes, then `end`: every message and the close
+    code."""
     async with connect(url) as ws:
         # A refusal (bad audio) may close the socket while frames are still sent.
         with contextlib.suppress(ConnectionClosed):
             for piece in chunks(audio, size):
                 await ws.send(piece)
-            await ws.send("END_OF_STREAM")
+            await ws.send(end)
         messages = await drain(ws)
     return messages, ws.close_code
 
@@ -69,14 +74,20 @@ async def test_whisper_hears_every_encoding_and_refuses_what_does_not_decode(
     env = {"TRANSCRIPTION_ENGINE": "offline", "OFFLINE_DECODER_PROCESSES": "1"}
     with run_daphne(env) as server:
         url = f"{server.ws_url}/?token={raw_token}"
-        heard = {}
+        heard, metadata = {}, {}
         for encoding in ENCODINGS:
             # No sampleRate: G.711 is 8 kHz by default, a container says its own.
             messages, code = await send(
-                f"{url}&encoding={encoding}", encode(pcm, rate, encoding)
+                f"{url}&encoding={encoding}",
+                encode(pcm, rate, encoding),
+                end=CLOSE_STREAM
+                if encoding in ("webm", "ogg-opus")
+                else "END_OF_STREAM",
             )
             assert code == 1000, messages
             heard[encoding] = finals(messages)
+            if messages and messages[-1].get("type") == "Metadata":
+                metadata[encoding] = messages[-1]["audio_seconds"]
 
         # Bytes that are no WebM: one clear error, 1008.
         messages, code = await send(f"{url}&encoding=webm", os.urandom(20000))
@@ -115,8 +126,20 @@ async def test_whisper_hears_every_encoding_and_refuses_what_does_not_decode(
         ("mulaw", 8000),
         ("alaw", 8000),
     ]
-    # G.711 has a byte rate: its seconds are counted; a container's are not.
-    assert sessions[4].audio_seconds == pytest.approx(len(pcm) / 2 / rate, abs=0.01)
+    # G.711 is counted by its bytes, a container by the seconds decoded from it
+    # (whatever its bytes weigh); either is the fixture's length, and the end of
+    # each utterance decoded is the clock of its final latency.
+    seconds = len(pcm) / 2 / rate  # 7.11
+    assert metadata == {
+        "webm": pytest.approx(seconds, abs=0.1),
+        "ogg-opus": pytest.approx(seconds, abs=0.1),
+    }
+    assert [s.audio_seconds for s in sessions[:6]] == [
+        *[pytest.approx(seconds, abs=0.1)] * 4,
+        *[pytest.approx(seconds, abs=0.01)] * 2,
+    ]
+    assert all(s.audio_bytes < 2 * len(pcm) / 3 for s in sessions[:4])  # compressed
+    assert all(s.final_latency_max is not None for s in sessions[:6])
     assert sorted(await session_errors()) == [
         ("ogg-opus", "parameters"),
         ("webm", "audio"),

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from tests.audio import chunks, encode, read_pcm
-from transcription.engines import EngineError, StreamParams, TranscriptEvent, g711
+from transcription.engines import (
+    CountsAudio,
+    EngineError,
+    StreamParams,
+    TranscriptEvent,
+    g711,
+)
 from transcription.engines.transcode import open_transcoded
 from transcription.engines.types import audio_backlog_limit
 
@@ -99,6 +105,43 @@ async def test_a_container_stream_reaches_the_engine_as_16_khz_pcm(encoding, siz
     ours = loudness(bytes(sink.pcm[: len(pcm)]))
     theirs = loudness(pcm[: len(sink.pcm)])
     assert np.corrcoef(ours, theirs)[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("encoding", ["webm", "ogg-opus", "mp4", "flac"])
+async def test_a_container_stream_counts_the_seconds_it_handed_the_engine(encoding):
+    """Compressed bytes have no fixed rate: the session's audio is the PCM decoded,
+    counted as the engine takes it, each step told to `on_decoded`."""
+    pcm, rate = read_pcm("two_utterances.wav")
+    stream, sink = await transcoded(encoding)
+    assert isinstance(stream, CountsAudio)
+    assert stream.audio_seconds == 0.0
+    told: list[tuple[int, int]] = []  # (the total told, what the engine had then)
+    stream.on_decoded = lambda total: told.append((total, len(sink.pcm)))
+    await send_all(stream, encode(pcm, rate, encoding), 1000)
+    assert stream.audio_seconds == len(sink.pcm) / 32000
+    assert stream.audio_seconds == pytest.approx(len(pcm) / 2 / rate, abs=0.1)
+    assert len(told) > 1  # as it goes, not only at the end
+    assert all(total == had for total, had in told)
+    assert told[-1][0] == len(sink.pcm)
+
+
+async def test_audio_the_engine_has_not_taken_is_not_counted():
+    pcm, rate = read_pcm("two_utterances.wav")
+    stream, sink = await transcoded("webm", takes=False)  # the engine takes nothing
+    for piece in chunks(encode(pcm, rate, "webm"), 1024):
+        await stream.send_audio(piece)
+        if sink.waiting.is_set():
+            break
+    async with asyncio.timeout(10):
+        await sink.waiting.wait()  # the decoder hands PCM, the engine keeps it waiting
+    assert stream.audio_seconds == 0.0
+    await stream.aclose()
+
+
+async def test_g711_is_counted_by_its_bytes_not_by_its_stream():
+    stream, _sink = await transcoded("mulaw", rate=8000)
+    assert not isinstance(stream, CountsAudio)  # one byte a sample: a fixed rate
+    await stream.aclose()
 
 
 def loudness(pcm: bytes) -> np.ndarray:

@@ -8,8 +8,8 @@ process; `open()` starts one streaming recognition per WebSocket session.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -33,6 +33,7 @@ __all__ = [
     "ENGINE_ALIASES",
     "AudioBacklog",
     "Capabilities",
+    "CountsAudio",
     "EngineError",
     "LanguageIdentified",
     "SpeechStarted",
@@ -80,6 +81,21 @@ class SpeechToText(Protocol):
 
     async def aclose(self) -> None:
         """Release everything (tasks, processes, connections); safe to call twice."""
+
+
+@runtime_checkable
+class CountsAudio(Protocol):
+    """A SpeechToText that counts its audio itself, since the client's bytes have no
+    fixed rate: a compressed encoding decoded in front of the engine
+    (transcode.ContainerStream). The session's audio seconds, and the clock its
+    final latency is measured by, are the PCM it handed to the engine."""
+
+    # Called on the event loop with the bytes of PCM (16 kHz, 16-bit) handed so far.
+    on_decoded: Callable[[int], None] | None
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio decoded and handed to the engine so far."""
 
 
 class TranscriptionEngine(Protocol):

@@ -13,6 +13,9 @@ Engines decode 16-bit PCM; a session may send instead (docs/protocol.md §3):
   compressed backlog and the engine's stream live: the backlog is bounded in bytes
   as the client sent them (MAX_AUDIO_BACKLOG_BYTES), and the decoder waits while the
   engine's own backlog is full, so flow control slows the client as for PCM.
+  The PCM handed to the engine is the session's clock: its audio seconds (the
+  bytes received have no fixed rate) and the position final latency is measured
+  from (`CountsAudio`).
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLOSE_TIMEOUT_SECONDS = 5.0
+DECODED_BYTES_PER_SECOND: Final = DECODED_RATE * 2  # 16-bit mono
 # Decoded audio goes to the engine when the decoder has read all it was given, or
 # at this much (a stream sent faster than real time), whichever comes first.
-DELIVER_BYTES = DECODED_RATE * 2
+DELIVER_BYTES = DECODED_BYTES_PER_SECOND
 # Enough of the first chunk to tell its container.
 HEAD_BYTES = 8
 
@@ -130,8 +134,12 @@ class ContainerStream:
     """A container stream decoded by PyAV in a thread of its own, PCM to `inner`.
 
     A stream that cannot be decoded ends with the finals of what was decoded, then
-    an EngineError (1008, kind `audio`) that names the container.
+    an EngineError (1008, kind `audio`) that names the container. It counts the
+    PCM it handed to `inner` (`audio_seconds`), and calls `on_decoded` with the
+    total each time it hands some (CountsAudio).
     """
+
+    on_decoded: Callable[[int], None] | None = None
 
     def __init__(
         self, inner: SpeechToText, params: StreamParams, container: Container
@@ -146,12 +154,17 @@ class ContainerStream:
         # bytes received before it (this many) reached the engine.
         self._finalize_at: int | None = None
         self._waiting = False  # the decoder waits for the client's next bytes
+        self._decoded = 0  # bytes of PCM handed to the engine
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
         self._thread = threading.Thread(
             target=self._run, name=f"decode-{self._session_id[:8]}", daemon=True
         )
         self._thread.start()
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._decoded / DECODED_BYTES_PER_SECOND
 
     async def send_audio(self, chunk: bytes) -> None:
         await self._backlog.put(chunk)
@@ -190,7 +203,7 @@ class ContainerStream:
         """Hand the engine what was decoded, then up to `size` bytes of the client's
         audio once there are some (b"": the end)."""
         if pcm:
-            await self._inner.send_audio(pcm)
+            await self._hand(pcm)
         at = self._finalize_at
         if at is not None and self._backlog.taken >= at:
             self._finalize_at = None  # what came before it is decoded: end there
@@ -202,8 +215,13 @@ class ContainerStream:
             self._waiting = False
         return self._backlog.take(size)
 
-    async def _deliver(self, pcm: bytes) -> None:
+    async def _hand(self, pcm: bytes) -> None:
+        """The engine takes `pcm` (waits while its backlog is full); counted once
+        it did."""
         await self._inner.send_audio(pcm)
+        self._decoded += len(pcm)
+        if self.on_decoded is not None:
+            self.on_decoded(self._decoded)
 
     async def _finish(self, pcm: bytes) -> None:
         if self._closed:
@@ -211,7 +229,7 @@ class ContainerStream:
         if self._failure is not None:
             self._backlog.close()  # what the client still sends is dropped
         if pcm:
-            await self._inner.send_audio(pcm)
+            await self._hand(pcm)
         await self._inner.end_audio()
 
     # --- the decoder thread -----------------------------------------------------
@@ -305,7 +323,7 @@ class _Output:
             self._pieces.append(piece)
             self._bytes += len(piece)
         if self._bytes >= DELIVER_BYTES:
-            self._stream._call(self._stream._deliver(self.take()))
+            self._stream._call(self._stream._hand(self.take()))
 
     def take(self) -> bytes:
         pcm = b"".join(self._pieces)

@@ -8,7 +8,7 @@ from collections import Counter
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from transcription import server_process
@@ -125,6 +125,7 @@ def transcript_add_final(
     event: TranscriptEvent,
     audio_bytes: int,
     bytes_per_second: float | None,
+    audio_seconds: float | None = None,
     silence_seconds: float | None = None,
     heard_at: dt.datetime | None = None,
     message_seq: int | None = None,
@@ -151,7 +152,7 @@ def transcript_add_final(
             created_at=heard_at or timezone.now(),
             message_seq=message_seq,
         )
-        _session_update_audio(session_id, audio_bytes, bytes_per_second)
+        _session_update_audio(session_id, audio_bytes, bytes_per_second, audio_seconds)
     return transcript
 
 
@@ -164,6 +165,7 @@ def session_end(
     error_kind: str = "",
     audio_bytes: int,
     bytes_per_second: float | None,
+    audio_seconds: float | None = None,
     latency: LatencySummary | None = None,
 ) -> None:
     """Close the record of a session (only once: a second call changes nothing).
@@ -193,17 +195,21 @@ def session_end(
             ended_at=timezone.now(),
             **(latency.as_fields() if latency is not None else {}),
         )
-        _session_update_audio(session_id, audio_bytes, bytes_per_second)
+        _session_update_audio(session_id, audio_bytes, bytes_per_second, audio_seconds)
 
 
 def session_heartbeat(
-    *, session_id: uuid.UUID, audio_bytes: int, bytes_per_second: float | None
+    *,
+    session_id: uuid.UUID,
+    audio_bytes: int,
+    bytes_per_second: float | None,
+    audio_seconds: float | None = None,
 ) -> None:
     """A live session says so, with the audio received so far."""
     AudioSession.objects.filter(
         pk=session_id, status=AudioSession.Status.ACTIVE
     ).update(heartbeat_at=timezone.now())
-    _session_update_audio(session_id, audio_bytes, bytes_per_second)
+    _session_update_audio(session_id, audio_bytes, bytes_per_second, audio_seconds)
 
 
 def session_language_identified(
@@ -239,6 +245,7 @@ def session_release(
     reason: str,
     audio_bytes: int,
     bytes_per_second: float | None,
+    audio_seconds: float | None = None,
 ) -> bool:
     """A shutting-down server lets go of a resumable session it closed (1001): it
     stays active, for any server to take over at once; `close_code` and `reason`
@@ -252,7 +259,7 @@ def session_release(
             close_code=close_code,
             close_reason=reason[:200],
         )
-        _session_update_audio(session_id, audio_bytes, bytes_per_second)
+        _session_update_audio(session_id, audio_bytes, bytes_per_second, audio_seconds)
     return bool(released)
 
 
@@ -338,11 +345,21 @@ def _abandoned(gone: list[uuid.UUID]) -> QuerySet[AudioSession]:
 
 
 def _session_update_audio(
-    session_id: uuid.UUID, audio_bytes: int, bytes_per_second: float | None
+    session_id: uuid.UUID,
+    audio_bytes: int,
+    bytes_per_second: float | None,
+    audio_seconds: float | None,
 ) -> None:
-    seconds = audio_bytes / bytes_per_second if bytes_per_second else 0.0
-    AudioSession.objects.filter(pk=session_id, audio_bytes__lt=audio_bytes).update(
-        audio_bytes=audio_bytes, audio_seconds=round(seconds, 3)
+    """The audio so far: `audio_bytes` as received, and its seconds, from the bytes
+    at `bytes_per_second` or, for compressed audio (no fixed rate), `audio_seconds`
+    as decoded. Never backwards (a held final stored after a later heartbeat)."""
+    if audio_seconds is None:
+        audio_seconds = audio_bytes / bytes_per_second if bytes_per_second else 0.0
+    seconds = round(audio_seconds, 3)
+    # The decoder may still hand on audio after the last bytes came.
+    more = Q(audio_bytes__lt=audio_bytes) | Q(audio_seconds__lt=seconds)
+    AudioSession.objects.filter(more, pk=session_id).update(
+        audio_bytes=audio_bytes, audio_seconds=seconds
     )
 
 

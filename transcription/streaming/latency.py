@@ -4,8 +4,9 @@ Final latency is measured from when the end of the utterance's audio was *receiv
 not from when it would have been spoken: a client streaming a file faster than real
 time makes the wall clock since the first frame meaningless. The audio received so
 far is sampled (bytes, time) at most every SAMPLE_SECONDS, not per frame, and the
-time the byte at `event.end` arrived is interpolated between two samples. Engines
-that give no times (or encodings without a fixed byte rate) give no final latency.
+time the byte at `event.end` arrived is interpolated between two samples. Compressed
+audio has no fixed byte rate: its samples are the PCM its decoder handed the engine
+(CountsAudio), when it did. Engines that give no times give no final latency.
 Times are the event loop's clock (`loop.time()`), in seconds.
 """
 
@@ -42,7 +43,8 @@ class SessionLatency:
         self.last_final_of: dict[str, float] = {}  # batch_id → its last final sent
 
     def on_audio(self, total_bytes: int, now: float) -> None:
-        """A frame arrived; `total_bytes` is all the audio received so far."""
+        """A frame arrived (compressed audio: PCM was decoded); `total_bytes` is all
+        the audio received (decoded) so far."""
         self.latest = (total_bytes, now)
         if not self.samples:
             self.audio_started = now

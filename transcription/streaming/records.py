@@ -27,7 +27,12 @@ from django.utils import timezone
 
 from transcription import metrics, services
 from transcription.db import DATABASE_AWAY, db_call
-from transcription.engines import LanguageIdentified, StreamParams, TranscriptEvent
+from transcription.engines import (
+    CountsAudio,
+    LanguageIdentified,
+    StreamParams,
+    TranscriptEvent,
+)
 from transcription.engines.types import bytes_per_second
 from transcription.models import Transcript
 from transcription.services.sessions import LatencySummary
@@ -60,6 +65,7 @@ class _Held:
     seq: int
     event: TranscriptEvent
     audio_bytes: int
+    decoded_seconds: float | None
     silence_seconds: float | None
     heard_at: dt.datetime
     message_seq: int | None = None
@@ -77,6 +83,8 @@ class SessionRecord:
         self.session_id: uuid.UUID | None = None
         self.bytes_per_second: int | None = None  # PCM's, G.711's; None: compressed
         self.audio_bytes = 0
+        # Compressed audio: the stream that decodes it counts the seconds.
+        self.decoder: CountsAudio | None = None
         self.finals = 0
         self.held: collections.deque[_Held] = collections.deque()
         self.holding = asyncio.Event()  # set while finals are held
@@ -87,7 +95,14 @@ class SessionRecord:
     @property
     def audio_seconds(self) -> float:
         rate = self.bytes_per_second
-        return self.audio_bytes / rate if rate else 0.0
+        if rate:
+            return self.audio_bytes / rate
+        return self.decoder.audio_seconds if self.decoder is not None else 0.0
+
+    @property
+    def decoded_seconds(self) -> float | None:
+        """The seconds to store when the bytes cannot say (None: they can)."""
+        return self.audio_seconds if self.bytes_per_second is None else None
 
     async def start(
         self, client: Client, params: StreamParams | None, *, resumable: bool = False
@@ -127,6 +142,7 @@ class SessionRecord:
             seq=self.finals,
             event=event,
             audio_bytes=self.audio_bytes,
+            decoded_seconds=self.decoded_seconds,
             silence_seconds=silence_seconds,
             heard_at=timezone.now(),
             message_seq=message_seq,
@@ -190,6 +206,7 @@ class SessionRecord:
             event=item.event,
             audio_bytes=item.audio_bytes,
             bytes_per_second=self.bytes_per_second,
+            audio_seconds=item.decoded_seconds,
             silence_seconds=item.silence_seconds,
             heard_at=item.heard_at,
             message_seq=item.message_seq,
@@ -239,6 +256,7 @@ class SessionRecord:
                 session_id=self.session_id,
                 audio_bytes=self.audio_bytes,
                 bytes_per_second=self.bytes_per_second,
+                audio_seconds=self.decoded_seconds,
             )
         except Exception:
             # Timers must go on: a lost heartbeat only makes the record look stale.
@@ -279,6 +297,7 @@ class SessionRecord:
                 reason=reason,
                 audio_bytes=self.audio_bytes,
                 bytes_per_second=self.bytes_per_second,
+                audio_seconds=self.decoded_seconds,
             )
         except DATABASE_AWAY:
             return False
@@ -320,6 +339,7 @@ class SessionRecord:
             "reason": reason,
             "audio_bytes": self.audio_bytes,
             "bytes_per_second": self.bytes_per_second,
+            "audio_seconds": self.decoded_seconds,
             "latency": latency,
             "error_kind": error_kind,
             "failed": failed,

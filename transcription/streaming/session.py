@@ -39,6 +39,7 @@ from transcription import metrics, services
 from transcription.channel_layer import LAYER_ERRORS, layer_health
 from transcription.db import db_call
 from transcription.engines import (
+    CountsAudio,
     EngineError,
     LanguageIdentified,
     SpeechStarted,
@@ -50,6 +51,7 @@ from transcription.engines import (
     has_words,
     language_id,
 )
+from transcription.engines.transcode import DECODED_BYTES_PER_SECOND
 from transcription.models import HEARTBEAT_SECONDS, Transcript
 from transcription.runtime import capacity, shutdown, worker_runner
 from transcription.streaming import admission, control, protocol
@@ -354,6 +356,10 @@ class StreamSession:
             logger.exception("session %s: the engine did not start", self.session_id)
             self.conclude(protocol.ENGINE_DID_NOT_START)
         else:
+            if self.record.bytes_per_second is None and isinstance(
+                self.stream, CountsAudio
+            ):
+                self._count_decoded(self.stream)
             self._enter(State.STREAMING)
             now = asyncio.get_running_loop().time()
             self.clock.started = self.clock.last_audio = now
@@ -365,6 +371,14 @@ class StreamSession:
                 )
             logger.info("session %s started (%s)", self.session_id, self.engine.name)
         self.supervisor = asyncio.create_task(self._supervise())
+
+    def _count_decoded(self, stream: CountsAudio) -> None:
+        """Compressed audio: the PCM its decoder hands the engine is the session's
+        audio (its seconds) and the clock its final latency is measured by."""
+        self.record.decoder = stream
+        latency = self.latency = SessionLatency(DECODED_BYTES_PER_SECOND)
+        loop = asyncio.get_running_loop()
+        stream.on_decoded = lambda total: latency.on_audio(total, loop.time())
 
     # --- STREAMING: the client's frames ---------------------------------------------
 
@@ -398,7 +412,8 @@ class StreamSession:
             await stream.send_audio(chunk)
         self.record.audio_bytes += len(chunk)
         self.clock.last_audio = asyncio.get_running_loop().time()
-        self.latency.on_audio(self.record.audio_bytes, self.clock.last_audio)
+        if self.record.decoder is None:  # else counted as it is decoded
+            self.latency.on_audio(self.record.audio_bytes, self.clock.last_audio)
 
     async def _wait_for_room(
         self, stream: SpeechToText, chunk: bytes, gone: asyncio.Event
