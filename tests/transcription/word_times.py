@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Iterable, Sequence
 
 from tests.audio import FIXTURES
+from tests.transcription.engine_helpers import words as plain
 
 Timed = tuple[str, float, float]  # (word, start, end), seconds from the file's start
 
@@ -50,3 +51,16 @@ def boundary_errors(words: Sequence[Timed], fixture: str) -> list[float]:
         for (_, *times), (_, *true_times) in matched(words, fixture)
         for value, true_value in zip(times, true_times, strict=True)
     ]
+
+
+def check_words(finals: list) -> list[tuple[str, float, float]]:
+    """Each final's words are its text's, in order, within the final; all of them."""
+    timed = []
+    for final in finals:
+        said = plain(" ".join(w.text for w in final.words))
+        assert said == plain(final.text)  # (plain() splits accented words alike)
+        assert all(final.start <= w.start < w.end <= final.end for w in final.words)
+        timed += [(w.text, w.start, w.end) for w in final.words]
+    starts = [start for _, start, _ in timed]
+    assert starts == sorted(starts)
+    return timed
