@@ -18,7 +18,7 @@ import soxr
 from tests.audio import fixture_pcm
 from tests.transcription.engine_helpers import stream_all
 from tests.transcription.word_times import boundary_errors, check_words
-from transcription.engines import StreamParams, whisper_worker
+from transcription.engines import StreamParams, TranscriptEvent, whisper_worker
 from transcription.engines import whisper_model as model
 from transcription.engines import whisper_multilingual as multilingual
 from transcription.engines.whisper import WhisperEngine
@@ -140,5 +140,14 @@ async def test_the_base_gives_word_times_too(settings, joined):
             spanish, _espeak_pcm("Hola, buenos días. ¿Cómo estás hoy?", "es")
         )
         assert len(check_words(events)) >= 4
+        # language=auto: the utterances held while identifying get theirs too.
+        auto = await engine.open(
+            StreamParams(language="auto", word_times=True, send_partials=False)
+        )
+        events = await stream_all(
+            auto, _espeak_pcm("Hola, buenos días. ¿Cómo estás hoy?", "es")
+        )
+        finals = [event for event in events if isinstance(event, TranscriptEvent)]
+        assert len(check_words(finals)) >= 4
     finally:
         engine.pool.shutdown()
