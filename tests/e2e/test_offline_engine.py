@@ -9,7 +9,7 @@ from websockets.exceptions import ConnectionClosed
 
 from accounts.services import api_token_create
 from tests.audio import chunks, read_pcm
-from tests.e2e.servers import children, run_daphne, wait_gone
+from tests.e2e.servers import children, drain, run_daphne, wait_gone
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,3 +79,32 @@ def test_transcribe_file_prints_the_words_of_a_stereo_44k_wav(raw_token):
     session = AudioSession.objects.get()
     assert session.sample_rate == 44100
     assert list(session.transcripts.values_list("text", flat=True)) == finals
+
+
+async def test_word_times_over_the_websocket(raw_token):
+    """detail=true&wordTimes=true: each final with its words; without detail,
+    refused."""
+    audio, _ = read_pcm("two_utterances.wav")
+    env = {"TRANSCRIPTION_ENGINE": "pocketsphinx", "OFFLINE_DECODER_PROCESSES": "1"}
+    with run_daphne(env) as server:
+        url = f"{server.ws_url}/?token={raw_token}&sendPartials=false"
+        async with connect(f"{url}&detail=true&wordTimes=true") as ws:
+            for piece in chunks(audio, 8192):
+                await ws.send(piece)
+            await ws.send("END_OF_STREAM")
+            finals = await drain(ws)
+            assert ws.close_code == 1000
+        async with connect(f"{url}&wordTimes=true") as ws:
+            refused = await drain(ws)
+            assert ws.close_code == 1008
+    assert len(finals) == 2
+    for final in finals:
+        assert [w["word"] for w in final["words"]] == final["transcript"].split()
+        assert set(final["words"][0]) == {"word", "start", "end"}
+    assert finals[0]["words"][-1]["end"] < finals[1]["words"][0]["start"]
+    assert refused == [
+        {
+            "error": "wordTimes=true needs detail=true: a final's words come with its "
+            "other times."
+        }
+    ]

@@ -15,6 +15,7 @@ from accounts.services import api_token_create
 from tests.e2e.servers import ROOT, run_daphne
 from tests.e2e.test_languages import SPANISH, _most_words
 from tests.transcription.test_whisper_multilingual import _espeak_pcm
+from tests.transcription.word_times import boundary_errors, matched, true_words
 from transcription.models import AudioSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -198,3 +199,134 @@ def test_the_aws_engine_answers_through_the_same_path(raw_token, tmp_path):
     session = AudioSession.objects.get()
     assert session.engine == "aws"
     assert session.transcripts.count() == 2
+
+
+# --- word times: timestamp_granularities[]=word ----------------------------------
+
+
+def check_words(verbose, fixture: str) -> list[tuple[str, float, float]]:
+    """verbose_json's words: in order, each inside a segment (when there are
+    segments) and the file; the words timed, for comparing with the truth."""
+    timed = [(word.word, word.start, word.end) for word in verbose.words]
+    assert timed, verbose
+    starts = [start for _, start, _ in timed]
+    assert starts == sorted(starts)
+    assert all(0 <= start < end <= verbose.duration for _, start, end in timed)
+    for segment in verbose.segments or ():
+        inside = [w for w in timed if segment.start <= w[1] < segment.end]
+        assert all(end <= segment.end for _, _, end in inside)
+        assert _plain(" ".join(w for w, _, _ in inside)) == _plain(segment.text)
+    assert len(matched(timed, fixture)) >= len(true_words(fixture)) - 2
+    return timed
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def test_words_alone_or_with_segments_from_the_offline_engine(raw_token):
+    env = {"TRANSCRIPTION_ENGINE": "pocketsphinx", "OFFLINE_DECODER_PROCESSES": "1"}
+    two = FIXTURES / "two_utterances.wav"
+    with run_daphne(env) as server:
+        alone = transcribe(
+            server,
+            raw_token,
+            response_format="verbose_json",
+            timestamp_granularities=["word"],
+        )
+        both = transcribe(
+            server,
+            raw_token,
+            path=two,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    # As OpenAI's: words alone when only they are asked for.
+    assert alone.segments is None
+    assert [w for w, _, _ in check_words(alone, "hello_world")] == ["hello", "world"]
+    assert max(boundary_errors(check_words(alone, "hello_world"), "hello_world")) < 0.15
+    assert len(both.segments) == 2
+    timed = check_words(both, "two_utterances")
+    assert max(boundary_errors(timed, "two_utterances")) < 0.15
+    session = AudioSession.objects.order_by("started_at").last()
+    assert session.parameters["wordTimes"] is True
+
+
+def test_words_from_whisper(raw_token):
+    env = {"TRANSCRIPTION_ENGINE": "offline", "OFFLINE_DECODER_PROCESSES": "1"}
+    with run_daphne(env) as server:
+        verbose = transcribe(
+            server,
+            raw_token,
+            path=FIXTURES / "two_utterances.wav",
+            response_format="verbose_json",
+            timestamp_granularities=["segment", "word"],
+        )
+    assert len(verbose.segments) == 2
+    timed = check_words(verbose, "two_utterances")
+    assert [_plain(w) for w, _, _ in timed] == [
+        w for w, _, _ in true_words("two_utterances")
+    ]
+    errors = boundary_errors(timed, "two_utterances")
+    assert max(errors) < 0.4  # measured: 214 ms at most (docs/engines.md)
+
+
+def test_words_from_aws_are_its_items(raw_token, tmp_path):
+    from tests.transcription.fake_transcribe import running_fake
+
+    two = FIXTURES / "two_utterances.wav"
+    with (
+        running_fake(tmp_path) as fake,
+        run_daphne({"TRANSCRIPTION_ENGINE": "aws", **fake.env}) as server,
+    ):
+        verbose = transcribe(
+            server,
+            raw_token,
+            path=two,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    assert len(verbose.segments) == 2
+    timed = check_words(verbose, "two_utterances")
+    assert "lights" in [w for w, _, _ in timed]
+    # The fake times its items as pocketsphinx heard them.
+    assert max(boundary_errors(timed, "two_utterances")) < 0.15
+
+
+def test_words_are_asked_for_with_verbose_json_only(echo_rest, raw_token):
+    plain = transcribe(echo_rest, raw_token, response_format="verbose_json")
+    assert plain.words is None  # not asked: none, as OpenAI's
+    assert len(plain.segments) == 1
+    echoed = transcribe(
+        echo_rest,
+        raw_token,
+        response_format="verbose_json",
+        timestamp_granularities=["word"],
+    )
+    assert echoed.words == []  # the echo engine times no word
+    assert echoed.segments is None
+    # A segment granularity goes with any format (it is the default).
+    segment = transcribe(echo_rest, raw_token, timestamp_granularities=["segment"])
+    assert segment.text == f"received {HELLO_BYTES} bytes"
+    for response_format in ("json", "text", "srt"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            transcribe(
+                echo_rest,
+                raw_token,
+                response_format=response_format,
+                timestamp_granularities=["word"],
+            )
+        assert refused.value.body["param"] == "timestamp_granularities"
+        assert "verbose_json" in refused.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        transcribe(
+            echo_rest,
+            raw_token,
+            response_format="verbose_json",
+            timestamp_granularities=["phoneme"],
+        )
+    assert refused.value.body["message"].startswith(
+        "Unsupported timestamp_granularities value 'phoneme'"
+    )
+    assert set(refused.value.body) == {"message", "type", "param", "code"}
+    assert AudioSession.objects.count() == 3

@@ -196,7 +196,17 @@ class _Recognizer:
         self.partial = ""
         hyp = self.decoder.hyp()
         end = self.endpointer.speech_end
-        return [(hyp.hypstr if hyp else "", False, self.utterance_start, end)]
+        # As the service times each word: pocketsphinx's segmentation (100 frames/s).
+        words = [
+            (
+                seg.word,
+                self.utterance_start + seg.start_frame / 100,
+                self.utterance_start + (seg.end_frame + 1) / 100,
+            )
+            for seg in self.decoder.seg()
+            if seg.word and seg.word[0] not in "<[+"
+        ]
+        return [(hyp.hypstr if hyp else "", False, self.utterance_start, end, words)]
 
 
 class _Stream:
@@ -298,20 +308,21 @@ class _Stream:
 
     def _results(self, results) -> list[bytes]:
         out = []
-        for text, partial, start, end in results:
-            out.append(self._transcript_event(text, partial, start, end))
+        for text, partial, start, end, *words in results:
+            out.append(self._transcript_event(text, partial, start, end, *words[:1]))
             if not partial:
                 self.result_id = str(uuid.uuid4())
         return out
 
-    def _transcript_event(self, text: str, partial: bool, start, end) -> bytes:
-        items = []
+    def _transcript_event(
+        self, text: str, partial: bool, start, end, words=None
+    ) -> bytes:
+        items = _items(text, start, end, words)
         if self.received.headers.get("x-amzn-transcribe-show-speaker-label") == "True":
-            # As AWS does: one item per word, each with the speaker it heard.
-            items = [
-                {"Type": "pronunciation", "Content": word, "Speaker": "spk_0"}
-                for word in text.split()
-            ]
+            # As AWS does: each word with the speaker it heard.
+            for item in items:
+                if item["Type"] == "pronunciation":
+                    item["Speaker"] = "spk_0"
         alternatives = [{"Transcript": text, "Items": items}] if text else []
         result = {
             "ResultId": self.result_id,
@@ -339,6 +350,42 @@ class _Stream:
             },
             json.dumps({"Message": message}).encode(),
         )
+
+
+_TOKENS = re.compile(r"\w[\w']*|[^\w\s]")
+
+
+def _is_word(token: str) -> bool:
+    return token[0].isalnum() or token[0] == "_"
+
+
+def _items(text: str, start: float, end: float, words=None) -> list[dict]:
+    """A result's Items as AWS gives them: a pronunciation item per word, timed
+    (by `words`, or the result's time shared out), and punctuation untimed."""
+    tokens = _TOKENS.findall(text)
+    spoken = [token for token in tokens if _is_word(token)]
+    if words is None or len(words) != len(spoken):
+        step = (end - start) / max(len(spoken), 1)
+        words = [
+            (word, start + index * step, start + (index + 1) * step)
+            for index, word in enumerate(spoken)
+        ]
+    timed = iter(words)
+    items = []
+    for token in tokens:
+        if _is_word(token):
+            _, word_start, word_end = next(timed)
+            items.append(
+                {
+                    "Type": "pronunciation",
+                    "Content": token,
+                    "StartTime": round(word_start, 3),
+                    "EndTime": round(word_end, 3),
+                }
+            )
+        else:
+            items.append({"Type": "punctuation", "Content": token})
+    return items
 
 
 class FakeTranscribe:

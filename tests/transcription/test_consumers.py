@@ -87,6 +87,8 @@ async def _refused(ws, code=1008):
         ({"sampleRate": "1000"}, ["sampleRate", "8000"]),
         ({"sampleRate": "16000.5"}, ["sampleRate"]),
         ({"sendPartials": "yes"}, ["sendPartials", "'true'"]),
+        ({"wordTimes": "true"}, ["wordTimes", "detail=true"]),
+        ({"wordTimes": "1", "detail": "true"}, ["wordTimes", "'true'"]),
     ],
 )
 async def test_bad_parameters_get_error_and_1008(connect, api_token, params, words):

@@ -180,6 +180,29 @@ async def test_consumer_streams_partials_and_final(engine, connect, api_token):
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_consumer_sends_a_finals_words_when_asked(engine, connect, api_token):
+    audio, _ = read_pcm("two_utterances.wav")
+    ws = await connect(
+        token=api_token[1], detail="true", wordTimes="true", sendPartials="false"
+    )
+    for piece in chunks(audio, 8192):
+        await ws.send_to(bytes_data=piece)
+    await ws.send_to(text_data="END_OF_STREAM")
+    messages, close = await receive_until_close(ws, wait=WAIT)
+    assert close["code"] == 1000
+    assert len(messages) == 2
+    for final in messages:
+        said = [word["word"] for word in final["words"]]
+        assert said == final["transcript"].split()
+        assert all(
+            final["startTime"] <= word["start"] < word["end"] <= final["endTime"]
+            for word in final["words"]
+        )
+    assert messages[1]["words"][-1]["word"] == "lights"
+    assert messages[1]["words"][-1]["end"] == pytest.approx(5.138, abs=0.15)
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_consumer_closes_1008_when_the_token_is_revoked(
     engine, connect, api_token, settings
 ):

@@ -12,6 +12,7 @@ import pytest
 from tests.audio import chunks, read_pcm
 from tests.helpers import receive_until_close
 from tests.transcription.engine_helpers import LIGHTS, WEATHER, stream_all, words
+from tests.transcription.word_times import boundary_errors, check_words, true_words
 from transcription.engines import EngineError, StreamParams, get_engine
 from transcription.engines import whisper_model as model
 from transcription.engines.whisper import WhisperEngine
@@ -93,6 +94,22 @@ async def test_a_long_utterance_is_cut_before_whispers_30_s_window(engine):
     assert 24 < texts[0].end - texts[0].start <= 29.1
     assert texts[1].start == pytest.approx(texts[0].end, abs=0.05)
     assert all("world" in text for text in finals(events))
+
+
+async def test_word_times_when_asked_are_close_to_the_truth(engine):
+    events = await transcribe(
+        engine, "two_utterances.wav", word_times=True, send_partials=False
+    )
+    timed = check_words([e for e in events if not e.is_partial])
+    assert len(timed) == len(true_words("two_utterances"))
+    errors = boundary_errors(timed, "two_utterances")
+    assert max(errors) < 0.4  # measured: 214 ms at most, 91 ms on average
+    assert sum(errors) / len(errors) < 0.15
+
+
+async def test_no_word_times_unless_asked(engine):
+    events = await transcribe(engine, "hello_world.wav", send_partials=False)
+    assert [(words(e.text), e.words) for e in events] == [("hello world", ())]
 
 
 async def test_end_without_audio_ends_without_events(engine):

@@ -15,8 +15,10 @@ import pytest
 import soundfile
 import soxr
 
+from tests.audio import fixture_pcm
 from tests.transcription.engine_helpers import stream_all
-from transcription.engines import StreamParams, whisper_worker
+from tests.transcription.word_times import boundary_errors, check_words
+from transcription.engines import StreamParams, TranscriptEvent, whisper_worker
 from transcription.engines import whisper_model as model
 from transcription.engines import whisper_multilingual as multilingual
 from transcription.engines.whisper import WhisperEngine
@@ -116,5 +118,36 @@ async def test_spanish_is_decoded_on_the_base_english_on_tiny_en(settings, joine
         )
         assert any(event.text for event in events if not event.is_partial)
         assert (await _worker_stats(engine))["multilingual_loaded"] == 1
+    finally:
+        engine.pool.shutdown()
+
+
+async def test_the_base_gives_word_times_too(settings, joined):
+    """Its alignment heads are its own (config.json): English against the truth,
+    and Spanish words in order."""
+    settings.WHISPER_MODEL = str(joined[1])  # the base as the main model
+    engine = WhisperEngine(processes=1)
+    try:
+        english = await engine.open(StreamParams(word_times=True, send_partials=False))
+        events = await stream_all(english, fixture_pcm("hello_world.wav"))
+        timed = check_words(events)
+        assert [word.lower() for word, _, _ in timed] == ["hello", "world"]
+        assert max(boundary_errors(timed, "hello_world")) < 0.4  # measured: 92 ms
+        spanish = await engine.open(
+            StreamParams(language="es-ES", word_times=True, send_partials=False)
+        )
+        events = await stream_all(
+            spanish, _espeak_pcm("Hola, buenos días. ¿Cómo estás hoy?", "es")
+        )
+        assert len(check_words(events)) >= 4
+        # language=auto: the utterances held while identifying get theirs too.
+        auto = await engine.open(
+            StreamParams(language="auto", word_times=True, send_partials=False)
+        )
+        events = await stream_all(
+            auto, _espeak_pcm("Hola, buenos días. ¿Cómo estás hoy?", "es")
+        )
+        finals = [event for event in events if isinstance(event, TranscriptEvent)]
+        assert len(check_words(finals)) >= 4
     finally:
         engine.pool.shutdown()

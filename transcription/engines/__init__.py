@@ -25,6 +25,7 @@ from transcription.engines.types import (
     StreamEvent,
     StreamParams,
     TranscriptEvent,
+    Word,
     audio_backlog_limit,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "StreamParams",
     "TranscriptEvent",
     "TranscriptionEngine",
+    "Word",
     "audio_backlog_limit",
     "engine_path",
     "get_engine",

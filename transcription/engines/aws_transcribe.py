@@ -51,6 +51,7 @@ from transcription.engines.types import (
     SpeechStarted,
     StreamParams,
     TranscriptEvent,
+    Word,
 )
 
 if TYPE_CHECKING:
@@ -212,6 +213,7 @@ class AwsTranscribeStream(BacklogStream):
         self._min_event, self._max_event = _event_sizes(params)
         self._early = EarlyFinals()  # Finalize: the service has no call for it
         self._vad_events = params.vad_events
+        self._word_times = params.word_times
         self._last_result = ""  # its first event is the onset (vadEvents)
         self._closed = False
         self._sender = asyncio.create_task(self._send())
@@ -262,7 +264,7 @@ class AwsTranscribeStream(BacklogStream):
         try:
             async for event in self._stream.output_stream:
                 if isinstance(event, AwsTranscriptEvent):
-                    for item in _transcript_events(event):
+                    for item in _transcript_events(event, self._word_times):
                         self._told(item)
             if not self._closed:
                 await self._http.check_completed()
@@ -288,8 +290,11 @@ class AwsTranscribeStream(BacklogStream):
         self._events.put_nowait(error)
 
 
-def _transcript_events(event: AwsTranscriptEvent) -> list[TranscriptEvent]:
-    """Partials and finals in an AWS TranscriptEvent; empty results are skipped."""
+def _transcript_events(
+    event: AwsTranscriptEvent, word_times: bool = False
+) -> list[TranscriptEvent]:
+    """Partials and finals in an AWS TranscriptEvent; empty results are skipped.
+    `word_times`: with their words (partials too: a Finalize makes one final)."""
     found = []
     for result in event.transcript.results or ():
         if not result.alternatives:
@@ -305,9 +310,23 @@ def _transcript_events(event: AwsTranscriptEvent) -> list[TranscriptEvent]:
                     end=result.end_time,
                     result_id=result.result_id or "",
                     speaker=_main_speaker(alternative.items),
+                    words=_words(alternative.items) if word_times else (),
                 )
             )
     return found
+
+
+def _words(items) -> tuple[Word, ...]:
+    """A result's words and their times (its items of type pronunciation: the
+    others are punctuation, which has no time of its own)."""
+    return tuple(
+        Word(item.content, item.start_time, item.end_time)
+        for item in items or ()
+        if item.item_type == "pronunciation"
+        and item.content
+        and item.start_time is not None
+        and item.end_time is not None
+    )
 
 
 def _main_speaker(items) -> str:

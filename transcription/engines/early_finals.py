@@ -43,7 +43,10 @@ class EarlyFinals:
             if not rest:
                 return None
             event = dataclasses.replace(
-                event, text=" ".join(rest), result_id=f"{key}+{sent}"
+                event,
+                text=" ".join(rest),
+                result_id=f"{key}+{sent}",
+                words=event.words[sent:],  # AWS's words are the text's, in order
             )
         if event.is_partial:
             self.in_flight = (key, event)

@@ -16,6 +16,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
+from typing import Any
 
 import numpy as np
 import soxr
@@ -25,8 +26,12 @@ SAMPLE_RATE = 16000  # what the models are trained on
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 
 # (text, is_partial, start seconds, end seconds, utterance number); an onset
-# (speech began) is a partial with no text (ONSET), which no decoder emits.
-Event = tuple[str, bool, float, float, int]
+# (speech began) is a partial with no text (ONSET), which no decoder emits. A final
+# of a session that asked for word times has a sixth item, its `Words`.
+Event = tuple[Any, ...]
+# Each word of a final and when it was said: (word, start, end), seconds from the
+# start of the stream.
+Words = tuple[tuple[str, float, float], ...]
 ONSET = ""
 DEFAULT_WINDOW_MS = 300  # pocketsphinx's own Endpointer window
 MIN_WINDOW_MS = 200  # shorter, its 90% rule cannot decide (it refuses)
@@ -198,15 +203,39 @@ class EndpointedSession:
     def _after_feed(self) -> None:
         """Once per call that did not end the stream (partials, for example)."""
 
-    def _emit(self, text: str, *, is_partial: bool) -> None:
+    def _emit(self, text: str, *, is_partial: bool, words: Words | None = None) -> None:
+        """An event of the utterance under way; `words` (times from the utterance's
+        start) make it the six-item final of a session that asked for them."""
         self._announce_onset()  # words of it come after its onset
         end = self.utterance_start + self.utterance_bytes / BYTES_PER_SECOND
         self.events.append(
-            (
-                text,
-                is_partial,
-                round(self.utterance_start, 3),
-                round(end, 3),
-                self.utterances,
+            utterance_event(
+                text, is_partial, self.utterance_start, end, self.utterances, words
             )
         )
+
+
+def utterance_event(
+    text: str,
+    is_partial: bool,
+    start: float,
+    end: float,
+    number: int,
+    words: Words | None = None,
+) -> Event:
+    """The event of an utterance from `start` to `end`; its `words`, timed from its
+    start, are moved to the stream's clock (and kept within the utterance)."""
+    event: Event = (text, is_partial, round(start, 3), round(end, 3), number)
+    if words is None:
+        return event
+    return (*event, shifted(words, start, end))
+
+
+def shifted(words: Words, offset: float, limit: float) -> Words:
+    """`words` timed from `offset`, none ending past `limit` nor before its start."""
+    out = []
+    for word, start, end in words:
+        start = min(offset + start, limit)
+        end = max(min(offset + end, limit), start)
+        out.append((word, round(start, 3), round(end, 3)))
+    return tuple(out)

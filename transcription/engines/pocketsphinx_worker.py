@@ -22,6 +22,7 @@ from transcription.engines.endpointing import (
     BYTES_PER_SECOND,
     EndpointedSession,
     Event,
+    Words,
     exit_with_parent,
 )
 from transcription.engines.speech_gate import GateConfig, SpeechGate, load_model
@@ -68,9 +69,16 @@ class Session(EndpointedSession):
     """pocketsphinx: a decoder borrowed while in an utterance, fed once the
     utterance is known to be speech."""
 
-    def __init__(self, sample_rate: int, endpointing_ms: int | None = None):
+    def __init__(
+        self,
+        sample_rate: int,
+        endpointing_ms: int | None = None,
+        word_times: bool = False,
+    ):
         super().__init__(sample_rate, endpointing_ms)
+        self.word_times = word_times
         self.decoder: Decoder | None = None
+        self.unheard_dropped = 0  # bytes of the utterance never given to the decoder
         self.gate = SpeechGate(_gate)
         self.unheard = bytearray()  # the utterance's audio before Silero heard speech
         self.cmn = ""  # carried from one utterance to the next of this speaker
@@ -92,6 +100,7 @@ class Session(EndpointedSession):
         self.partial = ""
         self.gate.reset()
         self.unheard.clear()
+        self.unheard_dropped = 0
 
     def _utterance_decoder(self) -> Decoder:
         """The decoder borrowed at the start of the utterance under way."""
@@ -103,7 +112,9 @@ class Session(EndpointedSession):
         super()._decode(speech)
         if not self.gate.confirmed:
             self.unheard += speech
-            del self.unheard[:-MAX_UNHEARD_BYTES]
+            if len(self.unheard) > MAX_UNHEARD_BYTES:
+                self.unheard_dropped += len(self.unheard) - MAX_UNHEARD_BYTES
+                del self.unheard[:-MAX_UNHEARD_BYTES]
             self.gate.add(speech)
             if not self.gate.heard_speech():
                 return
@@ -127,10 +138,30 @@ class Session(EndpointedSession):
         self.unheard.clear()  # never speech: never decoded
         decoder.end_utt()
         hyp = decoder.hyp()
+        words = None
+        if self.word_times and hyp is not None and hyp.hypstr:
+            words = decoded_words(decoder, self.unheard_dropped / BYTES_PER_SECOND)
         self.cmn = decoder.get_cmn()
         _release_decoder(decoder)
         if hyp is not None and hyp.hypstr:
-            self._emit(hyp.hypstr, is_partial=False)
+            self._emit(hyp.hypstr, is_partial=False, words=words)
+
+
+def decoded_words(decoder: Decoder, offset: float) -> Words:
+    """The words of the utterance the decoder just ended, with their times from
+    the utterance's start (`offset`: its audio the decoder never heard): its
+    segmentation less silences, fillers and sentence marks (<s>, <sil>, [NOISE],
+    ++UM++), alternative pronunciations named as the word (`read(2)` is `read`)."""
+    rate = float(decoder.config["frate"])  # frames per second (100)
+    words = []
+    for segment in decoder.seg():
+        word = segment.word
+        if not word or word[0] in "<[+":
+            continue
+        start = offset + segment.start_frame / rate
+        end = offset + (segment.end_frame + 1) / rate  # end_frame is its last frame
+        words.append((word.split("(")[0], start, end))
+    return tuple(words)
 
 
 def session_open(
@@ -138,9 +169,11 @@ def session_open(
     sample_rate: int,
     language: str = "en-US",
     endpointing_ms: int | None = None,
+    word_times: bool = False,
 ) -> int:
-    """Start a session's state here (en-US only); returns this worker's pid."""
-    _sessions[key] = Session(sample_rate, endpointing_ms)
+    """Start a session's state here (en-US only); returns this worker's pid;
+    `word_times`: its finals carry their words' times."""
+    _sessions[key] = Session(sample_rate, endpointing_ms, word_times)
     return os.getpid()
 
 

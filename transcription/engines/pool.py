@@ -10,10 +10,10 @@ events that come back. `send_audio()` only appends to a bounded backlog, and wai
 while it is full.
 
 A worker module provides `init_worker(*initargs)`, `session_open(key, sample_rate,
-language, endpointing_ms) -> pid`, `feed(key, data, last, partials, finalize) ->
-events`, `session_close(key)` and `stats()`. A Finalize is a mark in the backlog: the
-call that reaches it carries `finalize`, so the utterance ends after exactly the audio
-sent before it.
+language, endpointing_ms, word_times) -> pid`, `feed(key, data, last, partials,
+finalize) -> events`, `session_close(key)` and `stats()`. A Finalize is a mark in
+the backlog: the call that reaches it carries `finalize`, so the utterance ends after
+exactly the audio sent before it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from transcription.engines.types import (
     SpeechStarted,
     StreamParams,
     TranscriptEvent,
+    Word,
 )
 from transcription.executors import run_blocking
 
@@ -239,7 +240,7 @@ class OfflineStream(BacklogStream):
                 if isinstance(event, LanguageIdentified):
                     self._events.put_nowait(event)
                     continue
-                text, is_partial, start, end, utterance = event
+                text, is_partial, start, end, utterance, *timed = event
                 if is_partial and text == ONSET:
                     if self._vad_events:
                         self._events.put_nowait(SpeechStarted(timestamp=start))
@@ -251,6 +252,7 @@ class OfflineStream(BacklogStream):
                         start=start,
                         end=end,
                         result_id=f"{self._key[:8]}-{utterance}",
+                        words=tuple(Word(*word) for word in timed[0]) if timed else (),
                     )
                 )
             if last:
@@ -331,6 +333,7 @@ class PooledEngine:
                 params.sample_rate,
                 params.language,
                 params.endpointing_ms,
+                params.word_times,
             )
         )
         try:

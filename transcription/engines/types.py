@@ -20,8 +20,19 @@ __all__ = [
     "StreamEvent",
     "StreamParams",
     "TranscriptEvent",
+    "Word",
     "audio_backlog_limit",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One word of a final and when it was said (seconds from the start of the
+    audio); what engines give when StreamParams.word_times asks."""
+
+    text: str
+    start: float
+    end: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,9 @@ class TranscriptEvent:
     end: float | None = None
     result_id: str = ""
     speaker: str = ""  # when the engine labels speakers (AWS showSpeakerLabel)
+    # Its words with their times, in order: finals only, and only when
+    # StreamParams.word_times asked (empty otherwise, or from an engine without).
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,9 @@ class StreamParams:
     # the engine's own), and whether SpeechStarted events are wanted.
     endpointing_ms: int | None = None
     vad_events: bool = False
+    # Word times on finals (TranscriptEvent.words; docs/protocol.md §5): off unless
+    # asked, since Whisper aligns each final once more to find them.
+    word_times: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,9 @@ from transcription.engines.endpointing import (
     SAMPLE_RATE,
     EndpointedSession,
     Event,
+    Words,
     exit_with_parent,
+    utterance_event,
 )
 from transcription.engines.language_id import LanguageIdentified
 from transcription.engines.speech_gate import (
@@ -45,6 +47,7 @@ from transcription.engines.speech_gate import (
     whisper_heard_speech,
 )
 from transcription.engines.whisper_model import verify, whisper_language
+from transcription.engines.whisper_words import word_times
 
 MIN_WINDOW_SECONDS = 10.0
 MAX_WINDOW_SECONDS = 30.0  # Whisper's encoder takes no more
@@ -152,9 +155,40 @@ def _prompt(model: Any, language: str) -> tuple[Any, list[int]]:
     return _tokenizers[key], _prompts[key]
 
 
+class _Decoded(NamedTuple):
+    """An utterance decoded: its text ("" when nobody spoke), and what aligning its
+    words needs (its tokens, the encoder's output, the model that made them)."""
+
+    text: str
+    tokens: list[int]
+    encoded: Any
+    frames: int  # mel frames of the utterance's own audio (not the padding)
+    model: Any
+    tokenizer: Any
+
+
 def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
     """The text of one utterance (float32 at 16 kHz), "" when nobody spoke: by
     Whisper's no-speech rule, a loop even without repeated trigrams, or no word."""
+    return _decode(samples, language, final=final).text
+
+
+def transcribe_words(samples: np.ndarray, language: str) -> tuple[str, Words]:
+    """A final's text and its words, timed from the start of `samples`; one more
+    pass of the decoder (CTranslate2's alignment), so only when asked."""
+    decoded = _decode(samples, language, final=True)
+    if not decoded.text:
+        return "", ()
+    return decoded.text, word_times(
+        decoded.model,
+        decoded.tokenizer,
+        decoded.encoded,
+        decoded.tokens,
+        decoded.frames,
+    )
+
+
+def _decode(samples: np.ndarray, language: str, *, final: bool) -> _Decoded:
     from faster_whisper.transcribe import get_ctranslate2_storage
 
     model = _model_for(language)
@@ -185,18 +219,23 @@ def transcribe(samples: np.ndarray, language: str, *, final: bool) -> str:
         )[0]
         return tokenizer.decode(result.sequences_ids[0]).strip(), result
 
+    def decoded(text: str, result: Any = None) -> _Decoded:
+        tokens = list(result.sequences_ids[0]) if result is not None else []
+        frames = min(len(samples), frames_wanted) // hop
+        return _Decoded(text, tokens, encoded, frames, model, tokenizer)
+
     # Partials always forbid repeated trigrams (they are replaced anyway); a final
     # does only when its first pass looks like a loop.
     text, result = generate(0 if final else 3)
     tokens = len(result.sequences_ids[0])
     avg_logprob = result.scores[0] * tokens / (tokens + 1)
     if not whisper_heard_speech(result.no_speech_prob, avg_logprob, _thresholds):
-        return ""  # judged on the unconstrained pass: the second one scores lower
+        return decoded("")  # judged on the unconstrained pass: the second scores lower
     if final and compression_ratio(text) > _thresholds.compression_ratio:
-        text, _ = generate(3)
+        text, result = generate(3)
         if compression_ratio(text) > _thresholds.compression_ratio:
-            return ""  # still a loop: what Whisper hallucinates from noise
-    return text if has_words(text) else ""
+            return decoded("")  # still a loop: what Whisper hallucinates from noise
+    return decoded(text, result) if has_words(text) else decoded("")
 
 
 class _Held(NamedTuple):
@@ -219,9 +258,14 @@ class Session(EndpointedSession):
     """
 
     def __init__(
-        self, sample_rate: int, language: str, endpointing_ms: int | None = None
+        self,
+        sample_rate: int,
+        language: str,
+        endpointing_ms: int | None = None,
+        word_times: bool = False,
     ):
         super().__init__(sample_rate, endpointing_ms)
+        self.word_times = word_times
         self.identifying = language == language_id.AUTO
         self.waiting: list[_Held] = []  # utterances before the language is known
         self.tries = 0
@@ -304,9 +348,10 @@ class Session(EndpointedSession):
             self.audio.clear()
             self._identify(ended=True)
             return
-        text = self._transcribe(final=True) if self.gate.heard_speech() else ""
-        if text:
-            self._emit(text, is_partial=False)
+        if self.gate.heard_speech():
+            text, words = self._final(self.audio)
+            if text:
+                self._emit(text, is_partial=False, words=words)
         self.audio.clear()
 
     def _after_feed(self) -> None:
@@ -327,6 +372,13 @@ class Session(EndpointedSession):
 
     def _transcribe(self, *, final: bool) -> str:
         return transcribe(_floats(self.audio), self.language, final=final)
+
+    def _final(self, audio: bytes | bytearray) -> tuple[str, Words | None]:
+        """A final's text, and its words (from the utterance's start) when the
+        session asked for them (None otherwise)."""
+        if self.word_times:
+            return transcribe_words(_floats(audio), self.language)
+        return transcribe(_floats(audio), self.language, final=True), None
 
     def _identify(self, *, ended: bool) -> None:
         """Try to identify the language of the speech held so far (and of the
@@ -354,15 +406,16 @@ class Session(EndpointedSession):
         self.found = guess
         held, self.waiting = self.waiting, []
         for utterance in held:
-            text = transcribe(_floats(utterance.audio), self.language, final=True)
+            text, words = self._final(utterance.audio)
             if text:
                 self.events.append(
-                    (
+                    utterance_event(
                         text,
                         False,
-                        round(utterance.start, 3),
-                        round(utterance.end, 3),
+                        utterance.start,
+                        utterance.end,
                         utterance.number,
+                        words,
                     )
                 )
 
@@ -376,9 +429,11 @@ def session_open(
     sample_rate: int,
     language: str = "en-US",
     endpointing_ms: int | None = None,
+    word_times: bool = False,
 ) -> int:
-    """Start a session's state here; returns this worker's pid."""
-    _sessions[key] = Session(sample_rate, language, endpointing_ms)
+    """Start a session's state here; returns this worker's pid; `word_times`: its
+    finals carry their words' times."""
+    _sessions[key] = Session(sample_rate, language, endpointing_ms, word_times)
     return os.getpid()
 
 

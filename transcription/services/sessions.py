@@ -83,6 +83,8 @@ def session_start(
             **voice_parameters(params),
             **turn_parameters(params),
         }
+        if params.word_times:
+            parameters["wordTimes"] = True
         if resumable:
             parameters["resumable"] = True
         fields = {

@@ -27,13 +27,24 @@ from transcription.streaming.session import StreamSession
 FRAME_SECONDS = 1.0  # audio per frame handed to the session
 
 
+@dataclass(frozen=True)
+class TimedWord:
+    """A word of a final and its times (seconds from the file's start)."""
+
+    word: str
+    start: float
+    end: float
+
+
 @dataclass
 class Segment:
-    """One final, with its times (seconds from the start, when the engine says)."""
+    """One final, with its times (seconds from the start, when the engine says) and,
+    when asked, its words'."""
 
     text: str
     start: float | None
     end: float | None
+    words: list[TimedWord] = field(default_factory=list)
 
 
 @dataclass
@@ -70,8 +81,9 @@ class _KeepingTransport:
         self.closed.set()
 
 
-def query_for(audio: PcmAudio, language: str) -> bytes:
-    """The query a WebSocket client would send for this file."""
+def query_for(audio: PcmAudio, language: str, *, word_times: bool = False) -> bytes:
+    """The query a WebSocket client would send for this file (and its words'
+    times: only when asked, since they cost Whisper a pass per final)."""
     query = {
         "language": language,
         "encoding": "pcm",
@@ -79,13 +91,21 @@ def query_for(audio: PcmAudio, language: str) -> bytes:
         "sendPartials": "false",
         "detail": "true",
     }
+    if word_times:
+        query["wordTimes"] = "true"
     return urlencode(query).encode()
 
 
 async def transcribe_file(
-    *, client: Client, audio: PcmAudio, language: str, engine: TranscriptionEngine
+    *,
+    client: Client,
+    audio: PcmAudio,
+    language: str,
+    engine: TranscriptionEngine,
+    word_times: bool = False,
 ) -> FileResult:
-    """Run `audio` through one session of `engine` for `client`; its finals and close.
+    """Run `audio` through one session of `engine` for `client`; its finals (with
+    their words' times when `word_times`) and close.
 
     Cancelled (the HTTP client left), the session ends as a client that left.
     """
@@ -93,7 +113,9 @@ async def transcribe_file(
     name = await layer.new_channel() if layer is not None else "rest"
     transport = _KeepingTransport(layer, name)
     session = StreamSession(
-        client=client, query_string=query_for(audio, language), engine=engine
+        client=client,
+        query_string=query_for(audio, language, word_times=word_times),
+        engine=engine,
     )
     try:
         await session.open(transport)
@@ -128,6 +150,10 @@ def _result(session: StreamSession, transport: _KeepingTransport) -> FileResult:
                     text=message["transcript"],
                     start=message.get("startTime"),
                     end=message.get("endTime"),
+                    words=[
+                        TimedWord(word["word"], word["start"], word["end"])
+                        for word in message.get("words", ())
+                    ],
                 )
             )
         elif message.get("type") == "language":

@@ -249,6 +249,8 @@ KNOWN_PARAMETERS: Final = frozenset(
         # End of turn (docs/protocol.md §15).
         "endpointingMs",
         "vadEvents",
+        # Word times on finals (docs/protocol.md §5).
+        "wordTimes",
     }
 )
 # The longest value a parameter the server reads may have (the token excepted: the
@@ -316,6 +318,13 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
     options = {
         name: values[-1] for name, values in query.items() if name in caps.options
     }
+    detail = _flag(query, "detail", False)
+    word_times = _flag(query, "wordTimes", False)
+    if word_times and not detail:
+        raise ProtocolError(
+            "wordTimes=true needs detail=true: a final's words come with its other "
+            "times."
+        )
     return StreamParams(
         reply_stream=_flag(query, "replyStream", False),
         barge_in=_flag(query, "bargeIn", False),
@@ -326,7 +335,8 @@ def parse_params(query_string: bytes, caps: Capabilities) -> StreamParams:
         encoding=encoding,
         sample_rate=sample_rate,
         send_partials=_flag(query, "sendPartials", True),
-        detail=_flag(query, "detail", False),
+        detail=detail,
+        word_times=word_times,
         options=options,
     )
 
@@ -446,9 +456,11 @@ def language_message(found: LanguageIdentified) -> str:
     )
 
 
-def event_message(event: TranscriptEvent, *, detail: bool) -> str:
+def event_message(
+    event: TranscriptEvent, *, detail: bool, word_times: bool = False
+) -> str:
     """`{"partialTranscript"}` or `{"transcript"}`; timings and speaker only when asked
-    (detail)."""
+    (detail), and a final's words with their times too (wordTimes)."""
     key = "partialTranscript" if event.is_partial else "transcript"
     if not detail:
         return json.dumps({key: event.text})
@@ -461,6 +473,11 @@ def event_message(event: TranscriptEvent, *, detail: bool) -> str:
     }
     if event.speaker:
         message["speaker"] = event.speaker
+    if word_times and not event.is_partial:
+        message["words"] = [
+            {"word": word.text, "start": word.start, "end": word.end}
+            for word in event.words
+        ]
     return json.dumps(message)
 
 

@@ -589,11 +589,14 @@ class StreamSession:
             if self.voice is not None:
                 self.voice.heard_partial()  # barge-in
             if self.params.send_partials:
-                await self._send(
-                    protocol.event_message(event, detail=self.params.detail)
-                )
+                await self._send(self._event_message(event))
         else:
             await self._relay_final(event)
+
+    def _event_message(self, event: TranscriptEvent) -> str:
+        return protocol.event_message(
+            event, detail=self.params.detail, word_times=self.params.word_times
+        )
 
     async def _language_identified(self, found: LanguageIdentified) -> None:
         """language=auto: stored (the batches of the finals that follow speak in
@@ -621,9 +624,7 @@ class StreamSession:
                 event, silence_seconds=silence, message_seq=seq
             )
             self._joined_batches(stored)
-            await self._send_numbered(
-                protocol.event_message(event, detail=self.params.detail), seq
-            )
+            await self._send_numbered(self._event_message(event), seq)
         batch = (
             stored[-1].batch
             if stored and stored[-1].seq == self.record.finals

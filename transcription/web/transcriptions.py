@@ -3,10 +3,11 @@
 Multipart fields as OpenAI's: `file` (required), `model` (required, any name: this
 server has one engine), `language` (ISO 639-1 such as `en`, this server's own codes
 such as `en-US`, or `auto` where the engine identifies it), `response_format` (json,
-text, srt, vtt, verbose_json);
-`prompt`, `temperature` and `timestamp_granularities[]` are accepted and ignored
-(the engines take none). Authenticated by an API token (`Authorization: Bearer`),
-recorded as a session (transcription.streaming.files).
+text, srt, vtt, verbose_json), `timestamp_granularities[]` (`segment`, the default,
+and/or `word`: verbose_json's `words`, with verbose_json only, as OpenAI's);
+`prompt` and `temperature` are accepted and ignored (the engines take none).
+Authenticated by an API token (`Authorization: Bearer`), recorded as a session
+(transcription.streaming.files).
 Errors in OpenAI's shape, with the WebSocket protocol's texts where it has them.
 """
 
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 MAX_FIELD_CHARS = 256
+GRANULARITIES = ("word", "segment")
+# OpenAI's client sends the list as `timestamp_granularities[]` (one field a value).
+GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
 
 
 def too_big(size: int | None = None) -> JsonResponse:
@@ -84,6 +88,11 @@ class Upload:
     file: UploadedFile
     response_format: str
     language: str
+    granularities: frozenset[str] = frozenset({"segment"})
+
+    @property
+    def word_times(self) -> bool:
+        return "word" in self.granularities
 
 
 def _fields(request: HttpRequest):
@@ -131,7 +140,32 @@ def _checked(post, files, caps: Capabilities) -> Upload:
             "(or their ISO 639-1 codes).",
             "language",
         )
-    return Upload(file=upload, response_format=response_format, language=language)
+    return Upload(
+        file=upload,
+        response_format=response_format,
+        language=language,
+        granularities=_granularities(post, response_format),
+    )
+
+
+def _granularities(post, response_format: str) -> frozenset[str]:
+    """timestamp_granularities[]: `segment` unless the client names others; `word`
+    only with verbose_json (the only format with a place for words)."""
+    asked = [value for name in GRANULARITY_FIELDS for value in post.getlist(name)]
+    for value in asked:
+        if value not in GRANULARITIES:
+            raise _bad(
+                f"Unsupported timestamp_granularities value {value[:50]!r}: use "
+                "word and/or segment.",
+                "timestamp_granularities",
+            )
+    if "word" in asked and response_format != "verbose_json":
+        raise _bad(
+            "timestamp_granularities[]=word needs response_format=verbose_json: "
+            "only verbose_json has word times.",
+            "timestamp_granularities",
+        )
+    return frozenset(asked) or frozenset({"segment"})
 
 
 async def _decoded(upload: UploadedFile) -> PcmAudio:
@@ -178,7 +212,11 @@ async def audio_transcriptions(request: HttpRequest) -> HttpResponse:
         grant=Grant(token_id=token.pk, user_id=token.user_id),
     )
     result = await transcribe_file(
-        client=client, audio=audio, language=upload.language, engine=engine
+        client=client,
+        audio=audio,
+        language=upload.language,
+        engine=engine,
+        word_times=upload.word_times,
     )
     logger.info(
         "session %s: a file over REST (%.1f s of audio, %s): close %d",
@@ -189,7 +227,7 @@ async def audio_transcriptions(request: HttpRequest) -> HttpResponse:
     )
     if result.close_code != CLOSE_NORMAL:
         return _session_error(result)
-    answer = _formatted(result, audio, upload.language, upload.response_format)
+    answer = _formatted(result, audio, upload)
     answer["X-Session-Id"] = result.session_id
     add_never_cache_headers(answer)
     return answer
@@ -213,9 +251,8 @@ def _session_error(result: FileResult) -> JsonResponse:
     return response
 
 
-def _formatted(
-    result: FileResult, audio: PcmAudio, language: str, response_format: str
-) -> HttpResponse:
+def _formatted(result: FileResult, audio: PcmAudio, upload: Upload) -> HttpResponse:
+    response_format = upload.response_format
     if response_format == "json":
         return JsonResponse({"text": result.text})
     if response_format == "text":
@@ -227,29 +264,45 @@ def _formatted(
         return HttpResponse(srt(segments), content_type="text/plain; charset=utf-8")
     if response_format == "vtt":
         return HttpResponse(vtt(segments), content_type="text/vtt; charset=utf-8")
-    return JsonResponse(
+    answer: dict[str, object] = {
+        "task": "transcribe",
+        "language": result.language or upload.language,
+        "duration": round(audio.seconds, 3),
+        "text": result.text,
+    }
+    # As OpenAI's: words alone when only they are asked for, segments otherwise.
+    if "segment" in upload.granularities:
+        answer["segments"] = [
+            {
+                "id": index,
+                "seek": 0,
+                "start": start,
+                "end": end,
+                "text": text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 0.0,
+                "no_speech_prob": 0.0,
+            }
+            for index, (start, end, text) in enumerate(segments)
+        ]
+    if upload.word_times:
+        answer["words"] = _words(result.segments, audio.seconds)
+    return JsonResponse(answer)
+
+
+def _words(segments: list[Segment], duration: float) -> list[dict[str, object]]:
+    """Every final's words in order, as OpenAI's `words`, within the file."""
+    return [
         {
-            "task": "transcribe",
-            "language": result.language or language,
-            "duration": round(audio.seconds, 3),
-            "text": result.text,
-            "segments": [
-                {
-                    "id": index,
-                    "seek": 0,
-                    "start": start,
-                    "end": end,
-                    "text": text,
-                    "tokens": [],
-                    "temperature": 0.0,
-                    "avg_logprob": 0.0,
-                    "compression_ratio": 0.0,
-                    "no_speech_prob": 0.0,
-                }
-                for index, (start, end, text) in enumerate(segments)
-            ],
+            "word": word.word,
+            "start": round(min(word.start, duration), 3),
+            "end": round(min(max(word.end, word.start), duration), 3),
         }
-    )
+        for segment in segments
+        for word in segment.words
+    ]
 
 
 def _timed(segments: list[Segment], duration: float) -> list[tuple[float, float, str]]:
