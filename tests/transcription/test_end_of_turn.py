@@ -282,11 +282,14 @@ def test_a_take_over_opens_the_engine_with_the_same_settings():
 
 @pytest.mark.django_db
 def test_a_take_over_keeps_the_voice_loop_extensions():
-    """replyStream, bargeIn and silenceMs: the session's own, not engine options."""
+    """replyStream, bargeIn, silenceMs, wordTimes: the session's own, not engine
+    options."""
     from transcription.services import session_start
     from transcription.streaming.resume import _params
 
-    asked = StreamParams(reply_stream=True, barge_in=True, silence_ms=1500)
+    asked = StreamParams(
+        reply_stream=True, barge_in=True, silence_ms=1500, detail=True, word_times=True
+    )
     row = session_start(
         user=None, token=None, auth_method="", engine="whisper", params=asked
     )
@@ -296,4 +299,5 @@ def test_a_take_over_keeps_the_voice_loop_extensions():
         True,
         1500,
     )
+    assert (restored.detail, restored.word_times) == (True, True)
     assert restored.options == {}

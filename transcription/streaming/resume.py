@@ -230,6 +230,7 @@ SESSION_PARAMETERS = frozenset(
         "replyStream",
         "bargeIn",
         "silenceMs",
+        "wordTimes",
     }
 )
 
@@ -256,6 +257,7 @@ def _params(row: AudioSession) -> StreamParams:
         options=options,
         endpointing_ms=endpointing if isinstance(endpointing, int) else None,
         vad_events=bool(stored.get("vadEvents")),
+        word_times=bool(stored.get("wordTimes")),
     )
 
 
