@@ -56,13 +56,7 @@ from transcription.streaming.admission import Client
 from transcription.streaming.latency import SessionLatency
 from transcription.streaming.parking import Parking
 from transcription.streaming.protocol import Close, ProtocolError, StreamParams
-from transcription.streaming.records import (
-    RETRY_FIRST_SECONDS,
-    RETRY_MAX_SECONDS,
-    DatabaseAway,
-    SessionRecord,
-    StoreFailed,
-)
+from transcription.streaming.records import DatabaseAway, SessionRecord, StoreFailed
 from transcription.streaming.timers import SessionClock
 from transcription.voice_loop.replies import ReplyEvent
 from transcription.voice_loop.session_voice import SessionVoice
@@ -555,27 +549,7 @@ class StreamSession:
     async def _store_held(self) -> None:
         """While the database is away: the finals held are stored once it answers;
         after DB_OUTAGE_SECONDS the session ends (they are stored later)."""
-        delay = RETRY_FIRST_SECONDS
-        while True:
-            await self.record.holding.wait()
-            await asyncio.sleep(delay)
-            try:
-                self._joined_batches(await self.record.store_held())
-            except StoreFailed:
-                self.conclude(protocol.NOT_STORED)
-                return
-            if not self.record.held:
-                delay = RETRY_FIRST_SECONDS
-            elif (away := self.record.away_for()) >= settings.DB_OUTAGE_SECONDS:
-                logger.warning(
-                    "session %s: the database has been away %.0f s: ending",
-                    self.session_id,
-                    away,
-                )
-                self.conclude(protocol.database_away(settings.DB_OUTAGE_SECONDS))
-                return
-            else:
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self.conclude(await self.record.store_held_while_away(self._joined_batches))
 
     async def _watch_time(self) -> None:
         """Idle timeout, longest session, and a bound on the final flush."""
