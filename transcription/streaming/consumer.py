@@ -27,7 +27,8 @@ from transcription.engines import get_engine
 from transcription.streaming import protocol, resume
 from transcription.streaming.admission import Client
 from transcription.streaming.dispatch import StreamingWebsocketConsumer
-from transcription.streaming.session import HAND_OVER, State, StreamSession
+from transcription.streaming.parking import HAND_OVER
+from transcription.streaming.session import State, StreamSession
 from transcription.voice_loop.replies import REPLY_EVENT
 from voiceproject.server.flow_control import FLOW_CONTROL
 
@@ -82,7 +83,7 @@ class TranscriptionConsumer(StreamingWebsocketConsumer):
             return
         if message.get("type") == HAND_OVER:  # another server resumes the session
             if self.session is not None:
-                await self.session.hand_over(message["reply_to"])
+                await self.session.parking.hand_over(message["reply_to"])
             return
         await super().dispatch_layer(message)
 

@@ -20,8 +20,10 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError
 from django.utils import timezone
 
@@ -36,6 +38,7 @@ from transcription.engines import (
 from transcription.engines.types import bytes_per_second
 from transcription.models import Transcript
 from transcription.services.sessions import LatencySummary
+from transcription.streaming import protocol
 from transcription.streaming.admission import Client
 from transcription.streaming.protocol import Close
 
@@ -225,6 +228,32 @@ class SessionRecord:
     def away_for(self) -> float:
         """Seconds since the database stopped answering this session (0: it does)."""
         return 0.0 if self.away_since is None else time.monotonic() - self.away_since
+
+    async def store_held_while_away(
+        self, stored: Callable[[list[Transcript]], object]
+    ) -> Close:
+        """The session's task while the database is away: the finals held are
+        stored once it answers (each lot passed to `stored`); how the session ends
+        when one cannot be, or after DB_OUTAGE_SECONDS (they are stored later)."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            await self.holding.wait()
+            await asyncio.sleep(delay)
+            try:
+                stored(await self.store_held())
+            except StoreFailed:
+                return protocol.NOT_STORED
+            if not self.held:
+                delay = RETRY_FIRST_SECONDS
+            elif (away := self.away_for()) >= settings.DB_OUTAGE_SECONDS:
+                logger.warning(
+                    "session %s: the database has been away %.0f s: ending",
+                    self.session_id,
+                    away,
+                )
+                return protocol.database_away(settings.DB_OUTAGE_SECONDS)
+            else:
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def language(self, found: LanguageIdentified) -> None:
         """language=auto: the language identified, stored before the finals it

@@ -1,6 +1,6 @@
 """A resume (`?resume=<id>&after=<seq>`): which session, whose, and where it lives.
 
-On this server a parked session is given the new socket (`StreamSession.resume`).
+On this server a parked session is given the new socket (`Parking.resume`).
 On another one, its record says which process served it: a live one is asked over
 the channel layer to hand it over (its parked session stops without recording an
 end); a dead one (killed: not running on this host, or its heartbeat stopped), or
@@ -31,15 +31,14 @@ from transcription.runtime import shutdown
 from transcription.selectors.sessions import StoredSession
 from transcription.streaming import protocol
 from transcription.streaming.admission import Client
-from transcription.streaming.protocol import Close, ProtocolError, ResumeRequest
-from transcription.streaming.session import (
+from transcription.streaming.parking import (
     HAND_OVER,
     HANDED_OVER,
-    StreamSession,
-    Transport,
     resumable_session,
     resume_group,
 )
+from transcription.streaming.protocol import Close, ProtocolError, ResumeRequest
+from transcription.streaming.session import StreamSession, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ async def resume_session(
         ):
             await _refuse(transport, protocol.RESUME_REFUSED)
             return None
-        await local.resume(transport, request.after)
+        await local.parking.resume(transport, request.after)
         metrics.RESUMES.labels(outcome="same_server").inc()
         return local
     if shutdown.draining():  # takes no session over while it stops
@@ -121,7 +120,7 @@ async def _from_elsewhere(
     session.record.session_id = row.pk
     session.record.finals = stored.finals
     session.record.audio_bytes = row.audio_bytes
-    session.seq = stored.last_seq
+    session.parking.seq = stored.last_seq
     logger.info(
         "session %s: taken over from %s pid %s, after seq %d",
         row.pk,
@@ -129,7 +128,7 @@ async def _from_elsewhere(
         row.server_pid,
         request.after,
     )
-    await session.continue_here(
+    await session.parking.continue_here(
         transport,
         params=params,
         after=request.after,

@@ -7,9 +7,9 @@ it may lose and be given again (`detach()`, `attach()`): what it sends meanwhile
 for the next transport.
 
 A resumable session (resumable=true) outlives its socket for RESUME_SECONDS: a
-dropped socket parks it (`transport_lost`), a resume attaches the new socket and
-replays the numbered messages after the client's seq (`resume`); another server
-takes it over from its record (`continue_here`; see `streaming.resume`).
+dropped socket parks it (`transport_lost`) rather than ending it; what it keeps to
+be resumed, numbered messages, parked task, resume and hand-over, is its
+`Parking` (`streaming.parking`).
 
 Its life is a small state machine, moved only by `_enter()`:
 CONNECTING → STREAMING → FLUSHING (no more audio; the engine sends its last finals)
@@ -29,15 +29,11 @@ import dataclasses
 import enum
 import logging
 import uuid
-from collections.abc import Awaitable
 from typing import Protocol
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 
-from transcription import metrics, services
-from transcription.channel_layer import LAYER_ERRORS, layer_health
-from transcription.db import db_call
+from transcription import metrics
 from transcription.engines import (
     CountsAudio,
     EngineError,
@@ -58,40 +54,17 @@ from transcription.streaming import admission, control, protocol
 from transcription.streaming.access import Handle, access_watch
 from transcription.streaming.admission import Client
 from transcription.streaming.latency import SessionLatency
+from transcription.streaming.parking import Parking
 from transcription.streaming.protocol import Close, ProtocolError, StreamParams
-from transcription.streaming.records import (
-    RETRY_FIRST_SECONDS,
-    RETRY_MAX_SECONDS,
-    DatabaseAway,
-    SessionRecord,
-    StoreFailed,
-)
+from transcription.streaming.records import DatabaseAway, SessionRecord, StoreFailed
 from transcription.streaming.timers import SessionClock
-from transcription.voice_loop.replies import REPLY_EVENT, ReplyEvent
+from transcription.voice_loop.replies import ReplyEvent
 from transcription.voice_loop.session_voice import SessionVoice
 
 logger = logging.getLogger(__name__)
 
 # Messages kept for the next transport while the session has none.
 MAX_PENDING_MESSAGES = 1000
-# Numbered messages (finals, replies) a resumable session can replay.
-MAX_REPLAY_MESSAGES = 1000
-HAND_OVER = "session.hand_over"  # another server resumes a parked session
-HANDED_OVER = "session.handed_over"
-RESUMED_ELSEWHERE = "Resumed on another connection."  # the old socket's close reason
-
-# This process's resumable sessions that have not ended, by id.
-_resumable: dict[uuid.UUID, StreamSession] = {}
-
-
-def resumable_session(session_id: uuid.UUID) -> StreamSession | None:
-    """This process's resumable session `session_id`, if it has not ended."""
-    return _resumable.get(session_id)
-
-
-def resume_group(session_id: uuid.UUID) -> str:
-    """The group a parked session listens on for a hand-over."""
-    return f"resume.{session_id.hex}"
 
 
 class State(enum.Enum):
@@ -155,15 +128,8 @@ class StreamSession:
         )
         self.sent = 0  # the message sequence: messages sent so far
         self.resumable = False
-        self.seq = 0  # the last `seq` sent (finals and replies, resumable only)
-        self.replay: collections.deque[tuple[int, str]] = collections.deque(
-            maxlen=MAX_REPLAY_MESSAGES
-        )
-        self._numbering = asyncio.Lock()  # seqs go out in order
-        self.parked: asyncio.Task | None = None  # lost its socket, may be resumed
-        self.resumed = asyncio.Event()  # given a socket again since it was parked
+        self.parking = Parking(self)  # numbered messages; parked, resumed
         self.transport_closed = False  # the session closed its socket: it ends
-        self._background: set[asyncio.Task] = set()
         self.waiting_for_room = False
         self.close_reason = ""
         self.metadata_wanted = False  # CloseStream: Metadata before the close
@@ -192,11 +158,15 @@ class StreamSession:
         return self.state is State.STREAMING or self.state is State.FLUSHING
 
     @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
     def can_resume(self) -> bool:
         """Parked (also while its end waits for the client), or streaming."""
         if self.state is State.CLOSED:
             return False
-        if self.parked is not None and not self.parked.done():
+        if self.parking.is_parked:
             return True
         return self.takes_frames and self.conclusion is None
 
@@ -216,7 +186,7 @@ class StreamSession:
         if self.voice is not None:
             await self.voice.leave()
 
-    async def _send(self, text: str) -> None:
+    async def send(self, text: str) -> None:
         self.sent += 1
         if self.transport is None:
             self.pending.append(text)
@@ -259,43 +229,9 @@ class StreamSession:
             await self._refuse(refusal)
             return
         assert params is not None  # noqa: S101 (bad parameters are a refusal)
-        await self._start(params)
+        await self.start(params)
         if self.resumable and self.state is State.STREAMING:
-            assert self.session_id is not None  # noqa: S101 (recorded at open)
-            _resumable[self.session_id] = self
-            await self._send(
-                protocol.session_message(self.session_id, settings.RESUME_SECONDS)
-            )
-            await self._hand_over_to(transport)
-
-    async def continue_here(
-        self,
-        transport: Transport,
-        *,
-        params: StreamParams,
-        after: int,
-        replay: list[str],
-        unsent: list[str],
-        audio_seconds: float,
-    ) -> None:
-        """Take over a session another server served (its record is this
-        process's now): the stored messages after `after`, then a fresh engine
-        stream; replies still owed come as they are stored."""
-        assert self.session_id is not None  # noqa: S101 (the caller set it)
-        self.resumable = True
-        self.transport = transport
-        await transport.send_text(
-            protocol.resumed_message(self.session_id, after, audio_seconds)
-        )
-        for text in replay:
-            await transport.send_text(text)
-        await self._start(params)
-        if self.state is State.STREAMING:
-            _resumable[self.session_id] = self
-            await self._hand_over_to(transport)
-        if self.voice is not None:
-            self.voice.waiting.update(unsent)
-            await self.voice.pick_up_stored()
+            await self.parking.announce(transport)
 
     async def _unavailable(self) -> None:
         """The database is away: {"error"} and 1013 (try again later), no row."""
@@ -326,10 +262,10 @@ class StreamSession:
         self._enter(State.CLOSED)
         self.release()
         if refusal.message:
-            await self._send(protocol.error_message(refusal.message))
+            await self.send(protocol.error_message(refusal.message))
         await self._close_transport(refusal)
 
-    async def _start(self, params: StreamParams) -> None:
+    async def start(self, params: StreamParams) -> None:
         """CONNECTING → STREAMING: the engine's stream and the session's tasks."""
         assert self.session_id is not None  # noqa: S101 (recorded at open)
         self.params = params
@@ -477,46 +413,15 @@ class StreamSession:
 
     async def reply(self, event: ReplyEvent) -> None:
         """A worker's reply to one of this session's batches."""
-        async with self._numbering:
+        async with self.parking.numbering:
             if not (self.voice and (message := self.voice.reply_message(event))):
                 return
-            seq = self._next_seq()
-            await self._send_numbered(message, seq)
+            seq = self.parking.next_seq()
+            await self.parking.send_numbered(message, seq)
         if seq is not None:
-            self._in_background(
-                db_call(
-                    services.batch_reply_numbered, batch_id=event["batch_id"], seq=seq
-                )
-            )
+            self.parking.store_reply_seq(event["batch_id"], seq)
         if not event.get("cancelled"):
             self.latency.on_reply(event["batch_id"], asyncio.get_running_loop().time())
-
-    # --- numbered messages (resumable) -----------------------------------------------
-
-    def _next_seq(self) -> int | None:
-        if not self.resumable:
-            return None
-        self.seq += 1
-        return self.seq
-
-    async def _send_numbered(self, message: str, seq: int | None) -> None:
-        if seq is not None:
-            message = protocol.numbered(message, seq)
-            self.replay.append((seq, message))
-        await self._send(message)
-
-    def _in_background(self, write: Awaitable[object]) -> None:
-        async def run() -> None:
-            try:
-                await write
-            except Exception:  # the seq is lost: a resume elsewhere resends it
-                logger.warning(
-                    "session %s: reply seq not stored", self.session_id, exc_info=True
-                )
-
-        task = asyncio.create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # --- the session's tasks ------------------------------------------------------
 
@@ -578,7 +483,7 @@ class StreamSession:
             self.clock.progress_at = now
         if isinstance(event, SpeechStarted):
             if self.params.vad_events:
-                await self._send(protocol.speech_started_message(event.timestamp))
+                await self.send(protocol.speech_started_message(event.timestamp))
             return
         if not has_words(event.text):
             # Noise transcribed (". . ."), whatever the engine: no partial (nor
@@ -589,7 +494,7 @@ class StreamSession:
             if self.voice is not None:
                 self.voice.heard_partial()  # barge-in
             if self.params.send_partials:
-                await self._send(self._event_message(event))
+                await self.send(self._event_message(event))
         else:
             await self._relay_final(event)
 
@@ -612,19 +517,19 @@ class StreamSession:
             sure=str(found.probability >= language_id.CONFIDENT).lower(),
         ).inc()
         await self.record.language(found)
-        await self._send(protocol.language_message(found))
+        await self.send(protocol.language_message(found))
 
     async def _relay_final(self, event: TranscriptEvent) -> None:
         """Stored first (or held while the database is away), then sent: a final
         the client has seen is never lost."""
         silence = self.voice.silence_seconds if self.voice is not None else None
-        async with self._numbering:
-            seq = self._next_seq()
+        async with self.parking.numbering:
+            seq = self.parking.next_seq()
             stored = await self.record.final(
                 event, silence_seconds=silence, message_seq=seq
             )
             self._joined_batches(stored)
-            await self._send_numbered(self._event_message(event), seq)
+            await self.parking.send_numbered(self._event_message(event), seq)
         batch = (
             stored[-1].batch
             if stored and stored[-1].seq == self.record.finals
@@ -644,27 +549,7 @@ class StreamSession:
     async def _store_held(self) -> None:
         """While the database is away: the finals held are stored once it answers;
         after DB_OUTAGE_SECONDS the session ends (they are stored later)."""
-        delay = RETRY_FIRST_SECONDS
-        while True:
-            await self.record.holding.wait()
-            await asyncio.sleep(delay)
-            try:
-                self._joined_batches(await self.record.store_held())
-            except StoreFailed:
-                self.conclude(protocol.NOT_STORED)
-                return
-            if not self.record.held:
-                delay = RETRY_FIRST_SECONDS
-            elif (away := self.record.away_for()) >= settings.DB_OUTAGE_SECONDS:
-                logger.warning(
-                    "session %s: the database has been away %.0f s: ending",
-                    self.session_id,
-                    away,
-                )
-                self.conclude(protocol.database_away(settings.DB_OUTAGE_SECONDS))
-                return
-            else:
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self.conclude(await self.record.store_held_while_away(self._joined_batches))
 
     async def _watch_time(self) -> None:
         """Idle timeout, longest session, and a bound on the final flush."""
@@ -713,13 +598,14 @@ class StreamSession:
             if close.kind == protocol.SHUTDOWN and self.voice:
                 await self.voice.flush_and_wait(until=self.clock.drain_deadline)
             if close.is_error:
-                await self._send(protocol.error_message(close.message))
+                await self.send(protocol.error_message(close.message))
             elif self.voice:
                 await self.voice.flush_and_wait()
             if self.metadata_wanted and not close.is_error:
-                await self._send(control.metadata(self))
-            if self.parked is not None and close.kind != protocol.SHUTDOWN:
-                await self._until_resumed()  # what it says last reaches the client
+                await self.send(control.metadata(self))
+            if self.parking.parked is not None and close.kind != protocol.SHUTDOWN:
+                # Parked: what it says last reaches the client.
+                await self.parking.until_resumed()
             await self._close_transport(close)
             self._enter(State.CLOSED)
             self.release()
@@ -763,26 +649,13 @@ class StreamSession:
         if transport is not None and transport is not self.transport:
             return  # a resume gave the session another socket already
         self.transport = None
-        if self._may_park():
-            await self._park(code)
+        if self.parking.may_park():
+            await self.parking.park(code)
             return
-        await self._end_lost(code)
+        await self.end_lost(code)
 
-    def _may_park(self) -> bool:
-        """Resumable, and neither closed yet (it may have concluded: its last
-        messages then wait for the client), nor dropped by the server, nor on a
-        server that shuts down."""
-        return (
-            self.resumable
-            and self.supervisor is not None
-            and self.state is not State.CLOSED
-            and not self.transport_closed
-            and self.lost_because is None
-            and not shutdown.draining()
-        )
-
-    async def _end_lost(self, code: int) -> None:
-        left_first = await self._stop()
+    async def end_lost(self, code: int) -> None:
+        left_first = await self.stop()
         if left_first and (lost := self.lost_because) is not None:
             await self.record.end(
                 code,
@@ -797,7 +670,7 @@ class StreamSession:
             )
             logger.info("session %s: client left (%s)", self.session_id, code)
 
-    async def _stop(self) -> bool:
+    async def stop(self) -> bool:
         """Stop the session's tasks and engine: True when it had not ended (it is
         this caller's to record)."""
         supervisor = self.supervisor
@@ -820,130 +693,10 @@ class StreamSession:
         self._enter(State.CLOSED)
         return left_first
 
-    # --- parked: the socket dropped, the session waits to be resumed ------------
-
-    async def _until_resumed(self) -> None:
-        """A parked session that concluded waits for its client (its parked task
-        ends it as a client that left when RESUME_SECONDS pass)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(settings.RESUME_SECONDS):
-                await self.resumed.wait()
-
-    async def _park(self, code: int) -> None:
-        self.resumed.clear()
-        if self.voice is not None:
-            await self.voice.leave()
-        logger.info(
-            "session %s: socket lost (%s): resumable for %g s",
-            self.session_id,
-            code,
-            settings.RESUME_SECONDS,
-        )
-        self.parked = asyncio.create_task(self._parked(code))
-
-    async def _parked(self, code: int) -> None:
-        """Replies and a hand-over arrive on a channel of the session's own while
-        it has no socket; after RESUME_SECONDS it ends as if not resumable."""
-        layer = get_channel_layer()
-        channel = None
-        try:
-            async with asyncio.timeout(settings.RESUME_SECONDS):
-                try:
-                    if layer is not None:
-                        channel = await layer.new_channel()
-                        await self._listen(layer, channel)
-                        return  # handed over
-                except LAYER_ERRORS as exc:  # a resume reads replies from the DB
-                    layer_health.failed("receive", exc)
-                await asyncio.Event().wait()  # until the window is over
-        except TimeoutError:
-            if self.transport is None and self.state is not State.CLOSED:
-                logger.info("session %s: not resumed in time", self.session_id)
-                await self._end_lost(code)
-        finally:
-            if layer is not None and channel is not None and self.session_id:
-                with contextlib.suppress(*LAYER_ERRORS):
-                    await layer.group_discard(resume_group(self.session_id), channel)
-
-    async def _listen(self, layer, channel: str) -> None:
-        assert self.session_id is not None  # noqa: S101 (it streamed)
-        await layer.group_add(resume_group(self.session_id), channel)
-        if self.voice is not None:
-            await self.voice.join(layer, channel)
-        while True:
-            message = await layer.receive(channel)
-            if message.get("type") == REPLY_EVENT:
-                await self.reply(message)
-            elif message.get("type") == HAND_OVER:
-                self.parked = None  # not cancelled by release(): this task
-                await self.hand_over(message["reply_to"])
-                return
-
-    async def _hand_over_to(self, transport: Transport) -> None:
-        """Another server's resume reaches this session over `transport`'s channel
-        too (a dropped socket this server has not noticed yet)."""
-        assert self.session_id is not None  # noqa: S101 (it streams)
-        layer = transport.channel_layer
-        if layer is None:
-            return
-        try:
-            await layer.group_add(  # type: ignore[attr-defined]
-                resume_group(self.session_id), transport.channel_name
-            )
-        except LAYER_ERRORS as exc:  # parked, it listens on a channel of its own
-            layer_health.failed("group_add", exc)
-
-    async def hand_over(self, reply_to: str) -> None:
-        """Another server resumes this session: stop here without recording an
-        end (the record is the other server's now), then say so on `reply_to`."""
-        logger.info("session %s: handed over to another server", self.session_id)
-        transport, self.transport = self.transport, None
-        if transport is not None:  # its drop was not noticed yet
-            with contextlib.suppress(Exception):
-                await transport.close(protocol.CLOSE_NORMAL, RESUMED_ELSEWHERE)
-        await self._stop()
-        # The seqs of replies sent are stored before the other server reads them.
-        await asyncio.gather(*self._background, return_exceptions=True)
-        layer = get_channel_layer()
-        if layer is not None:
-            await layer.send(reply_to, {"type": HANDED_OVER, "seq": self.seq})
-
-    async def resume(self, transport: Transport, after: int) -> None:
-        """The client is back: {"type": "resumed"}, the numbered messages after
-        `after`, then what the session sends next."""
-        assert self.session_id is not None  # noqa: S101 (it streamed)
-        old, self.transport = self.transport, None
-        if self.parked is not None:
-            self.parked.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.parked
-            self.parked = None
-        if old is not None:  # its drop was not noticed yet: it is not the session's
-            with contextlib.suppress(Exception):
-                await old.close(protocol.CLOSE_NORMAL, RESUMED_ELSEWHERE)
-        self.pending.clear()  # partials, and numbered messages replayed below
-        logger.info("session %s: resumed after seq %d", self.session_id, after)
-        await transport.send_text(
-            protocol.resumed_message(self.session_id, after, self.record.audio_seconds)
-        )
-        for seq, text in list(self.replay):
-            if seq > after:
-                await transport.send_text(text)
-        self.clock.last_audio = asyncio.get_running_loop().time()
-        self.wake_watch.set()
-        await self.attach(transport)
-        await self._hand_over_to(transport)
-        self.resumed.set()
-        if self.voice is not None:
-            await self.voice.pick_up_stored()  # any reply missed while moving
-
     def release(self) -> None:
         """Give back the process's slot and leave the shutdown's and the resumable
         lists (idempotent)."""
         if self.slot is not None:
             self.slot.release()
         shutdown.session_gone(self)
-        if self.session_id is not None and _resumable.get(self.session_id) is self:
-            del _resumable[self.session_id]
-        if self.parked is not None and self.parked is not asyncio.current_task():
-            self.parked.cancel()
+        self.parking.forget()
