@@ -389,6 +389,7 @@ class ContainerStream:
                     f"its codec is {codec}; this server takes {codecs} in "
                     f"{self._container.name}"
                 )
+            _check_shape(audio.codec_context)  # as its header says
             for packet in container.demux(audio):
                 try:
                     frames = packet.decode()
@@ -410,13 +411,14 @@ class ContainerStream:
             pass  # past the container's own end: dropped until END_OF_STREAM
 
 
-def _check_shape(frame: Any) -> None:
-    """Checked on every frame: a stream may change its shape as it goes."""
-    channels = frame.layout.nb_channels
-    if channels > MAX_CHANNELS or frame.sample_rate > MAX_SAMPLE_RATE:
+def _check_shape(audio: Any) -> None:
+    """A stream's header, then every frame it decodes to: a stream may change its
+    shape as it goes."""
+    channels, rate = audio.layout.nb_channels, audio.sample_rate
+    if channels > MAX_CHANNELS or rate > MAX_SAMPLE_RATE:
         raise BadAudio(
-            f"it has {channels} channels at {frame.sample_rate} Hz; the most this "
-            f"server decodes is {MAX_CHANNELS} channels at {MAX_SAMPLE_RATE} Hz"
+            f"it has {channels} channels at {rate} Hz; the most this server decodes "
+            f"is {MAX_CHANNELS} channels at {MAX_SAMPLE_RATE} Hz"
         )
 
 
