@@ -20,9 +20,9 @@ Engines decode 16-bit PCM; a session may send instead (docs/protocol.md §3):
 What a hostile stream can cost is bounded (docs/operations.md §11): the decoders a
 process runs at once (MAX_DECODER_THREADS: beyond, 1013), the codecs each container
 may carry (FFmpeg's few the encodings are for, not its hundreds), the channels and
-sample rate a frame may have (a stream of 255 channels at 655 kHz costs hundreds of
-times a browser's to decode), and the audio one session may decode: MAX_SESSION_SECONDS
-of it, as of time (a few bytes of FLAC are an hour of silence, and an engine may
+sample rate a frame may have (FLAC may declare 655 kHz, Opus 255 channels: many times
+a browser's stream to decode), and the audio one session may decode: MAX_SESSION_SECONDS
+of it, as of time (a few kilobytes of FLAC are an hour of silence, and an engine may
 hear silence faster than real time).
 """
 
