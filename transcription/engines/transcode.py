@@ -383,7 +383,9 @@ class ContainerStream:
             if not container.streams.audio:
                 raise BadAudio("it has no audio track")
             audio = container.streams.audio[0]
-            if (codec := audio.codec_context.name) not in self._container.codecs:
+            # The codec's own name, whichever decoder FFmpeg picked (libopus: opus).
+            codec = audio.codec_context.codec.canonical_name
+            if codec not in self._container.codecs:
                 codecs = ", ".join(self._container.codecs)
                 raise BadAudio(
                     f"its codec is {codec}; this server takes {codecs} in "
