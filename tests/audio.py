@@ -73,3 +73,40 @@ def encode(pcm: bytes, rate: int, encoding: str) -> bytes:
             container.mux(stream.encode(piece))
         container.mux(stream.encode(None))
     return buffer.getvalue()
+
+
+def encode_silence(
+    form: str,
+    codec: str,
+    seconds: float,
+    *,
+    rate: int = 16000,
+    layout: str = "mono",
+    options: dict[str, str] | None = None,
+) -> bytes:
+    """`seconds` of silence in `layout` at `rate`, as `codec` in the `form` container,
+    encoded by PyAV: a few bytes for much audio (a decompression bomb, for FLAC)."""
+    import av
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=form, options=options or {}) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        channels = len(av.AudioLayout(layout).channels)
+        size = stream.frame_size or 4096
+        form_ = stream.format
+        shape = (channels, size) if form_.is_planar else (1, size * channels)
+        frames = int(seconds * rate / size) + 1
+        for index in range(frames):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros(shape, dtype=_DTYPES[form_.name]),
+                format=form_.name,
+                layout=layout,
+            )
+            frame.sample_rate, frame.pts = rate, index * size
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+_DTYPES = {"s16": "<i2", "s16p": "<i2", "s32p": "<i4", "fltp": "<f4", "flt": "<f4"}

@@ -50,6 +50,17 @@ READING_PAUSED = Gauge(
     "their session, which waits for its engine (flow control).",
     multiprocess_mode="livesum",
 )
+DECODER_THREADS = Gauge(
+    "voiceproject_decoder_threads",
+    "Container streams (webm, ogg-opus, mp4, flac) decoding now, a thread each "
+    "(a host's processes added up; MAX_DECODER_THREADS per process).",
+    multiprocess_mode="livesum",
+)
+DECODERS_REFUSED = Counter(
+    "voiceproject_decoders_refused",
+    "Container-stream sessions refused (1013) because their process already ran "
+    "MAX_DECODER_THREADS decoders.",
+)
 OUTBOUND_OVERFLOWS = Counter(
     "voiceproject_outbound_overflows",
     "WebSocket connections dropped because more than MAX_OUTBOUND_BYTES waited to be "

@@ -232,6 +232,9 @@ MAX_SESSION_SECONDS = env.float("MAX_SESSION_SECONDS", default=14400.0)
 MAX_SESSIONS_PER_TOKEN = env.int("MAX_SESSIONS_PER_TOKEN", default=4)
 MAX_SESSIONS_PER_PROCESS = env.int("MAX_SESSIONS_PER_PROCESS", default=1000)
 MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=8)
+# Container streams (webm, ogg-opus, mp4, flac) one process decodes at once: each
+# holds a thread while it lives (its demuxer pulls its input); beyond, 1013.
+MAX_DECODER_THREADS = env.int("MAX_DECODER_THREADS", default=100)
 # How long a resumable session (resumable=true) whose socket dropped waits for its
 # client to come back (?resume=<id>&after=<seq>) before it ends.
 RESUME_SECONDS = env.float("RESUME_SECONDS", default=30.0)

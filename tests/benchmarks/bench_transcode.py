@@ -11,7 +11,10 @@ second of audio, one session alone and `--sessions` at once, and how much faster
 real time one session decodes. The `pcm` row is the baseline: the same path with
 nothing to decode. Then the memory of `--sessions` idle WebM sessions (each sent its
 first second, its decoder then waiting for more), per session, and one G.711 table
-lookup of a 64 KiB frame (the largest frame).
+lookup of a 64 KiB frame (the largest frame). Last, decompression bombs: `--seconds`
+of silence in each shape up to the largest the server decodes (8 channels, 192 kHz),
+what it weighs per second of audio (PCM: 32000 bytes) and costs to decode to 16 kHz
+mono, one session alone.
 """
 
 from __future__ import annotations
@@ -31,11 +34,21 @@ import django
 
 django.setup()
 
-from tests.audio import encode, read_pcm  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from tests.audio import encode, encode_silence, read_pcm  # noqa: E402
 from transcription.engines import StreamParams, TranscriptEvent, g711  # noqa: E402
 from transcription.engines.transcode import open_transcoded  # noqa: E402
 
 ENCODINGS = ["pcm", "mulaw", "alaw", "webm", "ogg-opus", "mp4", "flac"]
+# Silence in each shape: (encoding, PyAV's format and codec, rate, layout).
+BOMBS = [
+    ("flac", "flac", "flac", 16000, "mono"),
+    ("flac", "flac", "flac", 48000, "stereo"),
+    ("flac", "flac", "flac", 192000, "7.1"),
+    ("ogg-opus", "ogg", "libopus", 48000, "mono"),
+    ("ogg-opus", "ogg", "libopus", 48000, "7.1"),
+]
 TIMESLICE = 0.25
 
 
@@ -125,7 +138,24 @@ async def idle_sessions(data: bytes, seconds: float, count: int) -> tuple[float,
     return grown / count, added
 
 
+async def bombs(seconds: float) -> None:
+    print(f"{seconds:g} s of silence, one session")
+    print(
+        f"{'encoding':>9} {'rate':>7} {'layout':>7} {'bytes':>8} {'bytes/s':>8} "
+        f"{'ms CPU/s audio':>15}"
+    )
+    for encoding, form, codec, rate, layout in BOMBS:
+        data = encode_silence(form, codec, seconds, rate=rate, layout=layout)
+        cpu, _, _ = await measure(encoding, data, seconds, 1)
+        print(
+            f"{encoding:>9} {rate:>7} {layout:>7} {len(data):>8} "
+            f"{len(data) / seconds:>8.0f} {cpu * 1000:>15.2f}"
+        )
+
+
 async def main(seconds: float, sessions: int) -> None:
+    # What decoding costs, not the cap on decoders at once (protocol.md §3).
+    settings.MAX_DECODER_THREADS = max(settings.MAX_DECODER_THREADS, sessions + 1)
     pcm, rate = read_pcm("two_utterances.wav")
     repeats = int(seconds * rate * 2 / len(pcm)) + 1
     pcm = (pcm * repeats)[: int(seconds * rate) * 2]
@@ -155,6 +185,7 @@ async def main(seconds: float, sessions: int) -> None:
         g711.to_pcm("mulaw", frame)
     each = (time.perf_counter() - start) / calls
     print(f"G.711 table, one 64 KiB frame: {each * 1e6:.0f} µs")
+    await bombs(seconds)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ import os
 import av
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
-from tests.audio import chunks, encode, read_pcm
+from tests.audio import chunks, encode, encode_silence, read_pcm
 from transcription.engines import (
     CountsAudio,
     EngineError,
@@ -15,7 +16,7 @@ from transcription.engines import (
     TranscriptEvent,
     g711,
 )
-from transcription.engines.transcode import open_transcoded
+from transcription.engines.transcode import decoders, open_transcoded
 from transcription.engines.types import audio_backlog_limit
 
 
@@ -267,3 +268,117 @@ async def test_g711_finalize_passes_through_after_its_audio():
     await stream.finalize()
     assert sink.finalized_at == [16000]
     await stream.aclose()
+
+
+def decoder_threads() -> float:
+    return REGISTRY.get_sample_value("voiceproject_decoder_threads") or 0.0
+
+
+async def closed(stream) -> None:
+    """Closed, and its decoder thread gone (it gives its slot back as it ends)."""
+    await stream.aclose()
+    await asyncio.to_thread(stream._thread.join, 5)
+    assert not stream._thread.is_alive()
+
+
+async def test_a_process_runs_at_most_max_decoder_threads_container_streams(settings):
+    settings.MAX_DECODER_THREADS = decoders.held + 2  # threads other tests left
+    gauge = decoder_threads()
+    first, _ = await transcoded("webm")
+    second, _ = await transcoded("flac")
+    assert decoder_threads() == gauge + 2
+    opened = []
+
+    async def open_pcm(params: StreamParams) -> PcmSink:
+        opened.append(params)
+        return PcmSink(params)
+
+    with pytest.raises(EngineError) as raised:
+        await open_transcoded(open_pcm, StreamParams(encoding="ogg-opus"))
+    error = raised.value
+    assert (error.close_code, error.kind) == (1013, "capacity")
+    assert error.message == (
+        "Server busy: it decodes as many compressed streams (webm, ogg-opus, mp4, "
+        f"flac) at once as it may ({settings.MAX_DECODER_THREADS}, "
+        "MAX_DECODER_THREADS). Try again later, or send encoding=pcm."
+    )
+    assert opened == []  # refused before the engine was asked for a stream
+    g711, _ = await transcoded("mulaw", rate=8000)  # decoded on the loop: no thread
+    await g711.aclose()
+
+    await closed(first)
+    assert decoder_threads() == gauge + 1
+    third, _ = await transcoded("mp4")  # the freed slot
+    for stream in (second, third):
+        await closed(stream)
+    assert decoder_threads() == gauge
+    assert decoders.held == settings.MAX_DECODER_THREADS - 2
+
+
+async def test_an_engine_that_does_not_open_gives_the_decoder_slot_back(settings):
+    settings.MAX_DECODER_THREADS = decoders.held + 1
+
+    async def open_pcm(params: StreamParams) -> PcmSink:
+        raise EngineError("no engine")
+
+    with pytest.raises(EngineError, match="no engine"):
+        await open_transcoded(open_pcm, StreamParams(encoding="webm"))
+    stream, _ = await transcoded("webm")  # the one slot, still free
+    await closed(stream)
+
+
+async def test_a_flac_bomb_decodes_no_more_than_max_session_seconds(settings):
+    """Ten minutes of silence in 0.1 MB of FLAC (PCM's 19 MB): a session decodes at
+    most MAX_SESSION_SECONDS of audio, then ends (1000, its reason) with the finals
+    of what it decoded."""
+    settings.MAX_SESSION_SECONDS = 30
+    bomb = encode_silence("flac", "flac", 600)
+    assert len(bomb) < 600 * 32000 / 100
+    stream, sink = await transcoded("flac")
+    with pytest.raises(EngineError) as raised:
+        await send_all(stream, bomb, 4096)
+    error = raised.value
+    assert error.close_code == 1000
+    assert error.message == "Session reached the longest allowed, 30 seconds of audio."
+    assert len(sink.pcm) == 30 * 32000  # to the sample
+    assert stream.audio_seconds == 30.0
+    assert sink.ended.is_set()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "audio", "why"),
+    [
+        # More than a speech client sends: hundreds of times the decoding.
+        (
+            "flac",
+            encode_silence("flac", "flac", 2, rate=384000, layout="stereo"),
+            "it has 2 channels at 384000 Hz; the most this server decodes is 8 "
+            "channels at 192000 Hz",
+        ),
+        # A codec no browser records in MP4 (FFmpeg decodes hundreds).
+        (
+            "mp4",
+            encode_silence("mp4", "alac", 2),
+            "its codec is alac; this server takes aac, opus, flac in MP4",
+        ),
+    ],
+)
+async def test_audio_a_speech_client_does_not_send_is_refused_1008(
+    encoding, audio, why
+):
+    stream, sink = await transcoded(encoding)
+    with pytest.raises(EngineError) as raised:
+        await send_all(stream, audio, 4096)
+    error = raised.value
+    assert (error.close_code, error.kind) == (1008, "audio")
+    assert why in error.message
+    assert sink.pcm == b""
+
+
+async def test_eight_channels_of_opus_decode_to_mono():
+    """7.1 is the most a stream may have: decoded, mixed to one channel."""
+    audio = encode_silence("ogg", "libopus", 2, rate=48000, layout="7.1")
+    stream, sink = await transcoded("ogg-opus")
+    events = await send_all(stream, audio, 4096)
+    assert [e.is_partial for e in events] == [False]
+    assert abs(len(sink.pcm) - 2 * 32000) < 0.05 * 32000

@@ -16,6 +16,14 @@ Engines decode 16-bit PCM; a session may send instead (docs/protocol.md §3):
   The PCM handed to the engine is the session's clock: its audio seconds (the
   bytes received have no fixed rate) and the position final latency is measured
   from (`CountsAudio`).
+
+What a hostile stream can cost is bounded (docs/operations.md §11): the decoders a
+process runs at once (MAX_DECODER_THREADS: beyond, 1013), the codecs each container
+may carry (FFmpeg's few the encodings are for, not its hundreds), the channels and
+sample rate a frame may have (FLAC may declare 655 kHz, Opus 255 channels: many times
+a browser's stream to decode), and the audio one session may decode: MAX_SESSION_SECONDS
+of it, as of time (a few kilobytes of FLAC are an hour of silence, and an engine may
+hear silence faster than real time).
 """
 
 from __future__ import annotations
@@ -29,8 +37,16 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from django.conf import settings
+
+from transcription import metrics
 from transcription.audio_files import DECODED_RATE
-from transcription.close_codes import CLOSE_POLICY, CLOSE_SERVER_ERROR
+from transcription.close_codes import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_SERVER_ERROR,
+    CLOSE_TRY_AGAIN,
+)
 from transcription.engines import g711
 from transcription.engines.stream import AudioBacklog
 from transcription.engines.types import (
@@ -54,6 +70,9 @@ DECODED_BYTES_PER_SECOND: Final = DECODED_RATE * 2  # 16-bit mono
 DELIVER_BYTES = DECODED_BYTES_PER_SECOND
 # Enough of the first chunk to tell its container.
 HEAD_BYTES = 8
+# What a decoded frame may be: more than 7.1 or studio rates is no speech client's.
+MAX_CHANNELS: Final = 8
+MAX_SAMPLE_RATE: Final = 192000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,6 +82,7 @@ class Container:
     demuxer: str
     name: str  # as the client is told
     magic: tuple[bytes, ...]
+    codecs: tuple[str, ...]  # FFmpeg's decoders it may use: what clients send in it
     magic_at: int = 0
 
     def starts(self, head: bytes) -> bool:
@@ -70,11 +90,19 @@ class Container:
 
 
 CONTAINERS: Final[dict[str, Container]] = {
-    "webm": Container("webm", "WebM", (b"\x1a\x45\xdf\xa3",)),  # the EBML header
-    "ogg-opus": Container("ogg", "Ogg", (b"OggS",)),
+    # The EBML header.
+    "webm": Container("webm", "WebM", (b"\x1a\x45\xdf\xa3",), ("opus", "vorbis")),
+    "ogg-opus": Container("ogg", "Ogg", (b"OggS",), ("opus", "vorbis")),
     # An MP4 stream begins with a box: `ftyp` (MediaRecorder's) or a fragment's.
-    "mp4": Container("mp4", "MP4", (b"ftyp", b"styp", b"moof", b"moov"), magic_at=4),
-    "flac": Container("flac", "FLAC", (b"fLaC",)),
+    # Safari records AAC, Chrome Opus.
+    "mp4": Container(
+        "mp4",
+        "MP4",
+        (b"ftyp", b"styp", b"moof", b"moov"),
+        ("aac", "opus", "flac"),
+        magic_at=4,
+    ),
+    "flac": Container("flac", "FLAC", (b"fLaC",), ("flac",)),
 }
 # Every encoding an engine may take as PCM through this module.
 TRANSCODED: Final = (*CONTAINERS, *g711.TABLES)
@@ -89,10 +117,54 @@ async def open_transcoded(
         inner = await open_pcm(dataclasses.replace(params, encoding="pcm"))
         return G711Stream(inner, params.encoding)
     container = CONTAINERS[params.encoding]
-    inner = await open_pcm(
-        dataclasses.replace(params, encoding="pcm", sample_rate=DECODED_RATE)
-    )
-    return ContainerStream(inner, params, container)
+    if not decoders.take():
+        metrics.DECODERS_REFUSED.inc()
+        raise EngineError(
+            "Server busy: it decodes as many compressed streams (webm, ogg-opus, mp4, "
+            f"flac) at once as it may ({settings.MAX_DECODER_THREADS}, "
+            "MAX_DECODER_THREADS). Try again later, or send encoding=pcm.",
+            close_code=CLOSE_TRY_AGAIN,
+            kind="capacity",
+        )
+    try:
+        inner = await open_pcm(
+            dataclasses.replace(params, encoding="pcm", sample_rate=DECODED_RATE)
+        )
+        # Its thread gives the slot back as it ends, once it started.
+        return ContainerStream(inner, params, container)
+    except BaseException:
+        decoders.give_back()
+        raise
+
+
+class DecoderSlots:
+    """This process's container decoders, each a thread while it lives, bounded by
+    MAX_DECODER_THREADS. Given back by the thread as it ends (it may outlive its
+    stream's aclose() by CLOSE_TIMEOUT_SECONDS): a lock, not the event loop's order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held = 0
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._held >= settings.MAX_DECODER_THREADS:
+                return False
+            self._held += 1
+        metrics.DECODER_THREADS.inc()
+        return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self._held -= 1
+        metrics.DECODER_THREADS.dec()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+
+decoders: Final = DecoderSlots()
 
 
 class G711Stream:
@@ -123,7 +195,11 @@ class G711Stream:
 
 
 class BadAudio(Exception):
-    """The client's bytes are not the container it named."""
+    """The client's bytes are not the container it named, or not what it may hold."""
+
+
+class _TooLong(Exception):
+    """The session decoded all the audio a session may have."""
 
 
 class _Stopped(Exception):
@@ -134,7 +210,8 @@ class ContainerStream:
     """A container stream decoded by PyAV in a thread of its own, PCM to `inner`.
 
     A stream that cannot be decoded ends with the finals of what was decoded, then
-    an EngineError (1008, kind `audio`) that names the container. It counts the
+    an EngineError (1008, kind `audio`) that names the container; one that decoded
+    MAX_SESSION_SECONDS of audio ends there, a plain 1000 with its reason. It counts the
     PCM it handed to `inner` (`audio_seconds`), and calls `on_decoded` with the
     total each time it hands some (CountsAudio).
     """
@@ -155,6 +232,8 @@ class ContainerStream:
         self._finalize_at: int | None = None
         self._waiting = False  # the decoder waits for the client's next bytes
         self._decoded = 0  # bytes of PCM handed to the engine
+        # MAX_SESSION_SECONDS of decoded audio, in whole samples.
+        self._longest = int(settings.MAX_SESSION_SECONDS * DECODED_RATE) * 2
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
         self._thread = threading.Thread(
@@ -249,11 +328,25 @@ class ContainerStream:
     def _run(self) -> None:
         import av  # a dependency of faster-whisper; imported where it is used
 
-        output = _Output(self)
+        try:
+            self._run_decoder(av)
+        finally:
+            decoders.give_back()
+
+    def _run_decoder(self, av: Any) -> None:
+        output = _Output(self, self._longest)
         try:
             self._decode(av, output)
         except _Stopped:
             pass
+        except _TooLong:
+            longest = settings.MAX_SESSION_SECONDS
+            logger.info("session %s: %g s of audio decoded", self._session_id, longest)
+            self._failure = EngineError(
+                f"Session reached the longest allowed, {longest:g} seconds of audio.",
+                close_code=CLOSE_NORMAL,
+                kind="",
+            )
         except (BadAudio, av.FFmpegError) as exc:
             if not self._closed:
                 detail = getattr(exc, "strerror", None) or str(exc)
@@ -289,7 +382,17 @@ class ContainerStream:
         with av.open(source, mode="r", format=self._container.demuxer) as container:
             if not container.streams.audio:
                 raise BadAudio("it has no audio track")
-            for packet in container.demux(container.streams.audio[0]):
+            audio = container.streams.audio[0]
+            # The codec's own name, whichever decoder FFmpeg picked (libopus: opus).
+            codec = audio.codec_context.codec.canonical_name
+            if codec not in self._container.codecs:
+                codecs = ", ".join(self._container.codecs)
+                raise BadAudio(
+                    f"its codec is {codec}; this server takes {codecs} in "
+                    f"{self._container.name}"
+                )
+            _check_shape(audio.codec_context)  # as its header says
+            for packet in container.demux(audio):
                 try:
                     frames = packet.decode()
                 except av.InvalidDataError:
@@ -299,6 +402,7 @@ class ContainerStream:
                     continue
                 decoded += len(frames)
                 for frame in frames:
+                    _check_shape(frame)
                     output.add(resampler.resample(frame))
             output.add(resampler.resample(None))  # what the resampler still holds
         if skipped:
@@ -309,17 +413,35 @@ class ContainerStream:
             pass  # past the container's own end: dropped until END_OF_STREAM
 
 
-class _Output:
-    """PCM the decoder made and has not handed over yet (the thread's own)."""
+def _check_shape(audio: Any) -> None:
+    """A stream's header, then every frame it decodes to: a stream may change its
+    shape as it goes."""
+    channels, rate = audio.layout.nb_channels, audio.sample_rate
+    if channels > MAX_CHANNELS or rate > MAX_SAMPLE_RATE:
+        raise BadAudio(
+            f"it has {channels} channels at {rate} Hz; the most this server decodes "
+            f"is {MAX_CHANNELS} channels at {MAX_SAMPLE_RATE} Hz"
+        )
 
-    def __init__(self, stream: ContainerStream) -> None:
+
+class _Output:
+    """PCM the decoder made and has not handed over yet (the thread's own), up to
+    `room` bytes in all: past it, _TooLong."""
+
+    def __init__(self, stream: ContainerStream, room: int) -> None:
         self._stream = stream
         self._pieces: list[bytes] = []
         self._bytes = 0
+        self._room = room
 
     def add(self, frames: list[Any]) -> None:
         for frame in frames:
             piece = frame.to_ndarray().astype("<i2").tobytes()
+            if len(piece) >= self._room:
+                self._pieces.append(piece[: self._room])
+                self._room = 0
+                raise _TooLong  # what came before it is handed on at the end
+            self._room -= len(piece)
             self._pieces.append(piece)
             self._bytes += len(piece)
         if self._bytes >= DELIVER_BYTES:
