@@ -181,6 +181,9 @@ def log_in(page, username: str = "maria") -> None:
     page.get_by_test_id("login").click()
     expect(page.get_by_test_id("username")).to_have_text(username)
     expect(page).to_have_url(re.compile(r"^http://127\.0\.0\.1:\d+/$"))
+    # The page's deferred scripts have run (its buttons listen) only by its load: a
+    # click before it is lost (seen once on a loaded machine).
+    page.wait_for_load_state("load")
 
 
 def test_login_rejects_a_wrong_password(page):

@@ -110,6 +110,7 @@ def test_make_run_talk_history_and_a_restart(browser, demo_receiver, tmp_path):
             page.fill("input[name=password]", password)
             page.get_by_test_id("login").click()
             expect(page.get_by_test_id("username")).to_have_text(username)
+            page.wait_for_load_state("load")  # its scripts listen (test_browser)
 
             page.get_by_test_id("start").click()
             finals = page.get_by_test_id("finals")
