@@ -12,6 +12,7 @@ import os
 import re
 import socketserver
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,14 +33,13 @@ ARTIFACTS = ROOT / "test-artifacts"
 PASSWORD = "correct-horse-battery"
 PHONE = {"width": 390, "height": 844}
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not os.access(CHROMIUM, os.X_OK)
-        and not os.environ.get("VOICEPROJECT_REQUIRE_BROWSER"),
-        reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",
-    ),
-]
+# Every browser test file's mark: skipped where Debian's Chromium is missing.
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK)
+    and not os.environ.get("VOICEPROJECT_REQUIRE_BROWSER"),
+    reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",
+)
+pytestmark = [pytest.mark.django_db(transaction=True), NEEDS_CHROMIUM]
 
 
 def chromium_args(wav: Path) -> list[str]:
@@ -55,8 +55,9 @@ def chromium_args(wav: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def chromium(wav: Path = FIXTURE_WAV) -> Iterator[sync_api.Browser]:
+    """Chromium, headless, whose fake microphone loops `wav`."""
     # Playwright's sync API keeps an event loop on this thread for as long as it runs,
     # and Django refuses ORM calls beside a running loop. The ORM calls here (fixtures,
     # checks, the test database flush) are synchronous ones made while no browser call
@@ -67,10 +68,18 @@ def browser():
     ):
         patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(FIXTURE_WAV), headless=True
+            executable_path=CHROMIUM, args=chromium_args(wav), headless=True
         )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 class Receiver(socketserver.ThreadingTCPServer):

@@ -9,7 +9,6 @@ So a reply comes in the first pause and the person speaks again while it plays.
 import asyncio
 import contextlib
 import json
-import os
 import re
 import socket
 import socketserver
@@ -24,9 +23,9 @@ from playwright import sync_api
 from tests.e2e import test_browser
 from tests.e2e.servers import run_daphne
 from tests.e2e.test_browser import (
-    CHROMIUM,
     FIXTURE_WAV,
-    chromium_args,
+    NEEDS_CHROMIUM,
+    chromium,
     log_in,
     screenshot,
     watch_csp,
@@ -38,14 +37,7 @@ expect = sync_api.expect
 password_hash = test_browser.password_hash
 person = test_browser.person
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not os.access(CHROMIUM, os.X_OK)
-        and not os.environ.get("VOICEPROJECT_REQUIRE_BROWSER"),
-        reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",
-    ),
-]
+pytestmark = [pytest.mark.django_db(transaction=True), NEEDS_CHROMIUM]
 
 PAUSE_SECONDS = 4.0
 # A long reply, one sentence a line: the first is heard while the receiver still
@@ -79,16 +71,8 @@ def fixture_wav(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(fixture_wav):
-    with (
-        pytest.MonkeyPatch.context() as patch,
-        sync_api.sync_playwright() as playwright,
-    ):
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # see test_browser.py
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(fixture_wav), headless=True
-        )
+    with chromium(fixture_wav) as browser:
         yield browser
-        browser.close()
 
 
 class Receiver(socketserver.ThreadingTCPServer):

@@ -7,7 +7,6 @@ words it heard in it.
 """
 
 import io
-import os
 import re
 
 import numpy as np
@@ -18,7 +17,7 @@ from playwright import sync_api
 
 from tests.e2e import test_browser
 from tests.e2e.servers import run_daphne
-from tests.e2e.test_browser import CHROMIUM, chromium_args, log_in, watch_csp
+from tests.e2e.test_browser import NEEDS_CHROMIUM, chromium, log_in, watch_csp
 from tests.e2e.test_languages import SPANISH, _most_words
 from transcription.models import AudioSession
 from transcription.voice_loop.tts.espeak import speak_mp3
@@ -27,14 +26,7 @@ expect = sync_api.expect
 password_hash = test_browser.password_hash
 person = test_browser.person
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not os.access(CHROMIUM, os.X_OK)
-        and not os.environ.get("VOICEPROJECT_REQUIRE_BROWSER"),
-        reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",
-    ),
-]
+pytestmark = [pytest.mark.django_db(transaction=True), NEEDS_CHROMIUM]
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +42,8 @@ def spanish_wav(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(spanish_wav):
-    with (
-        pytest.MonkeyPatch.context() as patch,
-        sync_api.sync_playwright() as playwright,
-    ):
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # see test_browser.py
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(spanish_wav), headless=True
-        )
+    with chromium(spanish_wav) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,25 +5,15 @@ Chromium's fake microphone plays tests/fixtures/two_utterances.wav in a loop; th
 is a script Playwright injects (the browser app is not involved).
 """
 
-import os
-
 import pytest
-from playwright import sync_api
 
 from accounts.services import api_token_create
 from tests.e2e.servers import run_daphne
-from tests.e2e.test_browser import CHROMIUM, FIXTURE_WAV, chromium_args
+from tests.e2e.test_browser import FIXTURE_WAV, NEEDS_CHROMIUM, chromium
 from tests.transcription.engine_helpers import LIGHTS, WEATHER, words
 from transcription.models import AudioSession
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not os.access(CHROMIUM, os.X_OK)
-        and not os.environ.get("VOICEPROJECT_REQUIRE_BROWSER"),
-        reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",
-    ),
-]
+pytestmark = [pytest.mark.django_db(transaction=True), NEEDS_CHROMIUM]
 
 # What a web page does: the microphone into MediaRecorder, each chunk sent as it
 # comes (a 250 ms timeslice), END_OF_STREAM once the recorder has stopped.
@@ -61,17 +51,8 @@ HEARD_LIGHTS = """
 
 @pytest.fixture
 def browser():
-    with (
-        pytest.MonkeyPatch.context() as patch,
-        sync_api.sync_playwright() as playwright,
-    ):
-        # The ORM calls here are made while no browser call is in flight.
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=chromium_args(FIXTURE_WAV), headless=True
-        )
+    with chromium(FIXTURE_WAV) as browser:
         yield browser
-        browser.close()
 
 
 def test_mediarecorder_chunks_stream_as_webm_and_come_back_as_finals(

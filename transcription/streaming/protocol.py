@@ -280,6 +280,15 @@ def _listed(allowed: tuple[str, ...], limit: int = 12) -> str:
     return shown + (f" and {len(allowed) - limit} more" if len(allowed) > limit else "")
 
 
+def no_identification(caps: Capabilities) -> str:
+    """Why language=auto is refused by an engine that does not identify languages
+    (the WebSocket's 1008 and the REST endpoint's 400 say the same)."""
+    return (
+        "Language identification (language=auto) is not available with this "
+        f"server's engine: ask for one of {_listed(caps.languages)}."
+    )
+
+
 def _check_lengths(query: dict[str, list[str]], caps: Capabilities) -> None:
     read = (KNOWN_PARAMETERS - {"token"}) | set(caps.options)
     for name in sorted(read & query.keys()):
@@ -345,10 +354,7 @@ def _language(query: dict[str, list[str]], caps: Capabilities) -> str:
     """A code the engine takes, or `auto` where it identifies languages."""
     language = query.get("language", ["en-US"])[-1]
     if language == AUTO and not caps.identifies_language:
-        raise ProtocolError(
-            "Language identification (language=auto) is not available with this "
-            f"server's engine: ask for one of {_listed(caps.languages)}."
-        )
+        raise ProtocolError(no_identification(caps))
     if language != AUTO and language not in caps.languages:
         raise ProtocolError(
             f"Unsupported language {language!r}: this server accepts "

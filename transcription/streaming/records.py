@@ -277,6 +277,12 @@ class SessionRecord:
             probability=found.probability,
         )
 
+    async def _language_unsaved(self) -> None:
+        """The language identified, if the database did not take it then."""
+        if (found := self.unsaved_language) is not None:
+            await self._language(found)
+            self.unsaved_language = None
+
     async def heartbeat(self) -> None:
         """The row says the session lives, with its audio so far."""
         try:
@@ -316,9 +322,7 @@ class SessionRecord:
         if self.session_id is None or self.held:
             return False
         try:
-            if (found := self.unsaved_language) is not None:
-                await self._language(found)
-                self.unsaved_language = None
+            await self._language_unsaved()
             released = await db_call(
                 services.session_release,
                 session_id=self.session_id,
@@ -394,9 +398,7 @@ class SessionRecord:
         if self.held:
             return False
         try:
-            if (found := self.unsaved_language) is not None:
-                await self._language(found)
-                self.unsaved_language = None
+            await self._language_unsaved()
             await db_call(services.session_end, **end)
         except DATABASE_AWAY:
             return False

@@ -37,7 +37,7 @@ from transcription.engines import Capabilities, get_engine
 from transcription.streaming.access import Grant
 from transcription.streaming.admission import Client
 from transcription.streaming.files import FileResult, Segment, transcribe_file
-from transcription.streaming.protocol import AUTO
+from transcription.streaming.protocol import AUTO, no_identification
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +124,7 @@ def _checked(post, files, caps: Capabilities) -> Upload:
     languages = caps.languages
     if asked == AUTO:
         if not caps.identifies_language:
-            raise _bad(
-                "Language identification (language=auto) is not available with "
-                f"this server's engine: ask for one of {', '.join(languages[:12])}.",
-                "language",
-            )
+            raise _bad(no_identification(caps), "language")
         language: str | None = AUTO
     else:
         language = _language(asked, languages) if asked else languages[0]
