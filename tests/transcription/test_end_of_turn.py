@@ -301,3 +301,21 @@ def test_a_take_over_keeps_the_voice_loop_extensions():
     )
     assert (restored.detail, restored.word_times) == (True, True)
     assert restored.options == {}
+
+
+async def test_finalize_repeated_at_one_place_is_one_mark():
+    """A client that sends Finalize over and over, with no audio between, gets one
+    decoding call's worth: the marks at one place are one."""
+    from transcription.engines.stream import AudioBacklog
+
+    backlog = AudioBacklog(1 << 20)
+    await backlog.put(b"\x01\x00" * 100)
+    for _ in range(1000):
+        backlog.mark()
+    await backlog.put(b"\x02\x00" * 50)
+    backlog.mark()
+    assert backlog.take(1 << 20) == b"\x01\x00" * 100  # up to the first mark
+    assert backlog.passed_mark()
+    assert backlog.take(1 << 20) == b"\x02\x00" * 50  # the second: no mark between
+    assert backlog.passed_mark()
+    assert not backlog.passed_mark()

@@ -73,8 +73,10 @@ class AudioBacklog:
 
     def mark(self) -> None:
         """A point in the audio, here (a Finalize): take() stops at it, and
-        `passed_mark()` says when it was reached."""
-        self._marks.append(self._put)
+        `passed_mark()` says when it was reached. Marks at one place are one: a
+        client that repeats Finalize costs no decoding call each."""
+        if not self._marks or self._marks[-1] != self._put:
+            self._marks.append(self._put)
         self._readable.set()
 
     def passed_mark(self) -> bool:
